@@ -1,0 +1,36 @@
+# whichmodel: the two commands.
+#   make quickstart   venv + install + offline zoo + quickstart sweep + regret report
+#   make test         venv + install with test extras + the whole test suite (CI runs this)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export WHICHMODEL_HOME ?= $(CURDIR)/.whichmodel
+
+.PHONY: quickstart test install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Reinstall only when the project's metadata changes.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+quickstart: install
+	$(BIN)/whichmodel tasks build > /dev/null
+	$(BIN)/whichmodel zoo build sweeps/configs/zoo.yaml
+	$(BIN)/whichmodel run sweeps/configs/quickstart.yaml
+
+test: install-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .whichmodel reports

@@ -1,0 +1,1 @@
+"""What trains: backbones, task data and LightningModules. No Ray or MLflow imports."""

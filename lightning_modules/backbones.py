@@ -1,0 +1,237 @@
+"""Backbones behind one contract, for zoo models today and hub models (timm, torchvision) tomorrow.
+
+Every model that whichmodel scores or fine-tunes is a :class:`Backbone`:
+
+- ``features(x)``: a float batch ``(N, 3, H, W)`` already preprocessed -> ``(N, feature_dim)``;
+- ``feature_dim``: the width of those features;
+- ``preprocessing``: ``{"input_size": int, "mean": [3 floats], "std": [3 floats]}`` and
+  ``preprocess(images)`` that turns uint8 ``(N, H, W, 3)`` images into the float input;
+- ``source_head``: the upstream classifier (``nn.Linear`` on the features) or ``None``
+  (LEEP and NCE need its predictions);
+- ``block_groups()``: the network cut into ``first``, ``middle`` and ``last`` blocks, for
+  surgical fine-tuning (Lee et al. 2022).
+
+Zoo architectures are registered in :data:`ARCHITECTURES` (name -> factory), like timm's
+registry; a checkpoint is ``model.safetensors`` (backbone and optional ``source_head.*``
+tensors) plus ``meta.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# Zoo images are rendered at 32 px; the statistics below are the usual ImageNet ones, which the
+# hub models use too, so that one preprocessing code path serves both.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or its metadata cannot be read or does not fit its architecture."""
+
+
+class Backbone(nn.Module):
+    """A feature extractor with preprocessing and an optional source classifier."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, preprocessing: dict[str, Any],
+                 groups: dict[str, list[str]], source_classes: int = 0):
+        super().__init__()
+        self.body = body
+        self.feature_dim = int(feature_dim)
+        self.preprocessing = dict(preprocessing)
+        self._groups = groups
+        self.source_head = nn.Linear(self.feature_dim, source_classes) if source_classes else None
+        self.register_buffer("_mean", torch.tensor(self.preprocessing["mean"]).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("_std", torch.tensor(self.preprocessing["std"]).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` (or float in [0, 1], NCHW) -> normalised float ``(N, 3, S, S)``."""
+        if images.dtype == torch.uint8:
+            x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        else:
+            x = images.float()
+        x = x.to(self._mean.device)
+        size = int(self.preprocessing["input_size"])
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return (x - self._mean) / self._std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def source_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.source_head is None:
+            raise ValueError("this backbone has no source classifier")
+        return self.source_head(self.features(x))
+
+    def block_groups(self) -> dict[str, list[nn.Module]]:
+        """``first``, ``middle`` and ``last`` groups of body modules (surgical fine-tuning)."""
+        modules = dict(self.body.named_modules())
+        return {g: [modules[n] for n in names] for g, names in self._groups.items()}
+
+
+# --------------------------------------------------------------------------- architectures
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def build_cnn(width: int = 32, input_size: int = 32, source_classes: int = 0) -> Backbone:
+    """A small VGG-style CNN: four stride-2 conv blocks and global pooling."""
+    body = nn.Sequential()
+    body.add_module("block1", _conv_bn(3, width, 2))
+    body.add_module("block2", _conv_bn(width, 2 * width, 2))
+    body.add_module("block3", _conv_bn(2 * width, 4 * width, 2))
+    body.add_module("block4", _conv_bn(4 * width, 4 * width, 2))
+    body.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    groups = {"first": ["block1"], "middle": ["block2", "block3"], "last": ["block4"]}
+    return Backbone(body, 4 * width, _prep(input_size), groups, source_classes)
+
+
+class _TimmBody(nn.Module):
+    """A timm model with its classifier removed: pooled pre-logits features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def build_resnet(width: int = 16, input_size: int = 32, source_classes: int = 0) -> Backbone:
+    """A narrow ResNet-10 from timm (BasicBlock, one block per stage), random initialisation.
+
+    Created through ``timm.create_model`` exactly as hub ResNets are, with ``pretrained=False``;
+    the stem keeps its stride so 32 px inputs end at a 1x1 map, as a 224 px ImageNet ResNet
+    ends at 7x7.
+    """
+    import timm
+
+    channels = tuple(width * m for m in (1, 2, 4, 8))
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, layers=(1, 1, 1, 1),
+                              channels=channels, stem_width=width)
+    groups = {"first": ["model.conv1", "model.bn1", "model.layer1"],
+              "middle": ["model.layer2", "model.layer3"], "last": ["model.layer4"]}
+    return Backbone(_TimmBody(model), model.num_features, _prep(input_size), groups,
+                    source_classes)
+
+
+def _prep(input_size: int) -> dict[str, Any]:
+    return {"input_size": int(input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+ARCHITECTURES: dict[str, Callable[..., Backbone]] = {"cnn": build_cnn, "resnet": build_resnet}
+
+
+def list_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def create_backbone(arch: str, source_classes: int = 0, **kwargs: Any) -> Backbone:
+    """Build a zoo architecture with random weights (``arch`` from :data:`ARCHITECTURES`)."""
+    if arch not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(list_architectures())}")
+    return ARCHITECTURES[arch](source_classes=source_classes, **kwargs)
+
+
+def count_parameters(backbone: Backbone) -> int:
+    """Parameters of the feature extractor (the source head excluded)."""
+    return sum(p.numel() for p in backbone.body.parameters())
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(backbone: Backbone, directory: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``meta.json`` atomically into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    weights = directory / "model.safetensors"
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    save_file(tensors, str(tmp_path), metadata={"arch": str(meta.get("arch", ""))})
+    os.replace(tmp_path, weights)
+    _write_json_atomic(directory / "meta.json", meta)
+    return directory
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(obj, tmp, indent=2, sort_keys=True)
+        tmp_path = Path(tmp.name)
+    os.replace(tmp_path, path)
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; build the zoo first (whichmodel zoo build)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable metadata ({exc}); rebuild this model") from None
+    for key in ("arch", "arch_kwargs", "source_classes"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: key {key!r} missing; rebuild this model")
+    return meta
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[Backbone, dict[str, Any]]:
+    """Load a zoo checkpoint (safetensors, no pickle) into its architecture."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    weights = directory / "model.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing; rebuild this model") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{weights}: unreadable checkpoint ({exc}); rebuild this model") from None
+    backbone = create_backbone(meta["arch"], source_classes=int(meta["source_classes"]),
+                               **meta["arch_kwargs"])
+    try:
+        backbone.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{weights}: does not fit architecture {meta['arch']!r} ({first})") from None
+    backbone.eval()
+    return backbone, meta
+
+
+@torch.no_grad()
+def extract_features(backbone: Backbone, images: Any, batch_size: int = 256,
+                     device: str | torch.device | None = None,
+                     with_source_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One frozen forward pass over uint8 NHWC images -> float32 features (and source softmax)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+    images = torch.as_tensor(images)
+    feats, probs = [], []
+    use_amp = device.type == "cuda"
+    for start in range(0, len(images), batch_size):
+        x = backbone.preprocess(images[start:start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            f = backbone.features(x)
+            if with_source_probs and backbone.source_head is not None:
+                probs.append(torch.softmax(backbone.source_head(f).float(), dim=1).cpu())
+        feats.append(f.float().cpu())
+    out = torch.cat(feats) if feats else torch.empty(0, backbone.feature_dim)
+    return out, (torch.cat(probs) if probs else None)

@@ -1,0 +1,1 @@
+"""What is decided: proxies, strategies, regret and reports. Pure functions, no Ray."""

@@ -1,0 +1,290 @@
+"""Records: the long table of measurements that every selection step reads.
+
+One measurement a row, columns ``model, task, metric, value`` (see DESIGN.md, "Records format"):
+
+- ``finetune_test_acc`` is the ground truth s(m, t): the fine-tuned model's test accuracy;
+- ``finetune_val_acc`` is also an accuracy (the validation accuracy that picked the run);
+- metrics starting with ``proxy/`` (``proxy/linear``, ``proxy/knn``, ``proxy/logme`` ...) are
+  proxy scores, higher is better.
+
+Accuracies are fractions in [0, 1]. A value outside that range is an error, never silently
+rescaled: 87.5 could be a percentage or a bug, and only the producer knows which.
+
+Repeated rows of one (model, task, metric) -- e.g. the 5 repetitions of a fine-tune -- are
+aggregated by their median (:func:`aggregate_records`).
+
+Model metadata (for task-agnostic ranking and named pools) is a second CSV with a ``model``
+column and any of ``imagenet_acc``, ``upstream_size``, ``params`` and ``pools``
+(``;``-separated pool names), read by :func:`read_models_csv`.
+
+Errors are :class:`RecordsError` and name the source, the CSV line (data row i, counted from 0,
+is line i + 2 because of the header), the offending value and how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("model", "task", "metric", "value")
+GROUND_TRUTH = "finetune_test_acc"
+VALIDATION_ACC = "finetune_val_acc"
+PROXY_PREFIX = "proxy/"
+METADATA_NUMERIC: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params")
+METADATA_POOLS = "pools"
+POOL_ALL = "all"
+
+_MAX_LISTED = 10  # problems listed in one error message before "... and N more"
+
+
+class RecordsError(ValueError):
+    """A records or model-metadata table is malformed; the message says where and how to fix it."""
+
+
+def is_accuracy_metric(metric: str) -> bool:
+    """True for metrics that are accuracies and therefore must lie in [0, 1].
+
+    ``finetune_test_acc``, ``finetune_val_acc`` and any metric whose last ``/``-separated
+    component ends in ``acc`` (``val/acc``, ``proxy/linear_acc``).
+    """
+    return metric in (GROUND_TRUTH, VALIDATION_ACC) or metric.rsplit("/", 1)[-1].endswith("acc")
+
+
+def _raise_problems(source: str, problems: list[str], what: str) -> None:
+    if not problems:
+        return
+    listed = problems[:_MAX_LISTED]
+    more = len(problems) - len(listed)
+    text = "\n  ".join(listed)
+    tail = f"\n  ... and {more} more" if more else ""
+    raise RecordsError(f"{source}: {len(problems)} invalid {what}:\n  {text}{tail}")
+
+
+def _require_columns(df: pd.DataFrame, source: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise RecordsError(
+            f"{source}: expected a pandas DataFrame with columns {', '.join(REQUIRED_COLUMNS)}, "
+            f"got {type(df).__name__}"
+        )
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise RecordsError(
+            f"{source}: missing column(s) {', '.join(missing)}; a records table has the header "
+            f"'model,task,metric,value' (one measurement a row); found columns {list(df.columns)}"
+        )
+
+
+def _string_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return "is not a string"
+    if not value.strip():
+        return "is empty"
+    if value != value.strip():
+        return "has leading or trailing whitespace; remove it"
+    return None
+
+
+def _validate(df: pd.DataFrame, source: str, lines: Sequence[int]) -> pd.DataFrame:
+    out = df.reset_index(drop=True).copy()
+    problems: list[str] = []
+    for col in ("model", "task", "metric"):
+        for i, v in enumerate(out[col].tolist()):
+            why = _string_problem(v)
+            if why is not None:
+                problems.append(f"line {lines[i]}: {col} {v!r} {why}; every row needs a model, task and metric name")
+    _raise_problems(source, problems, "name(s)")
+
+    raw = out["value"].tolist()
+    values = pd.to_numeric(out["value"], errors="coerce").astype(float).to_numpy()
+
+    def where(i: int) -> str:
+        return f"(model={out['model'].iat[i]!r}, task={out['task'].iat[i]!r}, metric={out['metric'].iat[i]!r})"
+
+    found: list[tuple[int, str]] = []
+    for i in np.flatnonzero(~np.isfinite(values)):
+        found.append((i, f"line {lines[i]} {where(i)}: value {raw[i]!r} is not a finite number; "
+                         "every value must be a finite number (no empty field, NaN, inf or text)"))
+    is_acc = np.array([is_accuracy_metric(m) for m in out["metric"]], dtype=bool)
+    for i in np.flatnonzero(is_acc & ((values < 0.0) | (values > 1.0))):
+        found.append((i, f"line {lines[i]} {where(i)}: accuracy {raw[i]!r} is outside [0, 1]; "
+                         "accuracies must be fractions in [0, 1]; divide percentages by 100"))
+    _raise_problems(source, [msg for _, msg in sorted(found)], "value(s)")
+
+    out["value"] = values
+    return out
+
+
+def validate_records(df: pd.DataFrame, source: str = "records") -> pd.DataFrame:
+    """Check a records table and return a clean copy (default index, float ``value``).
+
+    Checks: the columns ``model, task, metric, value`` exist; model/task/metric are non-empty
+    strings without surrounding whitespace; every value is a finite number; accuracy metrics
+    (:func:`is_accuracy_metric`) lie in [0, 1]. Extra columns are kept.
+
+    Raises :class:`RecordsError` naming ``source``, the CSV line of each bad row (data row i is
+    line i + 2) and its value.
+    """
+    _require_columns(df, source)
+    return _validate(df, source, [i + 2 for i in range(len(df))])
+
+
+def read_records_csv(path: str | Path) -> pd.DataFrame:
+    """Read and validate a long records CSV (header ``model,task,metric,value``).
+
+    Line numbers in errors are the file's own line numbers; wholly blank lines are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordsError(f"{path}: no such records file; pass a CSV with header model,task,metric,value")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise RecordsError(f"{path}: the file is empty; expected the header line model,task,metric,value") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise RecordsError(f"{path}: not a readable CSV ({exc}); expected columns model,task,metric,value") from exc
+    _require_columns(df, str(path))
+    lines = np.arange(len(df)) + 2
+    blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
+    df, lines = df.loc[~blank], lines[~blank]
+    return _validate(df, str(path), lines.tolist())
+
+
+def aggregate_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Median over repeated rows of one (model, task, metric); columns model, task, metric, value.
+
+    Expects a validated table (:func:`validate_records`); extra columns are dropped.
+    """
+    _require_columns(df, "records")
+    grouped = df.groupby(["model", "task", "metric"], sort=True, as_index=False)["value"].median()
+    return grouped.reset_index(drop=True)
+
+
+def pivot_metric(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric as a table: index = model, columns = task, NaN where a pair has no value.
+
+    The index and columns cover every model and task of ``df`` (sorted), so pivots of different
+    metrics align. Repeated rows are aggregated by median. Raises :class:`RecordsError` when the
+    metric has no row at all (almost always a misspelt name).
+    """
+    _require_columns(df, "records")
+    rows = df[df["metric"] == metric]
+    if rows.empty:
+        present = sorted(df["metric"].unique().tolist())
+        raise RecordsError(f"records: no rows for metric {metric!r}; metrics present: {present}")
+    table = rows.pivot_table(index="model", columns="task", values="value", aggfunc="median")
+    table = table.reindex(index=sorted(df["model"].unique()), columns=sorted(df["task"].unique()))
+    table.index.name = "model"
+    table.columns.name = "task"
+    return table.astype(float)
+
+
+def list_proxy_metrics(df: pd.DataFrame) -> list[str]:
+    """Sorted names of the proxy metrics in a records table (those starting with ``proxy/``)."""
+    _require_columns(df, "records")
+    return sorted(m for m in df["metric"].unique().tolist() if isinstance(m, str) and m.startswith(PROXY_PREFIX))
+
+
+def _parse_pools(value: object) -> tuple[str, ...]:
+    if not isinstance(value, str):
+        return ()
+    return tuple(p.strip() for p in value.split(";") if p.strip())
+
+
+def read_models_csv(path: str | Path) -> pd.DataFrame:
+    """Read model metadata: index = model; numeric ``imagenet_acc``, ``upstream_size``, ``params``
+    (NaN where empty); ``pools`` as a tuple of pool names (the field is ``;``-separated).
+
+    Other columns are kept as strings. Raises :class:`RecordsError` for a missing ``model``
+    column, an empty or duplicate model name, or a non-numeric value, naming the line.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecordsError(f"{path}: no such model metadata file; pass a CSV with a 'model' column")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise RecordsError(f"{path}: the file is empty; expected a header line starting with 'model'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise RecordsError(f"{path}: not a readable CSV ({exc})") from exc
+    if "model" not in df.columns:
+        raise RecordsError(
+            f"{source}: no 'model' column; model metadata needs a 'model' column and any of "
+            f"{', '.join(METADATA_NUMERIC)}, {METADATA_POOLS}; found columns {list(df.columns)}"
+        )
+    lines = np.arange(len(df)) + 2
+    blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
+    df, lines = df.loc[~blank].reset_index(drop=True), lines[~blank].tolist()
+
+    problems: list[str] = []
+    first_line: dict[str, int] = {}
+    for i, m in enumerate(df["model"].tolist()):
+        why = _string_problem(m)
+        if why is not None:
+            problems.append(f"line {lines[i]}: model {m!r} {why}")
+        elif m in first_line:
+            problems.append(
+                f"line {lines[i]}: duplicate model {m!r} (first on line {first_line[m]}); "
+                "list each model once"
+            )
+        else:
+            first_line[m] = lines[i]
+    _raise_problems(source, problems, "model row(s)")
+
+    out = df.copy()
+    for col in METADATA_NUMERIC:
+        if col not in out.columns:
+            continue
+        raw = out[col].fillna("").astype(str).str.strip()
+        values = pd.to_numeric(raw.replace("", np.nan), errors="coerce").astype(float)
+        for i in np.flatnonzero((raw != "").to_numpy() & ~np.isfinite(values.to_numpy())):
+            problems.append(
+                f"line {lines[i]} (model={out['model'].iloc[i]!r}): {col} {raw.iloc[i]!r} is not a "
+                "finite number; leave the field empty when unknown"
+            )
+        out[col] = values
+    _raise_problems(source, problems, "metadata value(s)")
+    if METADATA_POOLS in out.columns:
+        out[METADATA_POOLS] = [_parse_pools(v) for v in out[METADATA_POOLS].tolist()]
+    return out.set_index("model")
+
+
+def index_metadata(metadata: pd.DataFrame | None, source: str = "metadata") -> pd.DataFrame | None:
+    """Model metadata indexed by model name (accepts a ``model`` column or a model index)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, pd.DataFrame):
+        raise RecordsError(f"{source}: expected a pandas DataFrame of model metadata, got {type(metadata).__name__}")
+    if "model" in metadata.columns:
+        metadata = metadata.set_index("model")
+    if metadata.index.has_duplicates:
+        dup = sorted(set(metadata.index[metadata.index.duplicated()].astype(str)))
+        raise RecordsError(f"{source}: duplicate model(s) {dup}; list each model once")
+    return metadata
+
+
+def models_in_pool(metadata: pd.DataFrame | None, pool: str) -> list[str]:
+    """Sorted models whose metadata ``pools`` field names ``pool``.
+
+    Raises :class:`RecordsError` when there is no ``pools`` column or no model is in the pool.
+    """
+    metadata = index_metadata(metadata)
+    if metadata is None or METADATA_POOLS not in metadata.columns:
+        raise RecordsError(
+            f"pool {pool!r}: no model metadata with a '{METADATA_POOLS}' column; pass the pool's "
+            f"models explicitly or add a '{METADATA_POOLS}' column (';'-separated names) to the models CSV"
+        )
+    members = []
+    for model, value in metadata[METADATA_POOLS].items():
+        pools = value if isinstance(value, (tuple, list)) else _parse_pools(value)
+        if pool in pools:
+            members.append(str(model))
+    if not members:
+        known = sorted({p for v in metadata[METADATA_POOLS].tolist()
+                        for p in (v if isinstance(v, (tuple, list)) else _parse_pools(v))})
+        raise RecordsError(f"pool {pool!r}: no model lists it in '{METADATA_POOLS}'; pools present: {known}")
+    return sorted(members)
+

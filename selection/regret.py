@@ -1,0 +1,129 @@
+"""Regret: how much accuracy a model-search strategy leaves on the table (Renggli et al. 2022).
+
+A strategy picks a set S of B models (the budget) from the pool for a task t. With s(m, t) the
+fine-tune test accuracy, s(S) = max over S of s(m, t) and the oracle s* = max over the pool:
+
+- relative regret   r = (s* - s(S)) / (1 - min(s*, s(S)))   (0 when both are 1);
+- log-odds regret   logit(s*) - logit(s(S));
+- the random strategy's *expected* regret over all size-B subsets, computed exactly
+  (:func:`expected_random_regret`), not the regret of the expected accuracy;
+- the smallest budget with zero regret (:func:`zero_regret_budget`).
+
+All functions take accuracies as fractions in [0, 1] and work on floats and numpy arrays.
+"""
+
+from __future__ import annotations
+
+from math import comb
+from typing import Callable, Mapping
+
+import numpy as np
+
+ArrayLike = float | np.ndarray
+ZERO_TOLERANCE = 1e-12
+
+
+def _as_fractions(name: str, value: object) -> np.ndarray:
+    arr = np.asarray(value, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
+        bad = finite[(finite < 0.0) | (finite > 1.0)][0]
+        raise ValueError(
+            f"{name}: accuracy {bad!r} is outside [0, 1]; accuracies must be fractions in [0, 1]; "
+            "divide percentages by 100"
+        )
+    return arr
+
+
+def _scalar_or_array(arr: np.ndarray) -> ArrayLike:
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def relative_regret(s_star: ArrayLike, s_sel: ArrayLike) -> ArrayLike:
+    """Relative regret (s* - s(S)) / (1 - min(s*, s(S))); 0 when s* = s(S) = 1.
+
+    The denominator is the error rate left to recover, so closing half the remaining error counts
+    the same on an easy task as on a hard one. Broadcasts over numpy arrays; floats in, float out.
+    """
+    star = _as_fractions("s_star", s_star)
+    sel = _as_fractions("s_sel", s_sel)
+    denom = 1.0 - np.minimum(star, sel)
+    safe = np.where(denom == 0.0, 1.0, denom)
+    regret = np.where(denom == 0.0, 0.0, (star - sel) / safe)
+    return _scalar_or_array(np.asarray(regret, dtype=float))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def log_odds_regret(s_star: ArrayLike, s_sel: ArrayLike, eps: float = 1e-4) -> ArrayLike:
+    """Log-odds regret logit(s*) - logit(s(S)).
+
+    Accuracies are clipped to [eps, 1 - eps] first: logit(0) = -inf and logit(1) = +inf, so a
+    perfect (or zero) accuracy, which VTAB-1k test sets do produce, would otherwise make the
+    regret infinite or undefined (inf - inf). With the default eps = 1e-4 the largest possible
+    value is 2 * logit(1 - 1e-4) ~ 18.4.
+    """
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"log_odds_regret: eps={eps!r} must lie in (0, 0.5)")
+    star = np.clip(_as_fractions("s_star", s_star), eps, 1.0 - eps)
+    sel = np.clip(_as_fractions("s_sel", s_sel), eps, 1.0 - eps)
+    return _scalar_or_array(np.asarray(_logit(star) - _logit(sel), dtype=float))
+
+
+def random_max_probabilities(n: int, budget: int) -> np.ndarray:
+    """P(the best of a uniformly random size-B subset is the i-th smallest of n), i = 1..n.
+
+    P_i = C(i - 1, B - 1) / C(n, B): the subset holds a_(i) and B - 1 of the i - 1 smaller ones.
+    Exact integer binomials, so large pools do not lose precision. ``budget`` > n is clipped to n.
+    """
+    if n < 1:
+        raise ValueError("random_max_probabilities: the pool is empty; need at least one model")
+    if budget < 1:
+        raise ValueError(f"random_max_probabilities: budget={budget!r} must be at least 1")
+    b = min(int(budget), int(n))
+    total = comb(n, b)
+    return np.array([comb(i - 1, b - 1) / total for i in range(1, n + 1)], dtype=float)
+
+
+def expected_random_regret(
+    accs: np.ndarray | list[float],
+    budget: int,
+    regret_fn: Callable[[ArrayLike, ArrayLike], ArrayLike] = relative_regret,
+) -> float:
+    """Exact expected regret of picking B models uniformly at random from the pool.
+
+    Sort the pool's accuracies ascending a_(1) <= ... <= a_(n); the subset's best model is a_(i)
+    with probability C(i - 1, B - 1) / C(n, B), so E[regret] = sum_i P_i * regret(s*, a_(i)).
+    Ties need no special care: tied models give the same regret whichever of them is "the max".
+    This is the expected regret, not the regret of the expected best accuracy (regret is not
+    linear in s(S)). A budget larger than the pool picks the whole pool: regret 0.
+    """
+    a = np.sort(np.asarray(accs, dtype=float).ravel())
+    if a.size == 0:
+        raise ValueError("expected_random_regret: the pool has no accuracies; need at least one model")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("expected_random_regret: accuracies must be finite; drop models without a value first")
+    p = random_max_probabilities(a.size, budget)
+    regrets = np.asarray(regret_fn(a[-1], a), dtype=float)
+    return float(np.dot(p, regrets))
+
+
+def zero_regret_budget(regrets_by_budget: Mapping[int, float | None]) -> int | None:
+    """Smallest budget B whose regret is 0 (within 1e-12); None if no budget reaches 0.
+
+    Keys may be ints or int-like strings (the JSON form); None/NaN regrets never count as zero.
+    """
+    best: int | None = None
+    for key, value in regrets_by_budget.items():
+        try:
+            b = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"zero_regret_budget: budget key {key!r} is not an integer") from None
+        if value is None:
+            continue
+        v = float(value)
+        if np.isfinite(v) and abs(v) <= ZERO_TOLERANCE and (best is None or b < best):
+            best = b
+    return best

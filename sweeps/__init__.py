@@ -1,0 +1,1 @@
+"""whichmodel sweeps: typed config, registries, Ray Tune driver, MLflow tracking and the CLI."""

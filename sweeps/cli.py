@@ -1,0 +1,253 @@
+"""The ``whichmodel`` command line.
+
+    whichmodel zoo build sweeps/configs/zoo.yaml     pre-train the offline model zoo (Ray Tune)
+    whichmodel tasks build [--image-size 32]         render the offline task suite
+    whichmodel validate sweeps/configs/quickstart.yaml
+    whichmodel run sweeps/configs/quickstart.yaml    probes + fine-tunes, then the regret report
+    whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
+    whichmodel list models|tasks [--config FILE]
+
+Bad input (a malformed or misspelled sweep file, an unknown model or task, an unreadable
+checkpoint, accuracies out of range) ends with a one-line ``whichmodel: error: ...`` naming the
+file and key, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from sweeps.config import WhichModelError
+
+EXIT_BAD_INPUT = 2
+
+
+def _quiet() -> None:
+    """Keep library chatter (Lightning tips, deprecations) off the user's terminal."""
+    import logging
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
+                 "mlflow", "alembic", "ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _paths(args):
+    from sweeps.paths import default_paths
+
+    return default_paths(args.home)
+
+
+def cmd_zoo_build(args) -> int:
+    from sweeps.config import load_zoo_config
+    from sweeps.zoo import build_zoo, check_families
+
+    zoo = load_zoo_config(args.config)
+    check_families(zoo, str(args.config))
+    build_zoo(zoo, _paths(args), only=args.only or None, force=args.force)
+    return 0
+
+
+def cmd_tasks_build(args) -> int:
+    from lightning_modules.tasks import build_suite, list_tasks
+
+    names = args.tasks or list_tasks()
+    for name in names:
+        if name not in list_tasks():
+            raise WhichModelError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+    for path in build_suite(_paths(args).data_root, names, image_size=args.image_size,
+                            seed=args.seed):
+        print(path)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from sweeps.driver import plan_sweep
+
+    plan = plan_sweep(args.config)
+    cfg = plan.cfg
+    n_pairs = len(plan.models) * len(plan.tasks)
+    trials = (n_pairs if cfg.probe.enabled else 0) + (
+        n_pairs * len(cfg.finetune.lrs) if cfg.finetune.enabled else 0)
+    print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
+          f"tasks = {n_pairs} pairs, {trials} trials; pools: "
+          + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from sweeps.driver import plan_sweep, run_sweep
+
+    plan = plan_sweep(args.config)
+    paths = _paths(args)
+    outcome = run_sweep(plan, paths, tracking_uri=args.tracking_uri)
+    if outcome.failures:
+        print(f"whichmodel: error: {len(outcome.failures)} trial(s) failed: "
+              + "; ".join(outcome.failures[:10]) + " (re-run to retry them; finished pairs are "
+              "kept)", file=sys.stderr)
+        return 1
+    if not args.no_report:
+        _report(paths, args.tracking_uri, plan.cfg.experiment, plan=plan,
+                out_dir=Path(args.reports_dir) / plan.cfg.name)
+    uri = paths.tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:"):
+        print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",
+            budget: int | None = None, fmt: str | None = None, output: str | None = None) -> int:
+    from sweeps.reporting import report_experiment, results_table, write_and_log
+    from sweeps.tracking import Tracker
+
+    tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
+    kwargs = {"pool": pool}
+    if plan is not None:
+        cfg = plan.cfg
+        kwargs.update(max_budget=budget or cfg.report.max_budget, strategies=cfg.report.strategies,
+                      protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
+                      pool_models=plan.pools.get(pool))
+        if pool not in plan.pools:
+            raise WhichModelError(f"{plan.path}: key 'pools': no pool {pool!r}; known: "
+                                  f"{', '.join(plan.pools)}")
+    elif budget:
+        kwargs["max_budget"] = budget
+    report = report_experiment(tracker, **kwargs)
+    return _emit(report, out_dir, tracker, fmt, output)
+
+
+def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None) -> int:
+    from sweeps.reporting import results_table, write_and_log
+
+    if fmt and output == "-":
+        from selection.report import format_markdown, write_report
+
+        write_report(report, out_dir)
+        text = {"json": lambda: json.dumps(report, indent=2, sort_keys=True),
+                "md": lambda: format_markdown(report),
+                "csv": lambda: (out_dir / "regret.csv").read_text()}[fmt]()
+        print(text)
+        return 0
+    print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report) + "\n")
+    files = write_and_log(report, out_dir, tracker)
+    if fmt and output:
+        Path(output).write_bytes(files[fmt].read_bytes())
+    return 0
+
+
+def cmd_report(args) -> int:
+    paths = _paths(args)
+    out_dir = Path(args.reports_dir) / (args.experiment or Path(args.records).stem)
+    if args.records:
+        from selection.records import read_models_csv, read_records_csv
+        from sweeps.reporting import report_from_tables
+
+        try:
+            records = read_records_csv(args.records)
+            meta = read_models_csv(args.models) if args.models else None
+        except (ValueError, OSError) as exc:
+            raise WhichModelError(str(exc)) from None
+        report = report_from_tables(records, meta, None, pool=args.pool,
+                                    max_budget=args.budget or 3)
+        return _emit(report, out_dir, None, args.format, args.output)
+    if not args.experiment:
+        raise WhichModelError("report: give --experiment NAME (MLflow) or --records FILE.csv")
+    plan = None
+    if args.config:
+        from sweeps.driver import plan_sweep
+
+        plan = plan_sweep(args.config)
+    return _report(paths, args.tracking_uri, args.experiment, plan=plan, out_dir=out_dir,
+                   pool=args.pool, budget=args.budget, fmt=args.format, output=args.output)
+
+
+def cmd_list(args) -> int:
+    if args.what == "tasks":
+        from lightning_modules.tasks import get_task_info, list_tasks
+
+        for name in list_tasks():
+            info = get_task_info(name)
+            print(f"{name:<22} {info.group:<12} {info.num_classes:>3} classes  {info.description}")
+    else:
+        from sweeps.config import load_zoo_config
+
+        zoo = load_zoo_config(args.config)
+        for m in zoo.models:
+            print(f"{m.name:<26} {m.arch:<8} {m.objective:<10} {','.join(m.upstream) or '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_configs = Path(__file__).parent / "configs"
+    p = argparse.ArgumentParser(prog="whichmodel", description=__doc__.split("\n")[0])
+    p.add_argument("--home", help="working folder (default $WHICHMODEL_HOME or ~/.cache/whichmodel)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="the offline model zoo").add_subparsers(dest="zoo_cmd",
+                                                                             required=True)
+    zb = zoo.add_parser("build", help="pre-train the zoo's missing models on Ray Tune")
+    zb.add_argument("config", type=Path)
+    zb.add_argument("--only", nargs="*", help="build just these models")
+    zb.add_argument("--force", action="store_true", help="rebuild models that exist")
+    zb.set_defaults(func=cmd_zoo_build)
+
+    tasks = sub.add_parser("tasks", help="the offline task suite").add_subparsers(dest="tasks_cmd",
+                                                                                   required=True)
+    tb = tasks.add_parser("build", help="render and cache the offline tasks")
+    tb.add_argument("tasks", nargs="*")
+    tb.add_argument("--image-size", type=int, default=32)
+    tb.add_argument("--seed", type=int, default=0)
+    tb.set_defaults(func=cmd_tasks_build)
+
+    v = sub.add_parser("validate", help="check a sweep file without running anything")
+    v.add_argument("config", type=Path)
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")
+    r.add_argument("config", type=Path)
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                          "the local SQLite store in the home folder)")
+    r.add_argument("--reports-dir", default="reports")
+    r.add_argument("--no-report", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="regret report of an experiment or a records file")
+    rep.add_argument("--experiment")
+    rep.add_argument("--config", type=Path, help="the sweep file (pools, budgets, strategies)")
+    rep.add_argument("--records", type=Path, help="long CSV model,task,metric,value")
+    rep.add_argument("--models", type=Path, help="model metadata CSV")
+    rep.add_argument("--tracking-uri")
+    rep.add_argument("--pool", default="all")
+    rep.add_argument("--budget", type=int, help="largest budget B (default 3)")
+    rep.add_argument("--format", choices=["md", "csv", "json"])
+    rep.add_argument("--output", help="file to write the chosen format to, or - for stdout")
+    rep.add_argument("--reports-dir", default="reports")
+    rep.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="list registered models or tasks")
+    ls.add_argument("what", choices=["models", "tasks"])
+    ls.add_argument("--config", type=Path, default=default_configs / "zoo.yaml")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet()
+    try:
+        return args.func(args)
+    except WhichModelError as exc:
+        print(f"whichmodel: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("whichmodel: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Typed sweep and zoo configuration, validated before anything starts.
+
+A sweep file (``sweeps/configs/*.yaml``) names the models and tasks, the probe and fine-tune
+protocols and the resources; a zoo file names the models the project pre-trains itself. Unknown or
+misspelled keys are rejected with their path (``finetune.lrz``), like nanoGPT's config overrides.
+Every error is a :class:`ConfigError` whose one-line message names the file and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class WhichModelError(Exception):
+    """An error the CLI reports on one line with exit code 2 (bad input, not a bug)."""
+
+
+class ConfigError(WhichModelError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- zoo
+class ZooTraining(_Strict):
+    steps: int = Field(400, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+
+
+class ZooModel(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    arch: str
+    arch_kwargs: dict[str, Any] = {}
+    # Source families it is trained on (empty: the random-initialisation control).
+    upstream: list[str] = []
+    objective: Literal["supervised", "rotation", "none"] = "supervised"
+    training: ZooTraining | None = None  # overrides the zoo-wide training settings
+
+    @model_validator(mode="after")
+    def _objective_needs_data(self):
+        if self.objective != "none" and not self.upstream:
+            raise ValueError(f"model {self.name!r}: objective {self.objective!r} needs upstream "
+                             "families; use objective: none for a random-initialisation control")
+        return self
+
+
+class SourceSize(_Strict):
+    n_train: int = Field(4000, ge=10)
+    n_val: int = Field(1000, ge=10)
+
+
+class ZooConfig(_Strict):
+    name: str = "zoo"
+    seed: int = 0
+    image_size: int = Field(32, ge=8, le=512)
+    source: SourceSize = SourceSize()
+    training: ZooTraining = ZooTraining()
+    cpus_per_trial: int = Field(1, ge=1)
+    models: list[ZooModel] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[ZooModel]):
+        seen: set[str] = set()
+        for i, m in enumerate(models):
+            if m.name in seen:
+                raise ValueError(f"models[{i}]: duplicate model name {m.name!r}")
+            seen.add(m.name)
+        return models
+
+    def model(self, name: str) -> ZooModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def recipe(self, name: str) -> dict[str, Any]:
+        """Everything that determines a zoo model's weights (its rebuild key)."""
+        m = self.model(name)
+        return {"model": m.model_dump(exclude={"training"}),
+                "training": (m.training or self.training).model_dump(),
+                "seed": self.seed, "image_size": self.image_size,
+                "source": self.source.model_dump()}
+
+
+# --------------------------------------------------------------------------- sweep
+class LinearProbeSettings(_Strict):
+    lrs: list[float] = Field([0.1, 0.01], min_length=1)
+    steps: int = Field(2500, ge=1)
+    repeats: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class KnnSettings(_Strict):
+    k: int = Field(1, ge=1)
+
+
+PROXIES = ("linear", "knn")
+
+
+class ProbeProtocol(_Strict):
+    enabled: bool = True
+    proxies: list[Literal["linear", "knn"]] = ["linear", "knn"]
+    linear: LinearProbeSettings = LinearProbeSettings()
+    knn: KnnSettings = KnnSettings()
+
+
+class FinetuneProtocol(_Strict):
+    enabled: bool = True
+    # The paper's profile is 2 lrs x 2500 steps x batch 512 x 5 repetitions; smaller profiles
+    # must say so by name (reports and MLflow carry it).
+    profile: str = "paper"
+    lrs: list[float] = Field([0.01, 0.001], min_length=1)
+    head_steps: int = Field(500, ge=0)
+    steps: int = Field(2500, ge=0)
+    batch_size: int = Field(512, ge=1)
+    repeats: int = Field(5, ge=1)
+
+
+class Resources(_Strict):
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
+    cpus_per_trial: int = Field(1, ge=1)
+    gpus_per_trial: float = Field(0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class ReportSettings(_Strict):
+    max_budget: int = Field(3, ge=1, le=10)
+    strategies: list[str] | None = None
+
+
+class TrackingSettings(_Strict):
+    experiment: str | None = None  # default: the sweep's name
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    seed: int = 0
+    image_size: int = Field(32, ge=8, le=512)
+    zoo: str = "zoo.yaml"  # the zoo file, relative to this sweep file
+    models: list[str] | Literal["all"] = "all"
+    tasks: list[str] | Literal["all"] = "all"
+    pools: dict[str, list[str] | Literal["all"]] = {"all": "all"}
+    probe: ProbeProtocol = ProbeProtocol()
+    finetune: FinetuneProtocol = FinetuneProtocol()
+    resources: Resources = Resources()
+    report: ReportSettings = ReportSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def protocol_settings(self, protocol: str) -> dict[str, Any]:
+        """What determines a (model, task, protocol) result: its key's settings."""
+        data = {"image_size": self.image_size, "seed": self.seed}
+        if protocol == "probe":
+            data.update(self.probe.model_dump(exclude={"enabled"}))
+        elif protocol == "finetune":
+            data.update(self.finetune.model_dump(exclude={"enabled"}))
+        else:
+            raise KeyError(protocol)
+        return data
+
+    def protocol_hash(self, protocol: str) -> str:
+        blob = json.dumps(self.protocol_settings(protocol), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- loading
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+    kind, msg = e["type"], e["msg"]
+    if kind == "extra_forbidden":
+        msg = "unknown key (misspelled?); remove it or see the README's configuration table"
+    elif kind == "missing":
+        msg = "required key missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    where = f"key {loc!r}" if loc else "top level"
+    return f"{path}: {where}: {msg}{more}"
+
+
+def _read_yaml(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got "
+                          f"{type(data).__name__}")
+    return path, data
+
+
+def load_zoo_config(path: str | Path) -> ZooConfig:
+    path, data = _read_yaml(path)
+    try:
+        return ZooConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+
+
+def load_sweep_config(path: str | Path) -> tuple[SweepConfig, Path]:
+    """Parse a sweep file; returns the config and the path of its zoo file."""
+    path, data = _read_yaml(path)
+    try:
+        cfg = SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+    return cfg, (path.parent / cfg.zoo)

@@ -1,0 +1,133 @@
+"""Where things run: local or cluster Ray, and one Ray Tune experiment over a list of jobs.
+
+The zoo build and the sweep both hand this module a plain trial function ``fn(job, settings) ->
+metrics`` and a precomputed list of job dicts (uneven model x task x protocol sets go through
+``tune.grid_search`` of the list). Large constants travel through ``tune.with_parameters``, never
+inside the search space. Results reach the driver through Tune callbacks, so the driver is the
+single writer of MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+# Per-trial CSV/JSON/TensorBoard loggers are noise for thousands of small trials; MLflow is the
+# record. Must be set before Tune builds its callbacks.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "60")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray with its own temp dir."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        return
+    # A short private temp dir: parallel runs must not share /tmp/ray, and Ray's socket paths
+    # must stay under the 107-character limit.
+    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")
+    ray.init(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir, **kwargs)
+
+
+def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings: Any,
+               threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    metrics = fn(config["job"], settings)
+    tune.report(metrics)
+
+
+class Progress:
+    """Counts finished jobs by kind and prints pairs done of total, elapsed and an estimate."""
+
+    def __init__(self, total_by_kind: dict[str, int], stream=sys.stderr, every_s: float = 5.0):
+        self.total = dict(total_by_kind)
+        self.done = {k: 0 for k in total_by_kind}
+        self.failed = 0
+        self.start = time.monotonic()
+        self.stream, self.every_s, self._last = stream, every_s, 0.0
+
+    def update(self, kind: str, failed: bool = False, force: bool = False) -> None:
+        self.done[kind] = self.done.get(kind, 0) + 1
+        self.failed += int(failed)
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s or self.n_done == self.n_total:
+            self._last = now
+            print(self.line(), file=self.stream, flush=True)
+
+    @property
+    def n_done(self) -> int:
+        return sum(self.done.values())
+
+    @property
+    def n_total(self) -> int:
+        return sum(self.total.values())
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        parts = " ".join(f"{k} {self.done.get(k, 0)}/{n}" for k, n in self.total.items())
+        eta = elapsed / self.n_done * (self.n_total - self.n_done) if self.n_done else float("nan")
+        fail = f" | {self.failed} failed" if self.failed else ""
+        return (f"[whichmodel] {parts} | elapsed {_fmt(elapsed)} | "
+                f"eta {_fmt(eta) if eta == eta else '?'}{fail}")
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _Forward(tune.Callback):
+    """Hands each finished (or failed) trial's job and metrics to the driver's handlers."""
+
+    def __init__(self, on_result: Callable[[dict, dict], None],
+                 on_error: Callable[[dict, str], None]):
+        self.on_result, self.on_error = on_result, on_error
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.on_result(trial.config["job"], dict(trial.last_result or {}))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_error(trial.config["job"], str(getattr(trial, "error_file", "") or "trial failed"))
+
+
+def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: Any, *,
+             name: str, storage_path: str | Path, on_result: Callable[[dict, dict], None],
+             on_error: Callable[[dict, str], None], cpus_per_trial: int = 1,
+             gpus_per_trial: float = 0.0, max_concurrent_trials: int | None = None,
+             max_failures: int = 1) -> None:
+    """Run ``fn(job, settings)`` for every job as one Tune trial each, in list order."""
+    if not jobs:
+        return
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, fn=fn, settings=settings, threads=cpus_per_trial),
+        resources)
+    storage = str(storage_path)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        storage = str(Path(storage).resolve())
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(jobs))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                  callbacks=[_Forward(on_result, on_error)],
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
+    tuner.fit()

@@ -1,0 +1,32 @@
+"""Shared fixtures: one local Ray per test session (own temp dir, no dashboard)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A 2-CPU local Ray for the whole session; the driver code finds it already initialised."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="wmt-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
+             logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty WHICHMODEL_HOME, with tracking at its default local store."""
+    monkeypatch.setenv("WHICHMODEL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"

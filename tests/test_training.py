@@ -1,0 +1,79 @@
+"""The fine-tune protocol's pieces: schedule, frozen stage 1, best-by-validation and median."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.backbones import create_backbone
+from lightning_modules.training import (best_by_validation, median_over_repeats, run_finetune,
+                                        set_trainable, warmup_cosine)
+from sweeps.driver import aggregate_finetune
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def _splits(n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    def split(n):
+        y = np.arange(n) % n_classes
+        x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+        x[..., 0] += (y * 60).astype(np.uint8)[:, None, None]  # class shows in the red channel
+        return x, y.astype(np.int64)
+    return {"train800": split(96), "val200": split(30), "test": split(30)}
+
+
+def test_head_only_stage_leaves_every_backbone_tensor_unchanged():
+    torch.manual_seed(0)
+    b = create_backbone("cnn", width=8)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    run = run_finetune(b, _splits(), 3, lr=1.0, steps=0, head_steps=60, batch_size=32)
+    after = b.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert run["val_acc"] > 0.5  # the head alone learned (chance is 1/3)
+
+
+def test_full_finetune_changes_the_backbone():
+    torch.manual_seed(0)
+    b = create_backbone("cnn", width=8)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    run_finetune(b, _splits(), 3, lr=0.05, steps=5, head_steps=5, batch_size=32)
+    assert any(not torch.equal(before[k], v) for k, v in b.state_dict().items())
+
+
+def test_surgical_trainable_selects_only_the_chosen_group():
+    b = create_backbone("resnet")
+    set_trainable(b, "last")
+    last = {id(p) for m in b.block_groups()["last"] for p in m.parameters()}
+    for p in b.parameters():
+        assert p.requires_grad == (id(p) in last)
+    with pytest.raises(ValueError, match="trainable must be"):
+        set_trainable(b, "middl")
+
+
+def test_best_by_validation_and_median_on_hand_made_numbers():
+    runs = [{"val_acc": 0.7, "test_acc": 0.65}, {"val_acc": 0.8, "test_acc": 0.6},
+            {"val_acc": 0.8, "test_acc": 0.9}]
+    assert best_by_validation(runs)["test_acc"] == 0.6  # first of the tied best
+    assert median_over_repeats([0.5, 0.9, 0.6, 0.7, 0.8]) == 0.7
+
+
+def test_aggregate_finetune_picks_lr_per_repetition_then_takes_the_median():
+    by_lr = {
+        0.01: {"rep0/val_acc": 0.9, "rep0/test_acc": 0.80, "rep1/val_acc": 0.5, "rep1/test_acc": 0.50,
+               "rep2/val_acc": 0.7, "rep2/test_acc": 0.72},
+        0.001: {"rep0/val_acc": 0.6, "rep0/test_acc": 0.99, "rep1/val_acc": 0.6, "rep1/test_acc": 0.61,
+                "rep2/val_acc": 0.7, "rep2/test_acc": 0.10},
+    }
+    out = aggregate_finetune(by_lr, repeats=3)
+    # rep0 -> lr 0.01 (0.80); rep1 -> lr 0.001 (0.61); rep2 tie -> smaller lr 0.001 (0.10)
+    assert out["test/acc"] == pytest.approx(0.61)
+    assert out["val/acc"] == pytest.approx(0.7)
+    assert [out[f"rep{i}/best_lr"] for i in range(3)] == [0.01, 0.001, 0.001]
