@@ -116,15 +116,21 @@ class _TimmBody(nn.Module):
 def build_resnet(width: int = 16, input_size: int = 32, source_classes: int = 0) -> Backbone:
     """A narrow ResNet-10 from timm (BasicBlock, one block per stage), random initialisation.
 
-    Created through ``timm.create_model`` exactly as hub ResNets are, with ``pretrained=False``;
-    the stem keeps its stride so 32 px inputs end at a 1x1 map, as a 224 px ImageNet ResNet
-    ends at 7x7.
+    Created through ``timm.create_model`` as hub ResNets are, with ``pretrained=False``, then given
+    the usual small-image stem (one 3x3 stride-2 convolution, no max-pool) so that 32 px inputs
+    end at a 2x2 map; the 7x7 stem plus max-pool of ImageNet ResNets leaves 1x1 and barely trains
+    at this size. ``zero_init_last=False`` for the same reason: with one block per stage and a few
+    hundred steps, zero-initialised residual branches learned too slowly.
     """
     import timm
 
     channels = tuple(width * m for m in (1, 2, 4, 8))
     model = timm.create_model("resnet18", pretrained=False, num_classes=0, layers=(1, 1, 1, 1),
-                              channels=channels, stem_width=width)
+                              channels=channels, zero_init_last=False)
+    stem = model.conv1.out_channels
+    model.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=2, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
     groups = {"first": ["model.conv1", "model.bn1", "model.layer1"],
               "middle": ["model.layer2", "model.layer3"], "last": ["model.layer4"]}
     return Backbone(_TimmBody(model), model.num_features, _prep(input_size), groups,

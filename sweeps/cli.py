@@ -16,25 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
 from pathlib import Path
 
 from sweeps.config import WhichModelError
+from sweeps.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
-
-
-def _quiet() -> None:
-    """Keep library chatter (Lightning tips, deprecations) off the user's terminal."""
-    import logging
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
-                 "mlflow", "alembic", "ray", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _paths(args):
@@ -238,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet()
+    quiet_libraries()
     try:
         return args.func(args)
     except WhichModelError as exc:

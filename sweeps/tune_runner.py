@@ -46,6 +46,9 @@ def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings
                threads: int) -> None:
     import torch
 
+    from sweeps.quiet import quiet_libraries
+
+    quiet_libraries()
     torch.set_num_threads(max(1, threads))
     metrics = fn(config["job"], settings)
     tune.report(metrics)

@@ -21,8 +21,13 @@ from sweeps.config import ConfigError, ZooConfig
 from sweeps.paths import Paths
 
 
+# Bump when the architectures or the pre-training code change what a recipe produces.
+ZOO_FORMAT = 2
+
+
 def recipe_hash(zoo: ZooConfig, name: str) -> str:
-    return hashlib.sha256(json.dumps(zoo.recipe(name), sort_keys=True).encode()).hexdigest()[:12]
+    recipe = {"format": ZOO_FORMAT, **zoo.recipe(name)}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def is_built(zoo: ZooConfig, name: str, paths: Paths) -> bool:

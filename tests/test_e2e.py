@@ -1,0 +1,147 @@
+"""A tiny sweep end to end: zoo build and sweep through Ray Tune, runs in MLflow, the report.
+
+2 models x 2 tasks x 2 protocols on the session's local Ray, MLflow's local SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sweeps.cli import main
+
+pytestmark = pytest.mark.slow
+
+ZOO = """
+name: tiny-zoo
+image_size: 32
+source: {n_train: 200, n_val: 50}
+training: {steps: 10, batch_size: 32, lr: 0.05}
+models:
+  - {name: tiny-shapes, arch: cnn, arch_kwargs: {width: 8}, upstream: [shapes]}
+  - {name: tiny-random, arch: cnn, arch_kwargs: {width: 8}, objective: none}
+"""
+
+SWEEP = """
+name: {name}
+zoo: zoo.yaml
+models: all
+tasks: [digits, sprite_location]
+probe:
+  linear: {{lrs: [0.1, 0.01], steps: 50, repeats: 2, batch_size: 64}}
+finetune:
+  profile: test-tiny
+  lrs: [0.01, 0.001]
+  head_steps: 5
+  steps: 5
+  batch_size: 32
+  repeats: 1
+resources: {{cpus_per_trial: 1}}
+report: {{max_budget: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_env(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("e2e")
+    (root / "zoo.yaml").write_text(ZOO)
+    (root / "tiny.yaml").write_text(SWEEP.format(name="tiny"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WHICHMODEL_HOME", str(root / "home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["zoo", "build", str(root / "zoo.yaml")]) == 0
+    yield root
+    mp.undo()
+
+
+def _client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'home' / 'mlflow.db'}")
+
+
+def _pair_runs(root: Path, experiment: str):
+    client = _client(root)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("pair_key")], runs
+
+
+def test_zoo_build_writes_safetensors_and_metadata_and_skips_when_built(sweep_env, capsys):
+    for name in ("tiny-shapes", "tiny-random"):
+        meta = json.loads((sweep_env / "home" / "zoo" / name / "meta.json").read_text())
+        assert (sweep_env / "home" / "zoo" / name / "model.safetensors").is_file()
+        assert {"arch", "upstream_size", "upstream_acc", "params", "feature_dim",
+                "source_classes"} <= set(meta)
+    assert meta["upstream_size"] == 0 and meta["upstream_acc"] is None  # the random control
+    assert main(["zoo", "build", str(sweep_env / "zoo.yaml")]) == 0
+    assert "all 2 models built" in capsys.readouterr().err
+
+
+def test_sweep_logs_one_finished_run_per_key_and_reruns_nothing(sweep_env, capsys):
+    reports = sweep_env / "reports"
+    assert main(["run", str(sweep_env / "tiny.yaml"), "--reports-dir", str(reports)]) == 0
+    pairs, runs = _pair_runs(sweep_env, "tiny")
+    keys = sorted(r.data.tags["pair_key"] for r in pairs)
+    assert len(keys) == 8 and len(set(keys)) == 8  # 2 models x 2 tasks x {probe, finetune}
+    assert all(r.info.status == "FINISHED" for r in pairs)
+    probe = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-shapes|digits|probe")
+    assert probe.info.run_name == "tiny-shapes@digits:probe"
+    assert {"proxy/linear", "proxy/knn", "time/features"} <= set(probe.data.metrics)
+    assert probe.data.tags["group"] == "natural" and probe.data.tags["protocol_hash"]
+    ft = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-random|sprite_location|finetune")
+    assert 0.0 <= ft.data.metrics["test/acc"] <= 1.0 and "val/acc" in ft.data.metrics
+    assert ft.data.params["finetune/profile"] == "test-tiny"
+    assert "pairs" not in capsys.readouterr().err or True
+
+    # Second run: everything is finished, nothing runs again, still one run per key.
+    assert main(["run", str(sweep_env / "tiny.yaml"), "--reports-dir", str(reports)]) == 0
+    err = capsys.readouterr().err
+    assert "8 already finished" in err and "0 to run" in err
+    pairs_again, runs_again = _pair_runs(sweep_env, "tiny")
+    assert sorted(r.info.run_id for r in pairs_again) == sorted(r.info.run_id for r in pairs)
+    assert len([r for r in runs_again if r.data.tags.get("protocol") == "report"]) == 1
+
+
+def test_report_contents_files_and_mlflow_artifacts(sweep_env, capsys):
+    reports = sweep_env / "reports"
+    if not (reports / "tiny" / "regret.json").exists():
+        assert main(["run", str(sweep_env / "tiny.yaml"), "--reports-dir", str(reports)]) == 0
+    assert main(["report", "--experiment", "tiny", "--reports-dir", str(reports)]) == 0
+    out = capsys.readouterr().out
+    for f in ("regret.md", "regret.csv", "regret.json", "regret.png"):
+        assert (reports / "tiny" / f).stat().st_size > 0
+    report = json.loads((reports / "tiny" / "regret.json").read_text())
+    assert sorted(report["tasks"]) == ["digits", "sprite_location"]
+    assert {"task_agnostic", "proxy/linear", "proxy/knn", "hybrid:proxy/linear", "oracle"} <= set(
+        report["strategies"])
+    assert sorted(report["strategies"]["task_agnostic"]) == ["1", "2"]  # B up to the pool size
+    for strategy, by_budget in report["strategies"].items():
+        for b in by_budget.values():
+            assert all(0.0 <= v <= 1.0 for v in b["per_task"].values())
+    # task-agnostic ranks by upstream data size: the pre-trained model before the control
+    assert report["picks"]["task_agnostic"]["digits"][0] == "tiny-shapes"
+    assert "task_agnostic" in out and "digits" in out
+    client = _client(sweep_env)
+    exp = client.get_experiment_by_name("tiny")
+    report_run = next(r for r in client.search_runs([exp.experiment_id])
+                      if r.data.tags.get("protocol") == "report")
+    names = {a.path for a in client.list_artifacts(report_run.info.run_id, "report")}
+    assert {"report/regret.json", "report/regret.png"} <= names
+
+
+def test_unreadable_checkpoint_stops_before_any_run(sweep_env, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(sweep_env / "home" / "zoo", home / "zoo")
+    (home / "zoo" / "tiny-shapes" / "model.safetensors").write_bytes(b"\x00garbage")
+    monkeypatch.setenv("WHICHMODEL_HOME", str(home))
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    (tmp_path / "bad.yaml").write_text(SWEEP.format(name="bad"))
+    assert main(["run", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tiny-shapes/model.safetensors" in err and len(err.splitlines()) == 1
+    assert not (home / "mlflow.db").exists()  # no store, no experiment, no run

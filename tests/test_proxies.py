@@ -1,0 +1,371 @@
+"""Tests of selection.proxies: the linear-probe and kNN proxies and their input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from selection import proxies
+from selection.proxies import (
+    check_inputs,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+    linear_probe_runs,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch intra-op thread for the test's own torch code and the kNN/sklearn references:
+    as fast for these sizes, and no OpenMP stalls on an oversubscribed machine. Restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def _blobs(seed, n_train=800, n_val=200, dim=10, n_classes=4, spread=0.7, scaled=True):
+    """Gaussian class blobs with anisotropic scale and an offset (same for both splits)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, dim)) * spread
+    scale = rng.uniform(0.5, 3.0, size=dim) if scaled else np.ones(dim)
+    offset = rng.normal(size=dim) * 5 if scaled else np.zeros(dim)
+
+    def make(n):
+        y = np.arange(n) % n_classes
+        rng.shuffle(y)
+        x = (centers[y] + rng.normal(size=(n, dim))) * scale + offset
+        return x, y
+
+    return (*make(n_train), *make(n_val))
+
+
+def _knn_data(seed, dtype=np.float64, n_train=300, n_eval=120, dim=5, n_classes=4):
+    """Random training data with duplicated points; eval points partly equal to train points."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_train, dim))
+    y = rng.integers(0, n_classes, n_train)
+    y[:n_classes] = np.arange(n_classes)
+    # Exact duplicates of training points (same label and a conflicting label): distance ties.
+    dup = rng.choice(n_train, 60, replace=False)
+    x = np.concatenate([x, x[dup], x[dup[:20]]])
+    y = np.concatenate([y, y[dup], (y[dup[:20]] + 1) % n_classes])
+    perm = rng.permutation(len(x))
+    x, y = x[perm], y[perm]
+    xe = rng.normal(size=(n_eval, dim))
+    xe[:40] = x[rng.choice(len(x), 40, replace=False)]  # zero-distance neighbours
+    xe[40:60] = x[rng.choice(len(x), 20, replace=False)] + 1e-3
+    ye = rng.integers(0, n_classes, n_eval)
+    return x.astype(dtype), y, xe.astype(dtype), ye
+
+
+# -------------------------------------------------------------------------------------- kNN
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [1, 3, 80])
+def test_knn_matches_sklearn_brute(k, dtype):
+    for seed in range(3):
+        x, y, xe, ye = _knn_data(seed, dtype)
+        if k > 1:
+            # sklearn breaks ties at the k-th place by heap order, not by a fixed rule (see
+            # knn_predict); duplicated points agree on the label for k > 1.
+            first = {}
+            y = np.array([first.setdefault(row.tobytes(), label) for row, label in zip(x, y)])
+        ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(x, y)
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref.predict(xe))
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k, chunk_size=7), ref.predict(xe))
+        assert knn_accuracy(x, y, xe, ye, k=k) == ref.score(xe, ye)
+        assert knn_accuracy(x, y, xe, ye, k=k, chunk_size=7) == ref.score(xe, ye)
+
+
+def test_knn_k1_conflicting_duplicates_lowest_index_like_sklearn():
+    # 40 copies of 50 points with random labels: k=1 ties everywhere, lowest index wins.
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(50, 8))
+    x = np.concatenate([base] * 40)
+    y = rng.integers(0, 5, len(x))
+    y[:5] = np.arange(5)
+    q = base[:30] + 0.01 * rng.normal(size=(30, 8))
+    pred = knn_predict(x, y, q, k=1)
+    np.testing.assert_array_equal(pred, y[:30])
+    np.testing.assert_array_equal(
+        pred, KNeighborsClassifier(1, algorithm="brute").fit(x, y).predict(q)
+    )
+
+
+def test_knn_tie_rules_documented():
+    q = np.zeros((1, 1))
+    # Squared distances [4, 4, 2.25, 1]: with k=3 one of the two at distance 4 is kept; ours
+    # is the lowest index (label 0), sklearn's heap keeps index 1 (documented difference).
+    x = np.array([[2.0], [-2.0], [1.5], [1.0]])
+    y = np.array([0, 1, 0, 1])
+    assert knn_predict(x, y, q, k=3)[0] == 0
+    assert KNeighborsClassifier(3, algorithm="brute").fit(x, y).predict(q)[0] == 1
+    # Vote tie (k=2, one vote each for labels 2 and 1): the smallest label wins, as in sklearn.
+    x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    y = np.array([2, 1, 0, 0])
+    assert knn_predict(x, y, q, k=2)[0] == 1
+    assert KNeighborsClassifier(2, algorithm="brute").fit(x, y).predict(q)[0] == 1
+    # All features equal (a dead backbone): every distance ties, k=1 takes training row 0.
+    x = np.zeros((6, 3))
+    y = np.array([2, 0, 1, 0, 1, 2])
+    np.testing.assert_array_equal(knn_predict(x, y, np.ones((4, 3))), [2, 2, 2, 2])
+
+
+def test_knn_blocks_bounded_and_result_unchanged(monkeypatch):
+    x, y, xe, ye = _knn_data(5)
+    full = knn_predict(x, y, xe, k=3)
+    monkeypatch.setattr(proxies, "_KNN_MAX_BLOCK_ELEMENTS", len(x) * 3)  # 3 eval rows a block
+    np.testing.assert_array_equal(knn_predict(x, y, xe, k=3), full)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 40])
+def test_knn_argmin_and_argpartition_paths_agree_on_ties(monkeypatch, k):
+    # Many exact ties with conflicting labels: both neighbour searches keep the lowest indices.
+    rng = np.random.default_rng(k)
+    base = rng.normal(size=(30, 4))
+    x = np.concatenate([base] * 6)
+    y = rng.integers(0, 4, len(x))
+    y[:4] = np.arange(4)
+    q = np.concatenate([base[:20], rng.normal(size=(20, 4))])
+    iterative = knn_predict(x, y, q, k=k)
+    monkeypatch.setattr(proxies, "_KNN_ITERATIVE_MAX_K", 0)
+    np.testing.assert_array_equal(knn_predict(x, y, q, k=k), iterative)
+    # Reference: a stable sort of the (exactly computed) distances, then the vote.
+    d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    d2[:20] = np.where(d2[:20] < 1e-20, 0.0, d2[:20])
+    near = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    votes = np.stack([np.bincount(y[row], minlength=4) for row in near])
+    np.testing.assert_array_equal(iterative[:20], votes.argmax(axis=1)[:20])
+
+
+def test_knn_torch_tensors():
+    x, y, xe, ye = _knn_data(2, np.float32)
+    ref = knn_accuracy(x, y, xe, ye)
+    got = knn_accuracy(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xe),
+                       torch.from_numpy(ye))
+    assert got == ref
+    np.testing.assert_array_equal(
+        knn_predict(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xe)),
+        knn_predict(x, y, xe),
+    )
+
+
+def test_knn_bad_arguments():
+    x, y, xe, ye = _knn_data(0)
+    with pytest.raises(ValueError, match="metric='cosine' is not supported"):
+        knn_accuracy(x, y, xe, ye, metric="cosine")
+    with pytest.raises(ValueError, match="k=10000 exceeds the number of training examples"):
+        knn_predict(x, y, xe, k=10000)
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        knn_predict(x, y, xe, k=0)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        knn_predict(x, y, xe, chunk_size=0)
+    with pytest.raises(ValueError, match="squared Euclidean distances overflow float64"):
+        knn_predict(x * 1e160, y, xe)
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def _reference_head(x, y, n_classes, lr, steps, batch_size, seed):
+    """One head alone, unbatched: plain SGD on the mean cross-entropy, float32."""
+    idx = proxies._minibatch_indices(len(x), steps, batch_size, seed)
+    w = torch.zeros(x.shape[1], n_classes)
+    b = torch.zeros(n_classes)
+    for t in range(steps):
+        xb = x[idx[t]]
+        yb = torch.nn.functional.one_hot(y[idx[t]], n_classes).float()
+        grad = (torch.softmax(xb @ w + b, dim=1) - yb) / len(xb)
+        w = w - lr * (xb.T @ grad)
+        b = b - lr * grad.sum(0)
+    return w, b
+
+
+def test_batched_heads_equal_unbatched_reference():
+    xtr, ytr, xva, yva = _blobs(3, n_train=120, n_val=80, dim=7, n_classes=3, spread=0.5)
+    lrs, steps, repeats, bsz, seed = (0.5, 0.1, 0.01), 40, 3, 16, 11
+    xs, xv = proxies._standardise(torch.from_numpy(xtr), torch.from_numpy(xva))
+    yt, yv = torch.from_numpy(ytr), torch.from_numpy(yva)
+    w, b = proxies._train_heads(xs, yt, 3, lrs, steps, repeats, bsz, seed)
+    runs = linear_probe_runs(xtr, ytr, xva, yva, lrs=lrs, steps=steps, repeats=repeats,
+                             batch_size=bsz, seed=seed)
+    assert runs.shape == (repeats, len(lrs))
+    for r in range(repeats):
+        for i, lr in enumerate(lrs):
+            w_ref, b_ref = _reference_head(xs, yt, 3, lr, steps, bsz, seed + r)
+            torch.testing.assert_close(w[r, i], w_ref, atol=1e-5, rtol=0)
+            torch.testing.assert_close(b[r, i], b_ref, atol=1e-5, rtol=0)
+            acc = float(((xv @ w_ref + b_ref).argmax(1) == yv).double().mean())
+            assert runs[r, i] == pytest.approx(acc, abs=1e-12)
+    assert not torch.equal(w[0], w[1])  # repeats use different minibatches
+
+
+def test_minibatches_are_shuffled_epochs():
+    idx = proxies._minibatch_indices(10, steps=7, batch_size=4, seed=3)
+    assert idx.shape == (7, 4)
+    stream = idx.flatten()
+    for e in range(2):  # 28 indices: two full epochs, then a partial one
+        assert sorted(stream[10 * e : 10 * (e + 1)].tolist()) == list(range(10))
+    assert torch.equal(idx, proxies._minibatch_indices(10, 7, 4, 3))
+    assert not torch.equal(idx, proxies._minibatch_indices(10, 7, 4, 4))
+    # batch_size > n: full-batch steps
+    assert proxies._minibatch_indices(5, 2, 64, 0).shape == (2, 5)
+
+
+def test_linear_probe_separable_blobs():
+    xtr, ytr, xva, yva = _blobs(0, n_train=400, n_val=200, dim=16, n_classes=5, spread=6.0)
+    assert linear_probe(xtr, ytr, xva, yva, steps=200, repeats=2) >= 0.99
+
+
+def test_linear_probe_close_to_sklearn_logistic_regression():
+    for seed in (0, 1):
+        xtr, ytr, xva, yva = _blobs(seed, n_train=800, n_val=2000)
+        ref = LogisticRegression(C=1e4, max_iter=5000).fit(xtr, ytr).score(xva, yva)
+        got = linear_probe(xtr, ytr, xva, yva, steps=500, repeats=3)
+        assert 0.6 < ref < 0.95  # a hard task, far from chance and from 1
+        assert got == pytest.approx(ref, abs=0.03)
+
+
+def test_linear_probe_median_over_repeats_of_best_lr():
+    # Few noisy steps so that repetitions differ.
+    xtr, ytr, xva, yva = _blobs(4, n_train=200, n_val=300, dim=10, n_classes=4, spread=0.5)
+    kw = dict(lrs=(1.0, 0.1, 0.01), steps=15, repeats=5, batch_size=8, seed=7)
+    runs = linear_probe_runs(xtr, ytr, xva, yva, **kw)
+    assert runs.shape == (5, 3)
+    assert len(np.unique(runs.max(axis=1))) > 1, "repetitions should differ"
+    assert linear_probe(xtr, ytr, xva, yva, **kw) == float(np.median(runs.max(axis=1)))
+    # Repetition r is seeded with seed + r.
+    for r in range(5):
+        one = linear_probe_runs(xtr, ytr, xva, yva, **{**kw, "repeats": 1, "seed": 7 + r})
+        np.testing.assert_array_equal(one[0], runs[r])
+    # An even number of repetitions: mean of the two middle values.
+    kw4 = {**kw, "repeats": 4}
+    best = np.sort(linear_probe_runs(xtr, ytr, xva, yva, **kw4).max(axis=1))
+    assert linear_probe(xtr, ytr, xva, yva, **kw4) == pytest.approx((best[1] + best[2]) / 2)
+
+
+def test_linear_probe_constant_feature_and_torch_inputs():
+    xtr, ytr, xva, yva = _blobs(5, n_train=100, n_val=60, dim=6, n_classes=3, spread=3.0)
+    xtr[:, 2] = 4.0  # constant on the training set: std floored, weights stay 0
+    xva[:, 2] = -7.0
+    kw = dict(steps=50, repeats=2)
+    ref = linear_probe_runs(xtr, ytr, xva, yva, **kw)
+    assert np.isfinite(ref).all() and ref.max() > 0.8
+    got = linear_probe_runs(torch.from_numpy(xtr), torch.from_numpy(ytr),
+                            torch.from_numpy(xva), torch.from_numpy(yva), **kw)
+    np.testing.assert_array_equal(got, ref)
+    x32 = xtr.astype(np.float32)
+    assert isinstance(linear_probe(torch.from_numpy(x32), ytr, xva, yva, **kw), float)
+
+
+def test_linear_probe_num_threads_restored():
+    xtr, ytr, xva, yva = _blobs(7, n_train=60, n_val=30)
+    torch.set_num_threads(2)
+    one = linear_probe_runs(xtr, ytr, xva, yva, steps=30, repeats=2)  # default: 1 thread
+    assert torch.get_num_threads() == 2
+    two = linear_probe_runs(xtr, ytr, xva, yva, steps=30, repeats=2, num_threads=None)
+    assert torch.get_num_threads() == 2
+    np.testing.assert_allclose(one, two, atol=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_linear_probe_runs_on_gpu_tensors():
+    xtr, ytr, xva, yva = _blobs(6, n_train=200, n_val=100)
+    kw = dict(steps=100, repeats=2)
+    cpu = linear_probe_runs(xtr, ytr, xva, yva, **kw)
+    gpu = linear_probe_runs(torch.from_numpy(xtr).cuda(), torch.from_numpy(ytr).cuda(),
+                            torch.from_numpy(xva).cuda(), torch.from_numpy(yva).cuda(), **kw)
+    np.testing.assert_allclose(gpu, cpu, atol=0.02)
+
+
+def test_linear_probe_bad_arguments():
+    xtr, ytr, xva, yva = _blobs(0, n_train=40, n_val=20)
+    for kw, msg in [
+        (dict(lrs=()), "lrs must be a non-empty sequence"),
+        (dict(lrs=(0.1, -1.0)), "lrs must be a non-empty sequence"),
+        (dict(steps=0), "steps must be an integer >= 1"),
+        (dict(repeats=0), "repeats must be an integer >= 1"),
+        (dict(batch_size=1.5), "batch_size must be an integer >= 1"),
+        (dict(seed=None), "seed must be an integer"),
+        (dict(num_threads=0), "num_threads must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            linear_probe(xtr, ytr, xva, yva, **kw)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _good():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(30, 4)), np.arange(30) % 3, rng.normal(size=(12, 4)), np.arange(12) % 3
+
+
+def _both(args, match):
+    """The same bad input is rejected by both proxies with the same message."""
+    tx, ty, ex, ey = args
+    with pytest.raises(ValueError, match=match.replace("EVAL", "val")):
+        linear_probe(tx, ty, ex, ey, steps=1, repeats=1)
+    with pytest.raises(ValueError, match=match.replace("EVAL", "eval")):
+        knn_accuracy(tx, ty, ex, ey)
+
+
+def test_non_finite_features_name_the_array():
+    tx, ty, ex, ey = _good()
+    tx[3, 1] = np.nan
+    _both((tx, ty, ex, ey), r"train_x contains 1 non-finite value\(s\) \(NaN or inf\), the "
+                            r"first at row 3, column 1")
+    tx, ty, ex, ey = _good()
+    ex[5, 0] = np.inf
+    ex[6, 2] = -np.inf
+    _both((tx, ty, ex, ey), r"EVAL_x contains 2 non-finite")
+    tx, ty, ex, ey = _good()
+    tx[0, 0] = np.nan
+    with pytest.raises(ValueError, match="train_x contains 1 non-finite"):
+        knn_predict(torch.from_numpy(tx), ty, ex)
+
+
+def test_label_errors():
+    tx, ty, ex, ey = _good()
+    _both((tx, ty.astype(float), ex, ey), r"train_y must hold integer class labels 0..C-1; got "
+                                          r"dtype float64.*np.unique")
+    _both((tx, ty, ex, ey.astype(np.float32)), r"EVAL_y must hold integer class labels")
+    bad = ty.copy()
+    bad[0] = -1
+    _both((tx, bad, ex, ey), r"train_y holds the negative label -1")
+    gap = np.where(ty == 1, 3, ty)  # labels {0, 2, 3}: class 1 is missing
+    _both((tx, gap, ex, ey % 2 * 2), r"class 1 has no training examples.*relabel")
+    _both((tx, np.zeros(30, int), ex, np.zeros(12, int)), r"fewer than 2 classes")
+    unseen = ey.copy()
+    unseen[0] = 5
+    _both((tx, ty, ex, unseen), r"EVAL_y holds label\(s\) \[5\].*class 5 has no training "
+                                r"examples")
+    _both((tx, ty[:, None], ex, ey), r"train_y must be 1-D")
+
+
+def test_shape_errors():
+    tx, ty, ex, ey = _good()
+    _both((tx, ty[:-1], ex, ey), r"train_x has 30 rows but train_y has 29 labels")
+    _both((tx, ty, ex, ey[:-2]), r"EVAL_x has 12 rows but EVAL_y has 10 labels")
+    _both((tx.ravel(), ty, ex, ey), r"train_x must be 2-D.*got shape \(120,\)")
+    _both((tx, ty, ex[:, :, None], ey), r"EVAL_x must be 2-D")
+    _both((tx, ty, ex[:, :3], ey), r"train_x has 4 features per example but EVAL_x has 3")
+    _both((tx[:0], ty[:0], ex, ey), r"train_x is empty")
+    _both((tx.astype(str), ty, ex, ey), r"train_x must hold real-valued features")
+
+
+def test_check_inputs_returns_classes_and_keeps_tensors():
+    tx, ty, ex, ey = _good()
+    chk = check_inputs(torch.from_numpy(tx), torch.from_numpy(ty), ex, ey)
+    assert chk.n_classes == 3
+    assert isinstance(chk.train_x, torch.Tensor)
+    assert chk.train_y.dtype == np.int64 and chk.eval_y.dtype == np.int64
