@@ -146,9 +146,10 @@ def plan_sweep(config_path: str | Path) -> Plan:
 
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
-              stream=sys.stderr) -> Outcome:
+              stream=None) -> Outcome:
     from lightning_modules.tasks import get_task_info, load_task
 
+    stream = stream or sys.stderr
     cfg = plan.cfg
     metas = check_models(plan.models, paths, plan.zoo_path)  # unreadable checkpoint: stop here
     uri = paths.tracking_uri(tracking_uri)

@@ -16,5 +16,6 @@ _LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fa
 def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

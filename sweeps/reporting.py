@@ -47,9 +47,10 @@ def report_experiment(tracker, *, pool: str = "all", pool_models: list[str] | No
 
 
 def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None,
-                  stream=sys.stdout) -> dict[str, Path]:
+                  stream=None) -> dict[str, Path]:
     from selection.report import format_table, write_report
 
+    stream = stream or sys.stdout
     files = write_report(report, out_dir)
     print(format_table(report), file=stream)
     print(f"\n[whichmodel] report written to {out_dir}/ ({', '.join(p.name for p in files.values())})",

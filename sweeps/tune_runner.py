@@ -57,7 +57,7 @@ def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings
 class Progress:
     """Counts finished jobs by kind and prints pairs done of total, elapsed and an estimate."""
 
-    def __init__(self, total_by_kind: dict[str, int], stream=sys.stderr, every_s: float = 5.0):
+    def __init__(self, total_by_kind: dict[str, int], stream=None, every_s: float = 15.0):
         self.total = dict(total_by_kind)
         self.done = {k: 0 for k in total_by_kind}
         self.failed = 0
@@ -70,7 +70,7 @@ class Progress:
         now = time.monotonic()
         if force or now - self._last >= self.every_s or self.n_done == self.n_total:
             self._last = now
-            print(self.line(), file=self.stream, flush=True)
+            print(self.line(), file=self.stream or sys.stderr, flush=True)
 
     @property
     def n_done(self) -> int:
@@ -101,11 +101,19 @@ class _Forward(tune.Callback):
                  on_error: Callable[[dict, str], None]):
         self.on_result, self.on_error = on_result, on_error
 
+    def __getstate__(self):
+        # Tune pickles its run config (callbacks included) into the experiment folder; the
+        # handlers close over the driver's live MLflow client and streams, which stay here.
+        return {"on_result": None, "on_error": None}
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.on_result(trial.config["job"], dict(trial.last_result or {}))
+        if self.on_result is not None:
+            self.on_result(trial.config["job"], dict(trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.on_error(trial.config["job"], str(getattr(trial, "error_file", "") or "trial failed"))
+        if self.on_error is not None:
+            self.on_error(trial.config["job"],
+                          str(getattr(trial, "error_file", "") or "trial failed"))
 
 
 def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: Any, *,

@@ -114,11 +114,12 @@ def _zoo_trial(job: dict, settings: _ZooSettings) -> dict:
 
 
 def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
-              force: bool = False, stream=sys.stderr) -> list[str]:
+              force: bool = False, stream=None) -> list[str]:
     """Build the zoo's missing models (all of ``only``, or the whole zoo); returns their names."""
     from lightning_modules.tasks import load_source
     from sweeps.tune_runner import Progress, init_ray, run_jobs
 
+    stream = stream or sys.stderr
     check_families(zoo)
     names = only or [m.name for m in zoo.models]
     todo = [n for n in names if force or not is_built(zoo, n, paths)]
