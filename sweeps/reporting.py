@@ -67,12 +67,13 @@ def results_table(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
     models = sorted({m for t in tasks for m in acc.get(t, {})})
     width = max(len(m) for m in models) + 2
-    lines = ["".join([f"{'model':<{width}}"] + [f"{t[:12]:>13}" for t in tasks])]
+    cols = [max(8, len(t)) + 2 for t in tasks]
+    lines = ["".join([f"{'model':<{width}}"] + [f"{t:>{c}}" for t, c in zip(tasks, cols)])]
     for m in models:
         cells = []
-        for t in tasks:
+        for t, c in zip(tasks, cols):
             v = acc.get(t, {}).get(m)
             best = v is not None and v == max(acc[t].values())
-            cells.append(f"{'-' if v is None else f'{v:.3f}' + ('*' if best else ' '):>13}")
+            cells.append(f"{'-' if v is None else f'{v:.3f}' + ('*' if best else ' '):>{c}}")
         lines.append(f"{m:<{width}}" + "".join(cells))
     return "\n".join(lines)
