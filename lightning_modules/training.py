@@ -6,8 +6,9 @@ whole network with SGD (momentum 0.9), linear warm-up then cosine decay. Stage 1
 computed once by a frozen forward pass: with the backbone frozen and in eval mode this is the same
 optimisation as pushing images through it at every step, at a fraction of the cost.
 
-Small tasks live as tensors on the training device; no DataLoader worker processes (VTAB-1k tasks
-are 1,000 images, worker start-up would cost more than the epoch).
+Small tasks live as tensors on the training device (:class:`DeviceBatches`); no DataLoader worker
+processes (VTAB-1k tasks are 1,000 images, worker start-up would cost more than the epoch); bf16
+autocast on GPU (``make_trainer``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.backbones import Backbone, extract_features
 
@@ -41,24 +41,52 @@ def default_warmup(total_steps: int) -> int:
     return max(0, int(round(0.05 * total_steps)))
 
 
-def make_trainer(max_steps: int, accelerator: str = "auto") -> pl.Trainer:
+def make_trainer(max_steps: int, accelerator: str = "auto",
+                 callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     """A quiet Trainer: no logger, checkpoints or progress bar (results go to MLflow from the driver)."""
     precision = "bf16-mixed" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "32-true"
     return pl.Trainer(max_steps=max_steps, accelerator=accelerator, devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, precision=precision,
-                      limit_val_batches=0)
+                      limit_val_batches=0, callbacks=callbacks or [])
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(x, y), batch_size=min(batch_size, len(x)), shuffle=True,
-                      generator=gen, num_workers=0, drop_last=len(x) > batch_size)
+class DeviceBatches:
+    """Shuffled minibatches of tensors that already sit on the training device.
+
+    An iterable Lightning accepts in place of a DataLoader: no worker processes and no per-item
+    collation, one index operation per batch. Each epoch reshuffles with a seeded generator.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, len(x))
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return max(1, len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.gen).to(self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
 
 
-def _sgd(params, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0):
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+            device: torch.device | None = None) -> DeviceBatches:
+    device = device or _device()
+    return DeviceBatches(x.to(device), y.to(device), batch_size, seed)
+
+
+def _sgd(params, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0,
+         warmup_steps: int | None = None):
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    warm = default_warmup(steps)
+    warm = default_warmup(steps) if warmup_steps is None else warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warm))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -89,6 +117,9 @@ class PretrainModule(pl.LightningModule):
                 x[mask] = torch.rot90(x[mask], quarter, dims=(2, 3))
             labels = k
         return x, labels
+
+    def on_train_start(self) -> None:
+        self.train()
 
     def training_step(self, batch, batch_idx):
         x, y = self._inputs(*batch)
@@ -165,20 +196,40 @@ class FineTuneModule(pl.LightningModule):
     """Stage 2: the whole network (or one surgical block group) and the head, trained together."""
 
     def __init__(self, backbone: Backbone, head: nn.Linear, lr: float, steps: int,
-                 trainable: str = "all"):
+                 trainable: str = "all", warmup_steps: int | None = None, curve_every: int = 10):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.lr, self.steps = lr, steps
+        self.lr, self.steps, self.warmup_steps = lr, steps, warmup_steps
+        self.curve_every = curve_every
+        self.curve: list[tuple[int, float]] = []  # (step, training loss), for the MLflow child run
+        self.trainable = trainable
         set_trainable(backbone, trainable)
+
+    def set_modes(self) -> None:
+        """Training mode for what trains, eval mode for frozen blocks (their BatchNorm statistics
+        stay as pre-trained). Lightning keeps submodules' modes as it finds them, and the frozen
+        forward pass of stage 1 leaves the backbone in eval mode."""
+        self.train()
+        if self.trainable != "all":
+            self.backbone.eval()
+            for module in self.backbone.block_groups().get(self.trainable, []):
+                module.train()
+
+    def on_train_start(self) -> None:
+        self.set_modes()
 
     def training_step(self, batch, batch_idx):
         images, y = batch
         logits = self.head(self.backbone.features(self.backbone.preprocess(images)))
-        return F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y)
+        step = self.global_step
+        if step % self.curve_every == 0 or step == self.steps - 1:
+            self.curve.append((step, float(loss.detach())))
+        return loss
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return _sgd(params, self.lr, self.steps)
+        return _sgd(params, self.lr, self.steps, warmup_steps=self.warmup_steps)
 
 
 def set_trainable(backbone: Backbone, trainable: str) -> None:
@@ -203,14 +254,27 @@ def _accuracy(features: torch.Tensor, labels: np.ndarray, head: nn.Module) -> fl
     return float((pred == np.asarray(labels)).mean())
 
 
+@torch.no_grad()
+def evaluate(module: "FineTuneModule", images: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of a fine-tune in progress (eval mode for the pass, training modes restored)."""
+    device = next(module.parameters()).device
+    feats, _ = extract_features(module.backbone, images, device=device)
+    acc = _accuracy(feats.to(device), labels, module.head)
+    module.set_modes()
+    return acc
+
+
 def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                  num_classes: int, lr: float, steps: int, head_steps: int, batch_size: int,
                  seed: int = 0, head_lr: float | None = None, trainable: str = "all",
+                 warmup_steps: int | None = None, curve_every: int = 10,
+                 evaluate_test: bool = True, callbacks: list[pl.Callback] | None = None,
                  ) -> dict[str, Any]:
     """One fine-tune run at one learning rate: head on frozen features, then the network.
 
-    Returns validation and test accuracy (the caller picks the learning rate by validation)
-    and the seconds spent.
+    Returns validation and test accuracy (the caller picks the learning rate by validation),
+    the training-loss curve of stage 2 and the seconds spent. ``head_steps=0`` leaves the head
+    at zero (the early-stop proxy's protocol); ``warmup_steps=0`` drops the warm-up.
     """
     pl.seed_everything(seed, workers=False, verbose=False)
     start = time.perf_counter()
@@ -218,24 +282,29 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     ytr_t = torch.as_tensor(ytr)
 
     # Stage 1: head on the frozen backbone, from one forward pass.
-    ftr, _ = extract_features(backbone, xtr, device="cpu")
     head_module = LinearHeadModule(backbone.feature_dim, num_classes, head_lr or lr, head_steps)
     if head_steps > 0:
+        ftr, _ = extract_features(backbone, xtr, device="cpu")
         make_trainer(head_steps, accelerator="cpu").fit(
-            head_module, _loader(ftr, ytr_t, batch_size, seed))
+            head_module, _loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
     head = head_module.head
 
     # Stage 2: full (or surgical) fine-tune.
+    curve: list[tuple[int, float]] = []
     if steps > 0 and trainable != "head":
-        module = FineTuneModule(backbone, head, lr, steps, trainable)
-        make_trainer(steps).fit(module, _loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
-        backbone, head = module.backbone, module.head
+        module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every)
+        make_trainer(steps, callbacks=callbacks).fit(
+            module, _loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
+        backbone, head, curve = module.backbone, module.head, module.curve
     backbone.eval()
     head = head.cpu().eval()
     fva, _ = extract_features(backbone, xva)
-    fte, _ = extract_features(backbone, xte)
-    return {"val_acc": _accuracy(fva.cpu(), yva, head), "test_acc": _accuracy(fte.cpu(), yte, head),
-            "seconds": time.perf_counter() - start}
+    out = {"val_acc": _accuracy(fva.cpu(), yva, head), "curve": curve}
+    if evaluate_test:
+        fte, _ = extract_features(backbone, xte)
+        out["test_acc"] = _accuracy(fte.cpu(), yte, head)
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 def best_by_validation(runs: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -253,3 +322,23 @@ def median_over_repeats(values: Sequence[float]) -> float:
     if not len(values):
         raise ValueError("no repetitions to take the median of")
     return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def early_stop_proxy(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                     num_classes: int, lrs: Sequence[float], steps: int, repeats: int,
+                     batch_size: int, seed: int = 0) -> float:
+    """The paper's early-stop proxy (Appendix I): validation accuracy after a few fine-tune steps.
+
+    Zero-initialised head trained together with the network from the first step (no head stage,
+    no warm-up); per repetition the best learning rate's validation accuracy; median over
+    repetitions. Test data is never touched.
+    """
+    import copy
+
+    best = []
+    for rep in range(repeats):
+        accs = [run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
+                             head_steps=0, batch_size=batch_size, seed=seed + rep,
+                             warmup_steps=0, evaluate_test=False)["val_acc"] for lr in lrs]
+        best.append(max(accs))
+    return median_over_repeats(best)

@@ -1,9 +1,15 @@
-"""Cheap task-aware proxies: the linear probe and the k-nearest-neighbour classifier.
+"""Cheap task-aware proxies: the linear probe, the k-nearest-neighbour classifier, and the
+registry of every proxy of one probe trial (:func:`compute_proxies`).
 
-Both proxies score a (model, task) pair from one frozen forward pass: ``train_x`` / ``val_x`` are
+All proxies score a (model, task) pair from one frozen forward pass: ``train_x`` / ``val_x`` are
 the backbone's features of the task's training and validation examples, ``train_y`` / ``val_y``
 the integer class labels. Each function takes numpy arrays or torch tensors and returns a float
-(an accuracy in [0, 1]; higher is better). No Ray, MLflow or Lightning here.
+(higher is better; the linear and kNN proxies are accuracies in [0, 1]). No Ray, MLflow or
+Lightning here. The closed-form scores (LogME, LEEP, NCE, H-score, TransRate) live in
+:mod:`selection.transferability` and are re-exported here; :data:`PROXY_NAMES` lists every proxy
+:func:`compute_proxies` computes, :data:`NEEDS_SOURCE` those that need the backbone's source
+classifier. Cost of a trial after the forward pass (N = 800, D = 2048, C = 10): the linear
+probe's SGD dominates; the closed-form scores share one N x N Gram eigendecomposition.
 
 Protocol (Renggli et al., "Which Model to Transfer? Finding the Needle in the Growing Haystack",
 CVPR 2022, Sec. 3 and 4; numbers in /work/shared/DESIGN.md, "Protocol numbers that must not
@@ -28,9 +34,11 @@ Linear proxy (:func:`linear_probe`)
     learning rate with the best validation accuracy counts; the proxy is the median over
     repetitions of that accuracy. All ``len(lrs) * repeats`` heads are trained together in one
     batched computation (weights of shape (repeats, D, len(lrs) * C), batched matmuls); the
-    heads of one repetition see the same minibatches. Runs on the GPU when ``train_x`` is a CUDA
-    tensor; on CPU with one torch intra-op thread by default (``num_threads``; see
-    :func:`linear_probe_runs` for why).
+    heads of one repetition see the same minibatches. When D > N the same SGD runs in the span
+    of the N training rows (W = X'^T A, logits K[batch] A + b with K = X' X'^T): identical
+    iterates in exact arithmetic, N instead of D per step and one product instead of two (see
+    ``_train_heads_dual``). Runs on the GPU when ``train_x`` is a CUDA tensor; on CPU with one
+    torch intra-op thread by default (``num_threads``; see :func:`linear_probe_runs` for why).
 
 kNN proxy (:func:`knn_accuracy`)
     k-nearest-neighbour classification (Cover & Hart, 1967) of the validation examples against
@@ -47,6 +55,7 @@ least one training example (see :func:`check_inputs`).
 from __future__ import annotations
 
 import math
+import time
 from numbers import Integral, Real
 from typing import Any, NamedTuple, Sequence
 
@@ -72,6 +81,10 @@ _KNN_MAX_BLOCK_ELEMENTS = 1 << 23
 _KNN_MAX_SQ_NORM = 1e300
 # kNN: up to this k, neighbours are found by k passes of argmin, above it by argpartition.
 _KNN_ITERATIVE_MAX_K = 64
+# kNN: float32 screening (see _Float32Screen) from this feature dimension on...
+_KNN_SCREEN_MIN_DIM = 64
+# ...and its candidates are used when they are at most this fraction of the training set.
+_KNN_SCREEN_MAX_FRACTION = 0.5
 # Linear probe: minibatch indices are generated this many steps at a time (bounded memory).
 _INDEX_BLOCK_STEPS = 512
 # Linear probe: validation rows scored at a time.
@@ -174,6 +187,32 @@ def _check_labels(y: Any, name: str) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def _check_classes(y: np.ndarray, name: str, also: str = "") -> int:
+    """C = max(y) + 1 for checked labels ``y``; ValueError unless C >= 2 and every class is present.
+
+    ``also`` is added to the relabelling hint of the missing-class message (e.g. " (and map
+    val_y the same way)").
+    """
+    n_classes = int(y.max()) + 1
+    if n_classes < 2:
+        raise ValueError(
+            f"{name} has fewer than 2 classes (only label {n_classes - 1}); a classification "
+            f"proxy needs at least 2 classes with labels 0..C-1."
+        )
+    counts = np.bincount(y, minlength=n_classes)
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        shown = ", ".join(str(int(c)) for c in missing[:10])
+        more = f" (and {missing.size - 10} more)" if missing.size > 10 else ""
+        raise ValueError(
+            f"class {shown}{more} has no training examples: {name} holds labels up to "
+            f"{n_classes - 1} but not {shown}{more}. Labels must be contiguous 0..C-1 with every "
+            f"class present in training; relabel with np.unique({name}, return_inverse=True)"
+            f"{also} or resample the training split."
+        )
+    return n_classes
+
+
 def check_inputs(
     train_x: Any,
     train_y: Any,
@@ -205,23 +244,7 @@ def check_inputs(
             f"train_x has {train_x.shape[0]} rows but train_y has {len(train_y)} labels; pass "
             f"one label per training example, in the same order."
         )
-    n_classes = int(train_y.max()) + 1
-    if n_classes < 2:
-        raise ValueError(
-            f"train_y has fewer than 2 classes (only label {n_classes - 1}); a classification "
-            f"proxy needs at least 2 classes with labels 0..C-1."
-        )
-    counts = np.bincount(train_y, minlength=n_classes)
-    missing = np.flatnonzero(counts == 0)
-    if missing.size:
-        shown = ", ".join(str(int(c)) for c in missing[:10])
-        more = f" (and {missing.size - 10} more)" if missing.size > 10 else ""
-        raise ValueError(
-            f"class {shown}{more} has no training examples: train_y holds labels up to "
-            f"{n_classes - 1} but not {shown}{more}. Labels must be contiguous 0..C-1 with every "
-            f"class present in training; relabel with np.unique(train_y, return_inverse=True) "
-            f"(and map {yn} the same way) or resample the training split."
-        )
+    n_classes = _check_classes(train_y, "train_y", f" (and map {yn} the same way)")
     if eval_y is not None:
         eval_y = _check_labels(eval_y, yn)
         if len(eval_y) != eval_x.shape[0]:
@@ -263,6 +286,89 @@ def _row_sq_norms(x: np.ndarray) -> np.ndarray:
         return np.fromiter(map(np.dot, x, x), dtype=np.float64, count=x.shape[0])
 
 
+def _exact_d2(xb: np.ndarray, xt: np.ndarray, nb: np.ndarray, nt: np.ndarray) -> np.ndarray:
+    """Squared distances with scikit-learn's EuclideanArgKmin arithmetic, in the same order:
+    d2 = max(0, (||a||^2 + (-2 a.b)) + ||b||^2) in float64, a.b by BLAS GEMM."""
+    d2 = xb @ xt.T
+    d2 *= -2.0
+    d2 += nb[:, None]
+    d2 += nt[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    return d2
+
+
+def _nearest(d2: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) column indices of the k smallest entries per row, ties to the lowest index.
+
+    Overwrites ``d2``. Entries may be +inf (never among the k nearest when at least k per row
+    are finite)."""
+    if k == 1:
+        return np.argmin(d2, axis=1)[:, None]  # the first (lowest index) of equal minima
+    if k <= _KNN_ITERATIVE_MAX_K:
+        # k passes of argmin, each taking the first (lowest-index) remaining minimum:
+        # faster than argpartition for small k, and ties resolve to the lowest index.
+        nearest = np.empty((len(d2), k), dtype=np.int64)
+        rows_b = np.arange(len(d2))
+        for j in range(k):
+            nearest[:, j] = np.argmin(d2, axis=1)
+            d2[rows_b, nearest[:, j]] = np.inf
+        return nearest
+    nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]  # k smallest, ties arbitrary
+    near_d2 = np.take_along_axis(d2, nearest, axis=1)
+    kth = near_d2.max(axis=1, keepdims=True)
+    # Rows with more examples at the k-th distance than were taken: of those tied, keep the
+    # ones of lowest training index (argpartition picks arbitrarily).
+    ambiguous = np.flatnonzero((d2 == kth).sum(axis=1) > (near_d2 == kth).sum(axis=1))
+    if ambiguous.size:
+        da, ka = d2[ambiguous], kth[ambiguous]
+        tied = da == ka
+        room = k - (da < ka).sum(axis=1, keepdims=True)
+        keep = (da < ka) | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+        nearest[ambiguous] = np.nonzero(keep)[1].reshape(-1, k)  # exactly k per row
+    return nearest
+
+
+class _Float32Screen:
+    """Float32 distances that rule training examples out before the exact float64 pass.
+
+    The float32 estimate w of a squared distance d (as scikit-learn computes it in float64)
+    satisfies |w - d| <= delta = kappa (||a||^2 + ||b||^2) + tiny, with
+    kappa = 2 (gamma_D + 10 u), u = 2^-24 and gamma_D = D u / (1 - D u): the standard bound for
+    a length-D dot product in any summation order (gamma_D sum |a_i b_i| <= gamma_D (||a||^2 +
+    ||b||^2) / 2, times 2 for the -2 a.b), plus rounding the inputs, the norms and two float32
+    additions (about 9 u (||a||^2 + ||b||^2)), plus float64's own error (far below u), then a
+    safety factor 2; ``tiny`` covers float32 underflow. Hence the k nearest examples (ties
+    included) all satisfy w - delta <= max(0, k-th smallest (w + delta)): only those columns
+    are recomputed exactly, so predictions are unchanged. Used when D >= 64 (below, the exact
+    GEMM is cheap anyway), D u < 0.01, and squared norms <= 1e30 (no float32 overflow).
+    """
+
+    def __init__(self, xtr: np.ndarray, tr_norms: np.ndarray, max_norm: float) -> None:
+        d = xtr.shape[1]
+        u = 2.0**-24
+        gamma = d * u / (1.0 - d * u)
+        self.kappa = 2.0 * (gamma + 10.0 * u)
+        self.tiny = 1e-30 * d * (1.0 + math.sqrt(max_norm))
+        self.xtr_m2 = xtr.astype(np.float32)
+        self.xtr_m2 *= -2.0  # exact: a power of two
+        self.tr_norms = tr_norms.astype(np.float32)
+        self.tr_max = float(tr_norms.max())
+
+    @staticmethod
+    def usable(d: int, max_norm: float) -> bool:
+        return d >= _KNN_SCREEN_MIN_DIM and d * 2.0**-24 < 0.01 and max_norm <= 1e30
+
+    def candidates(self, xb: np.ndarray, nb: np.ndarray, k: int) -> np.ndarray:
+        """Boolean (rows, n_train): examples that may be among the k nearest of each row."""
+        w = xb.astype(np.float32) @ self.xtr_m2.T
+        w += nb.astype(np.float32)[:, None]
+        w += self.tr_norms[None, :]
+        delta = self.kappa * (nb + self.tr_max) + self.tiny  # per row, >= every delta_ij
+        upper = w.min(axis=1) if k == 1 else np.partition(w, k - 1, axis=1)[:, k - 1]
+        threshold = np.maximum(upper + delta, 0.0) + delta
+        return w <= threshold[:, None]
+
+
 def _knn_predict_checked(chk: CheckedInputs, k: Any, chunk_size: Any) -> np.ndarray:
     n_train = chk.train_x.shape[0]
     k = _check_int(k, "k", 1)
@@ -277,48 +383,34 @@ def _knn_predict_checked(chk: CheckedInputs, k: Any, chunk_size: Any) -> np.ndar
     n_classes = chk.n_classes
     tr_norms = _row_sq_norms(xtr)
     ev_norms = _row_sq_norms(xev)
-    if max(tr_norms.max(), ev_norms.max()) > _KNN_MAX_SQ_NORM:
+    max_norm = max(tr_norms.max(), ev_norms.max())
+    if max_norm > _KNN_MAX_SQ_NORM:
         raise ValueError(
             "train_x or eval_x has features so large that squared Euclidean distances overflow "
             "float64 (a squared row norm above 1e300); rescale the features, e.g. divide both "
             "by the same constant (the kNN prediction is invariant to a common scale)."
         )
+    screen = None
+    if _Float32Screen.usable(xtr.shape[1], max_norm):
+        screen = _Float32Screen(xtr, tr_norms, max_norm)
     rows = max(1, min(chunk_size, _KNN_MAX_BLOCK_ELEMENTS // n_train))
     pred = np.empty(xev.shape[0], dtype=np.int64)
     for start in range(0, xev.shape[0], rows):
         xb = xev[start : start + rows]
-        # Same arithmetic, in the same order, as scikit-learn's EuclideanArgKmin:
-        # d2 = max(0, (||a||^2 + (-2 a.b)) + ||b||^2) in float64.
-        d2 = xb @ xtr.T
-        d2 *= -2.0
-        d2 += ev_norms[start : start + len(xb), None]
-        d2 += tr_norms[None, :]
-        np.maximum(d2, 0.0, out=d2)
+        nb = ev_norms[start : start + rows]
+        nearest = None
+        if screen is not None:
+            maybe = screen.candidates(xb, nb, k)
+            cols = np.flatnonzero(maybe.any(axis=0))
+            if len(cols) <= _KNN_SCREEN_MAX_FRACTION * n_train:
+                d2 = _exact_d2(xb, xtr[cols], nb, tr_norms[cols])
+                d2[~maybe[:, cols]] = np.inf  # ruled out: farther than the k-th nearest
+                nearest = cols[_nearest(d2, k)]  # cols ascend: index order, hence ties, kept
+        if nearest is None:
+            nearest = _nearest(_exact_d2(xb, xtr, nb, tr_norms), k)
         if k == 1:
-            # argmin returns the first (lowest training index) of equal minima.
-            pred[start : start + len(xb)] = ytr[np.argmin(d2, axis=1)]
+            pred[start : start + len(xb)] = ytr[nearest[:, 0]]
             continue
-        if k <= _KNN_ITERATIVE_MAX_K:
-            # k passes of argmin, each taking the first (lowest-index) remaining minimum:
-            # faster than argpartition for small k, and ties resolve to the lowest index.
-            nearest = np.empty((len(xb), k), dtype=np.int64)
-            rows_b = np.arange(len(xb))
-            for j in range(k):
-                nearest[:, j] = np.argmin(d2, axis=1)
-                d2[rows_b, nearest[:, j]] = np.inf  # distances are finite (checked above)
-        else:
-            nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]  # k smallest, ties arbitrary
-            near_d2 = np.take_along_axis(d2, nearest, axis=1)
-            kth = near_d2.max(axis=1, keepdims=True)
-            # Rows with more examples at the k-th distance than were taken: of those tied, keep
-            # the ones of lowest training index (argpartition picks arbitrarily).
-            ambiguous = np.flatnonzero((d2 == kth).sum(axis=1) > (near_d2 == kth).sum(axis=1))
-            if ambiguous.size:
-                da, ka = d2[ambiguous], kth[ambiguous]
-                tied = da == ka
-                room = k - (da < ka).sum(axis=1, keepdims=True)
-                keep = (da < ka) | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
-                nearest[ambiguous] = np.nonzero(keep)[1].reshape(-1, k)  # exactly k per row
         r = np.repeat(np.arange(len(xb)), k)
         votes = np.bincount(r * n_classes + ytr[nearest.ravel()], minlength=len(xb) * n_classes)
         # argmax returns the smallest label among tied vote counts.
@@ -341,7 +433,17 @@ def knn_predict(
     order, float32 input upcast to float64 first, as scikit-learn's ``EuclideanArgKmin`` does.
     The resulting floats were checked to be bit-identical to scikit-learn's (numpy 2 / scipy
     OpenBLAS); a different BLAS build could differ in the last bit, which matters only for
-    near-ties. Ranking uses squared distances (the square root is monotone).
+    near-ties. So can the position of a column within the GEMM kernel's tiles once D is a few
+    dozen or more: the dot products of an eval point with two exact duplicates of a training
+    point came out 1 ulp apart at D = 96 (in either library, depending on how it cuts the
+    matrix), so a point equidistant from duplicates that carry different labels can be
+    predicted differently. Ranking uses squared distances (the square root is monotone).
+
+    Float32 screen (D >= 64): a float32 GEMM first estimates every distance, with a proven
+    bound on its error (see ``_Float32Screen``); training examples that cannot be among the k
+    nearest are ruled out, and the exact float64 distances above are computed only for the
+    remaining columns (all of them when more than half remain). The result is unchanged; the
+    float32 GEMM costs about half of the float64 one.
 
     Tie rules:
 
@@ -361,7 +463,8 @@ def knn_predict(
 
     Memory and cost: eval rows are processed in blocks of at most ``min(chunk_size, 2**23 //
     n_train)`` rows, so one block of distances is at most 64 MiB; the full eval x train matrix
-    is never built (50k x 50k works). Per block: one GEMM, then k passes of ``argmin`` (k <= 64;
+    is never built (50k x 50k works). Per block: one float32 GEMM (the screen, D >= 64) and a
+    float64 GEMM over the remaining columns, then k passes of ``argmin`` (k <= 64;
     ``argpartition`` plus a tie fix-up above). ``chunk_size`` does not change the result.
 
     Raises ValueError on invalid inputs (see :func:`check_inputs`), k < 1, k > n_train, or
@@ -437,11 +540,16 @@ def _minibatch_indices(n: int, steps: int, batch_size: int, seed: int) -> torch.
     return _EpochSampler(n, min(batch_size, n), seed).next(steps)
 
 
-def _standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+def _standardise64(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Standardise with the training mean and population std (floored), in float64."""
     x64 = train_x.double()
     mean = x64.mean(dim=0)
     std = x64.std(dim=0, unbiased=False).clamp_min(STD_FLOOR)
-    return [((x.double() - mean) / std).float().contiguous() for x in (train_x, *others)]
+    return [(x.double() - mean) / std for x in (train_x, *others)]
+
+
+def _standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    return [x.float().contiguous() for x in _standardise64(train_x, *others)]
 
 
 @torch.no_grad()
@@ -490,6 +598,72 @@ def _train_heads(
         done += block
     w = w.view(r_, d, l_, c_).permute(0, 2, 1, 3).contiguous()
     return w, b.view(r_, l_, c_)
+
+
+@torch.no_grad()
+def _train_heads_dual(
+    gram: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    lrs: Sequence[float],
+    steps: int,
+    repeats: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_train_heads` in the span of the training rows: same iterates, N instead of D.
+
+    With W_0 = 0 and no weight decay every SGD update ``-lr/B X_B^T G`` is a combination of
+    training rows, so W_t = X^T A_t for a dual matrix A (N x C) that starts at 0 and moves only
+    in the rows of the minibatch: ``A[B] -= lr/B G``. The logits of a batch are then
+    ``X_B W + b = K[B] A + b`` with the Gram matrix K = X X^T (N x N, ``gram``, float32).
+    Per step that is one (B x N) @ (N x L*C) product and a scatter-add, instead of two
+    (B x D) products: cheaper whenever D > N (VTAB-1k: N = 800, D up to 2048 and more).
+    In exact arithmetic the iterates equal :func:`_train_heads`'s; in float32 they agree to
+    rounding. Returns A of shape (repeats, N, len(lrs) * C) and b of shape (repeats, 1,
+    len(lrs) * C); the weights are ``X^T A`` (see :func:`_dual_to_weights`).
+    """
+    device = gram.device
+    n = gram.shape[0]
+    r_, l_, c_ = repeats, len(lrs), n_classes
+    bsz = min(batch_size, n)
+    onehot = torch.nn.functional.one_hot(y, c_).to(torch.float32)
+    a = torch.zeros(r_ * n, l_ * c_, dtype=torch.float32, device=device)
+    b = torch.zeros(r_, 1, l_ * c_, dtype=torch.float32, device=device)
+    scale = torch.tensor([lr / bsz for lr in lrs], dtype=torch.float32, device=device)
+    scale = scale.repeat_interleave(c_).view(1, 1, l_ * c_)
+    # Row offsets of the repetitions in the stacked dual matrix a (repetition r: rows r*N..).
+    offset = (torch.arange(r_, device=device) * n).repeat_interleave(bsz)
+    samplers = [_EpochSampler(n, bsz, seed + r) for r in range(r_)]
+    done = 0
+    while done < steps:
+        block = min(_INDEX_BLOCK_STEPS, steps - done)
+        idx = torch.cat([s.next(block) for s in samplers], dim=1).to(device)
+        for t in range(block):
+            it = idx[t]
+            kb = gram.index_select(0, it).view(r_, bsz, n)
+            yb = onehot.index_select(0, it).view(r_, bsz, 1, c_)
+            logits = torch.baddbmm(b, kb, a.view(r_, n, l_ * c_)).view(r_, bsz, l_, c_)
+            e = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+            e = e.div_(e.sum(dim=-1, keepdim=True))
+            g = e.sub_(yb).view(r_, bsz, l_ * c_).mul_(scale)
+            # index_add_ accumulates repeated indices (a batch spanning two epochs may hold an
+            # example twice), exactly as X_B^T G sums both copies.
+            a.index_add_(0, it + offset, g.view(r_ * bsz, l_ * c_), alpha=-1.0)
+            b.sub_(g.sum(dim=1, keepdim=True))
+        done += block
+    return a.view(r_, n, l_ * c_), b
+
+
+def _dual_to_weights(
+    x64: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n_lrs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """W = X^T A in float64, cast to float32, in :func:`_train_heads`'s layout (R, L, D, C)."""
+    r_, _, lc = a.shape
+    c_ = lc // n_lrs
+    w = torch.matmul(x64.T.unsqueeze(0), a.double()).float()  # (R, D, L*C)
+    w = w.view(r_, -1, n_lrs, c_).permute(0, 2, 1, 3).contiguous()
+    return w, b.view(r_, n_lrs, c_)
 
 
 @torch.no_grad()
@@ -546,7 +720,9 @@ def linear_probe_runs(
     class. Runs where the inputs are: on the GPU if ``train_x`` is a CUDA tensor, else on CPU.
 
     Cost: about 4 * steps * repeats * batch_size * D * len(lrs) * C flops (two small matmuls per
-    step). ``num_threads`` (CPU only) is the number of torch intra-op threads for this call,
+    step) when D <= N; when D > N, 2 * steps * repeats * batch_size * N * len(lrs) * C (one
+    matmul with the Gram matrix, in the row space; the iterates are the same up to float32
+    rounding, so accuracies agree except on near-tied logits). ``num_threads`` (CPU only) is the number of torch intra-op threads for this call,
     set with ``torch.set_num_threads`` and restored afterwards; ``None`` keeps torch's setting.
     The default 1 is deliberate: the per-step matmuls are too small to gain much from more
     threads (about 10-20 % with 2 idle cores), while more threads than free cores make OpenMP
@@ -576,10 +752,17 @@ def linear_probe_runs(
     if device.type == "cpu" and num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        xtr, xva = _standardise(_to_tensor(chk.train_x, device), _to_tensor(chk.eval_x, device))
+        x64, v64 = _standardise64(_to_tensor(chk.train_x, device), _to_tensor(chk.eval_x, device))
+        xva = v64.float().contiguous()
         ytr = torch.from_numpy(chk.train_y).to(device)
         yva = torch.from_numpy(chk.eval_y).to(device)
-        w, b = _train_heads(xtr, ytr, chk.n_classes, lrs, steps, repeats, batch_size, int(seed))
+        args = (ytr, chk.n_classes, lrs, steps, repeats, batch_size, int(seed))
+        n, d = x64.shape
+        if d > n:  # train in the span of the N training rows (same iterates, see docstring)
+            a, b = _train_heads_dual((x64 @ x64.T).float(), *args)
+            w, b = _dual_to_weights(x64, a, b, len(lrs))
+        else:
+            w, b = _train_heads(x64.float().contiguous(), *args)
         return _head_accuracies(w, b, xva, yva).cpu().numpy()
     finally:
         if torch.get_num_threads() != threads_before:
@@ -612,3 +795,146 @@ def linear_probe(
         batch_size=batch_size, seed=seed, num_threads=num_threads,
     )
     return float(np.median(runs.max(axis=1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: every task-aware proxy of one probe trial
+# --------------------------------------------------------------------------------------------
+
+#: Proxies :func:`compute_proxies` knows, in the order reports list them.
+PROXY_NAMES = ("linear", "knn", "logme", "leep", "nce", "hscore", "hscore_lw", "transrate")
+#: Proxies that need the backbone's source classifier output (``source_probs_train``).
+NEEDS_SOURCE = frozenset({"leep", "nce"})
+
+# The closed-form scores live in selection.transferability, which imports this module's input
+# checks; they are re-exported here lazily (PEP 562) so that either module can be imported first.
+_TRANSFERABILITY_EXPORTS = ("TaskFeatures", "hscore", "leep", "logme", "nce", "transrate")
+__all__ += ["NEEDS_SOURCE", "PROXY_NAMES", "compute_proxies", "list_proxies",
+            *_TRANSFERABILITY_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRANSFERABILITY_EXPORTS:
+        from selection import transferability
+
+        return getattr(transferability, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def list_proxies() -> list[str]:
+    """Names of the proxies :func:`compute_proxies` computes (:data:`PROXY_NAMES`)."""
+    return list(PROXY_NAMES)
+
+
+_LINEAR_KEYS = ("lrs", "steps", "repeats", "batch_size", "seed", "num_threads")
+_KNN_KEYS = ("k", "metric", "chunk_size")
+
+
+def _check_names(names: Any) -> list[str]:
+    if isinstance(names, str):
+        names = [names]
+    names = list(dict.fromkeys(names))  # drop repeats, keep order
+    unknown = [n for n in names if n not in PROXY_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown proxy name(s) {unknown}; known proxies: {', '.join(PROXY_NAMES)} "
+            f"(early_stop is a fine-tune, not a feature proxy: see lightning_modules.training)."
+        )
+    return names
+
+
+def _check_kwargs(kwargs: Any, name: str, allowed: Sequence[str]) -> dict[str, Any]:
+    kwargs = dict(kwargs or {})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {unknown}; allowed: {', '.join(allowed)}.")
+    return kwargs
+
+
+def compute_proxies(
+    names: Sequence[str],
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    *,
+    source_probs_train: Any = None,
+    linear_kwargs: dict[str, Any] | None = None,
+    knn_kwargs: dict[str, Any] | None = None,
+    num_threads: int | None = 1,
+) -> dict[str, tuple[float, float]]:
+    """Every requested proxy of one probe trial: ``{name: (value, seconds)}``, in request order.
+
+    Inputs are one frozen forward pass: features and labels of the task's training and
+    validation splits (numpy or torch), and optionally ``source_probs_train`` (N_train x Z, the
+    softmax of the backbone's source classifier on the training examples). Which data each uses:
+
+    * ``linear`` (:func:`linear_probe`, ``linear_kwargs``) and ``knn`` (:func:`knn_accuracy`,
+      ``knn_kwargs``): trained on train, scored on val (paper protocol);
+    * ``logme``, ``hscore``, ``hscore_lw`` (H-score with Ledoit-Wolf shrinkage) and
+      ``transrate``: train features and labels (:mod:`selection.transferability`);
+    * ``leep``: ``source_probs_train``; ``nce``: its argmax as source labels, with train labels.
+
+    Proxies in :data:`NEEDS_SOURCE` are left out of the result when ``source_probs_train`` is
+    None (a backbone without a source head). Inputs are checked once, up front, with the
+    messages of :func:`check_inputs` (NaN/inf, missing classes, a single class, bad shapes);
+    unknown proxy names or kwargs keys raise ValueError listing the known ones.
+
+    ``num_threads`` caps the BLAS threads (threadpoolctl) of the numpy proxies for this call;
+    1 by default, for the reason :func:`linear_probe_runs` gives for torch: the matrices are small
+    (N x N with N = 800), and more threads than free cores stall (an 800 x 800 eigh took 0.14 s
+    on 1 thread and 0.8 s on 2 on a loaded 2-core machine). ``None`` keeps the BLAS setting. The
+    linear probe's torch threads are ``linear_kwargs["num_threads"]`` (default 1).
+
+    Timing: ``seconds`` is the wall time of that proxy. LogME, both H-scores and TransRate share
+    one :class:`~selection.transferability.TaskFeatures` (float64 copy, Gram matrices and their
+    eigendecompositions, computed on first use): a shared piece is charged to the first proxy
+    that needs it, so the sum of the seconds is the trial's proxy time.
+    """
+    from selection import transferability as T
+
+    from threadpoolctl import threadpool_limits
+
+    names = _check_names(names)
+    if num_threads is not None:
+        num_threads = _check_int(num_threads, "num_threads", 1)
+    linear_kwargs = _check_kwargs(linear_kwargs, "linear_kwargs", _LINEAR_KEYS)
+    knn_kwargs = _check_kwargs(knn_kwargs, "knn_kwargs", _KNN_KEYS)
+    chk = check_inputs(train_x, train_y, val_x, val_y, eval_name="val")
+    probs = None
+    if source_probs_train is not None:
+        probs = T._check_source_probs(source_probs_train, "source_probs_train")
+        if probs.shape[0] != len(chk.train_y):
+            raise ValueError(
+                f"source_probs_train has {probs.shape[0]} rows but train_x has "
+                f"{len(chk.train_y)}; pass the source classifier's softmax on the same training "
+                f"examples, in the same order."
+            )
+    tf: list[Any] = []  # the shared TaskFeatures, built by the first score that needs it
+
+    def task() -> Any:
+        if not tf:
+            tf.append(T.TaskFeatures(T._to_numpy64(chk.train_x), chk.train_y, chk.n_classes))
+        return tf[0]
+
+    scorers = {
+        "linear": lambda: linear_probe(chk.train_x, chk.train_y, chk.eval_x, chk.eval_y,
+                                       **linear_kwargs),
+        "knn": lambda: knn_accuracy(chk.train_x, chk.train_y, chk.eval_x, chk.eval_y,
+                                    **knn_kwargs),
+        "logme": lambda: T.logme_score(task()),
+        "leep": lambda: T.leep_score(probs, chk.train_y, chk.n_classes),
+        "nce": lambda: T.nce_score(probs.argmax(axis=1), chk.train_y, chk.n_classes),
+        "hscore": lambda: T.hscore_score(task()),
+        "hscore_lw": lambda: T.hscore_score(task(), regularized=True),
+        "transrate": lambda: T.transrate_score(task()),
+    }
+    out: dict[str, tuple[float, float]] = {}
+    with threadpool_limits(limits=num_threads, user_api="blas"):
+        for name in names:
+            if name in NEEDS_SOURCE and probs is None:
+                continue
+            start = time.perf_counter()
+            value = float(scorers[name]())
+            out[name] = (value, time.perf_counter() - start)
+    return out

@@ -4,6 +4,7 @@ A strategy ranks the pool for a task (best first); with budget B it fine-tunes t
 Strategies come from a registry, like timm's ``create_model``::
 
     names = list_strategies(proxies)             # ["task_agnostic", *proxies, *hybrids, "oracle", "random"]
+    names = list_strategies(proxies, predicted=["choicenet_v1"])   # ... *hybrids, "choicenet_v1", ...
     strategy = create_strategy("hybrid:proxy/linear", scores, metadata)
     strategy.rank("cifar100", ["vit_b16", "resnet50", ...])
 
@@ -15,12 +16,15 @@ The strategies (Renggli et al. 2022, Sec. 3):
 - ``task_agnostic`` -- upstream metadata only; the same order for every task.
 - ``proxy/<name>`` -- task-aware: one proxy score on the task (linear probe, kNN, LogME ...).
 - ``hybrid:proxy/<name>`` -- the top-1 task-agnostic model, then the proxy's order of the rest.
+- ``choicenet_v1``, ``choicenet_v2`` (any name of a *predicted-accuracy* table in ``scores``) --
+  meta-learned: rank by ChoiceNet's predicted fine-tune accuracy for the task, made by a net that
+  never saw the task's results (leave-one-task-out, :mod:`lightning_modules.choicenet`);
 - ``oracle`` -- the fine-tune test accuracy itself (a lower bound on regret: always 0).
 - ``random`` -- not a ranking (``expected = True``): the report uses the exact expected regret
   of a uniformly random size-B subset (:func:`selection.regret.expected_random_regret`).
 
-Ties are broken by model name, ascending, everywhere, so every ranking is deterministic.
-Other strategies (e.g. ChoiceNet's predicted accuracy) can be added with
+Ties are broken by model name, ascending, everywhere, so every ranking is deterministic; models
+without a value rank after all that have one. Other strategies can be added with
 :func:`register_strategy`, or logged as a ``proxy/...`` metric.
 """
 
@@ -30,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
@@ -38,6 +43,9 @@ TASK_AGNOSTIC = "task_agnostic"
 ORACLE = "oracle"
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid:"
+#: the meta-learned strategies; their score tables are predicted accuracies, not records.
+CHOICENET_V1 = "choicenet_v1"
+CHOICENET_V2 = "choicenet_v2"
 #: task-agnostic ranking keys, compared lexicographically, each descending (higher is better).
 TASK_AGNOSTIC_KEYS: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params")
 
@@ -69,15 +77,6 @@ def _score(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def _descending(scores: Mapping[str, float | None], models: Sequence[str]) -> list[str]:
-    """Models by score descending; models without a score after all that have one; ties by name."""
-    def key(m: str) -> tuple[int, float, str]:
-        s = scores.get(m)
-        return (1, 0.0, m) if s is None else (0, -s, m)
-
-    return sorted(models, key=key)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,12 +129,14 @@ class ScoreStrategy:
     expected: bool = False
 
     def rank(self, task: str, models: list[str]) -> list[str]:
-        if task in self.table.columns:
-            column = self.table[task]
-            scores = {m: _score(column.get(m)) for m in models}
-        else:
-            scores = {}
-        return _descending(scores, models)
+        models = list(models)
+        if not models or task not in self.table.columns:
+            return sorted(models)
+        # one reindex per task and a lexsort: (has no value, -score, name), all ascending
+        values = pd.to_numeric(self.table[task], errors="coerce").reindex(models).to_numpy(dtype=float)
+        missing = ~np.isfinite(values)
+        order = np.lexsort((np.array(models, dtype=str), np.where(missing, 0.0, -values), missing))
+        return [models[i] for i in order]
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,11 +186,25 @@ def register_strategy(name: str, factory: Factory) -> None:
     _REGISTRY[name] = factory
 
 
-def list_strategies(proxies: Sequence[str]) -> list[str]:
-    """Strategy names for these proxy metrics:
-    ``["task_agnostic", *proxies, *("hybrid:" + p), *registered, "oracle", "random"]``."""
+def list_strategies(proxies: Sequence[str], predicted: Sequence[str] = ()) -> list[str]:
+    """Strategy names for these proxy metrics and predicted-accuracy tables (e.g. ChoiceNet's):
+    ``["task_agnostic", *proxies, *("hybrid:" + p), *predicted, *registered, "oracle", "random"]``."""
     proxies = list(proxies)
-    return [TASK_AGNOSTIC, *proxies, *(HYBRID_PREFIX + p for p in proxies), *_REGISTRY, ORACLE, RANDOM]
+    return [TASK_AGNOSTIC, *proxies, *(HYBRID_PREFIX + p for p in proxies), *predicted, *_REGISTRY,
+            ORACLE, RANDOM]
+
+
+def check_predicted_name(name: object) -> str:
+    """A predicted-accuracy table's name, which becomes its strategy's name: a non-empty string
+    that is no built-in or registered strategy, proxy, hybrid or the ground truth."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"predictions: name {name!r} must be a non-empty string without surrounding "
+                         "whitespace, e.g. 'choicenet_v1'")
+    if name in {TASK_AGNOSTIC, ORACLE, RANDOM, GROUND_TRUTH} or name in _REGISTRY or \
+            name.startswith((PROXY_PREFIX, HYBRID_PREFIX)):
+        raise ValueError(f"predictions: name {name!r} is a built-in, registered or proxy strategy "
+                         f"name; call predicted accuracies e.g. {CHOICENET_V1!r} or {CHOICENET_V2!r}")
+    return name
 
 
 def _table(scores: Scores, metric: str, wanted_by: str) -> pd.DataFrame:
@@ -204,7 +219,8 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
     """Build the strategy called ``name``.
 
     ``scores``: metric -> pivot table (index model, columns task), including ``finetune_test_acc``
-    for ``oracle``; ``metadata``: model metadata for ``task_agnostic`` and hybrids (or None).
+    for ``oracle`` and any predicted-accuracy table (``choicenet_v1`` ...) under its strategy's
+    name; ``metadata``: model metadata for ``task_agnostic`` and hybrids (or None).
     Raises :class:`UnknownStrategyError` (a KeyError) listing the known names.
     """
     if name == TASK_AGNOSTIC:
@@ -221,6 +237,14 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
         return HybridStrategy(name, TaskAgnosticStrategy(metadata), ScoreStrategy(proxy, scores[proxy]))
     if name in proxies:
         return ScoreStrategy(name, scores[name])
+    predicted = sorted(m for m in scores if m != GROUND_TRUTH and not m.startswith(PROXY_PREFIX))
+    if name in predicted:
+        return ScoreStrategy(name, scores[name])
+    hint = ""
+    if name in (CHOICENET_V1, CHOICENET_V2):
+        hint = (f"; {name!r} ranks by ChoiceNet's predicted accuracy: pass "
+                f"predictions={{{name!r}: table}} (lightning_modules.choicenet.predict_choicenet)")
     raise UnknownStrategyError(
-        f"unknown strategy {name!r}; known strategies for these scores: {list_strategies(proxies)}"
+        f"unknown strategy {name!r}; known strategies for these scores: "
+        f"{list_strategies(proxies, predicted)}{hint}"
     )

@@ -4,6 +4,7 @@
     whichmodel tasks build [--image-size 32]         render the offline task suite
     whichmodel validate sweeps/configs/quickstart.yaml
     whichmodel run sweeps/configs/quickstart.yaml    probes + fine-tunes, then the regret report
+    whichmodel resume quickstart                     continue an interrupted sweep (Tune restore)
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
     whichmodel list models|tasks [--config FILE]
 
@@ -74,15 +75,32 @@ def cmd_run(args) -> int:
     plan = plan_sweep(args.config)
     paths = _paths(args)
     outcome = run_sweep(plan, paths, tracking_uri=args.tracking_uri)
+    return _after_sweep(args, paths, plan, outcome)
+
+
+def cmd_resume(args) -> int:
+    from sweeps.driver import resume_sweep
+
+    paths = _paths(args)
+    plan, outcome = resume_sweep(args.name, paths)
+    return _after_sweep(args, paths, plan, outcome)
+
+
+def _after_sweep(args, paths, plan, outcome) -> int:
+    uri = outcome.tracking_uri or None
     if outcome.failures:
         print(f"whichmodel: error: {len(outcome.failures)} trial(s) failed: "
               + "; ".join(outcome.failures[:10]) + " (re-run to retry them; finished pairs are "
               "kept)", file=sys.stderr)
         return 1
+    if plan.cfg.search.enabled:
+        from sweeps.search import run_search
+
+        run_search(plan, paths, paths.tracking_uri(uri))
     if not args.no_report:
-        _report(paths, args.tracking_uri, plan.cfg.experiment, plan=plan,
+        _report(paths, uri, plan.cfg.experiment, plan=plan,
                 out_dir=Path(args.reports_dir) / plan.cfg.name)
-    uri = paths.tracking_uri(args.tracking_uri)
+    uri = paths.tracking_uri(uri)
     if uri.startswith("sqlite:"):
         print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}")
     return 0
@@ -106,6 +124,12 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
     elif budget:
         kwargs["max_budget"] = budget
     report = report_experiment(tracker, **kwargs)
+    if plan is not None and plan.cfg.search.enabled:
+        from sweeps.search import search_results, summarize_search
+
+        results = search_results(tracker, plan.cfg)
+        if results:
+            report["budgeted_search"] = summarize_search(report, results)
     return _emit(report, out_dir, tracker, fmt, output)
 
 
@@ -123,6 +147,10 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None) -
         return 0
     print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report) + "\n")
     files = write_and_log(report, out_dir, tracker)
+    if report.get("budgeted_search"):
+        from sweeps.search import format_search
+
+        print("\n" + format_search(report["budgeted_search"]))
     if fmt and output:
         Path(output).write_bytes(files[fmt].read_bytes())
     return 0
@@ -203,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--no-report", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("resume", help="continue an interrupted sweep (Tune restore); nothing "
+                                       "finished runs again")
+    rs.add_argument("name", help="the sweep's name")
+    rs.add_argument("--reports-dir", default="reports")
+    rs.add_argument("--no-report", action="store_true")
+    rs.set_defaults(func=cmd_resume)
 
     rep = sub.add_parser("report", help="regret report of an experiment or a records file")
     rep.add_argument("--experiment")

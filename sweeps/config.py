@@ -104,14 +104,25 @@ class KnnSettings(_Strict):
     k: int = Field(1, ge=1)
 
 
-PROXIES = ("linear", "knn")
+class EarlyStopSettings(_Strict):
+    """The paper's early-stop proxy (Appendix I): a few fine-tune steps, no warm-up."""
+
+    lrs: list[float] = Field([0.01, 0.001], min_length=1)
+    steps: int = Field(50, ge=1)
+    repeats: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+ProxyName = Literal["linear", "knn", "early_stop", "logme", "leep", "nce", "hscore", "hscore_lw",
+                    "transrate"]
 
 
 class ProbeProtocol(_Strict):
     enabled: bool = True
-    proxies: list[Literal["linear", "knn"]] = ["linear", "knn"]
+    proxies: list[ProxyName] = ["linear", "knn"]
     linear: LinearProbeSettings = LinearProbeSettings()
     knn: KnnSettings = KnnSettings()
+    early_stop: EarlyStopSettings = EarlyStopSettings()
 
 
 class FinetuneProtocol(_Strict):
@@ -124,13 +135,32 @@ class FinetuneProtocol(_Strict):
     steps: int = Field(2500, ge=0)
     batch_size: int = Field(512, ge=1)
     repeats: int = Field(5, ge=1)
+    # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
+    trainable: Literal["all", "first", "middle", "last", "head"] = "all"
+    curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
+
+
+class TrialResources(_Strict):
+    cpus: float = Field(1, gt=0)
+    gpus: float = Field(0, ge=0)  # fractions are logical only: no GPU memory isolation
 
 
 class Resources(_Strict):
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
-    cpus_per_trial: int = Field(1, ge=1)
-    gpus_per_trial: float = Field(0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0)  # retries of a failed trial
+    probe: TrialResources = TrialResources()
+    finetune: TrialResources = TrialResources()
+
+
+class BudgetedSearch(_Strict):
+    """Successive halving (ASHA) over fine-tune steps, run after the exhaustive sweep."""
+
+    enabled: bool = False
+    scheduler: Literal["asha"] = "asha"
+    rung_steps: int = Field(25, ge=1)  # fine-tune steps between two ASHA decisions
+    reduction_factor: int = Field(3, ge=2)
+    grace_rungs: int = Field(1, ge=1)
 
 
 class ReportSettings(_Strict):
@@ -154,6 +184,7 @@ class SweepConfig(_Strict):
     probe: ProbeProtocol = ProbeProtocol()
     finetune: FinetuneProtocol = FinetuneProtocol()
     resources: Resources = Resources()
+    search: BudgetedSearch = BudgetedSearch()
     report: ReportSettings = ReportSettings()
     tracking: TrackingSettings = TrackingSettings()
 
@@ -162,12 +193,21 @@ class SweepConfig(_Strict):
         return self.tracking.experiment or self.name
 
     def protocol_settings(self, protocol: str) -> dict[str, Any]:
-        """What determines a (model, task, protocol) result: its key's settings."""
-        data = {"image_size": self.image_size, "seed": self.seed}
+        """What determines a (model, task, protocol) result: its key's settings.
+
+        Only settings that change results are included (e.g. the settings of proxies the sweep
+        runs, not of the others), so adding an option with a default keeps old results valid.
+        """
+        data: dict[str, Any] = {"image_size": self.image_size, "seed": self.seed}
         if protocol == "probe":
-            data.update(self.probe.model_dump(exclude={"enabled"}))
+            data["proxies"] = list(self.probe.proxies)
+            for name in ("linear", "knn", "early_stop"):
+                if name in self.probe.proxies:
+                    data[name] = getattr(self.probe, name).model_dump()
         elif protocol == "finetune":
-            data.update(self.finetune.model_dump(exclude={"enabled"}))
+            data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable"}))
+            if self.finetune.trainable != "all":
+                data["trainable"] = self.finetune.trainable
         else:
             raise KeyError(protocol)
         return data

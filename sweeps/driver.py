@@ -19,8 +19,7 @@ from typing import Any
 
 from sweeps.config import SweepConfig, WhichModelError, load_sweep_config, load_zoo_config
 from sweeps.paths import Paths
-from sweeps.registry import (check_models, load_model, model_pools, resolve_models, resolve_pools,
-                             resolve_tasks)
+from sweeps.registry import check_models, model_pools, resolve_models, resolve_pools, resolve_tasks
 from sweeps.tracking import Tracker
 
 
@@ -29,6 +28,7 @@ class TrialSettings:
     cfg: SweepConfig
     data_root: str
     zoo_root: str
+    features_dir: str | None = None  # keep each probe's features as a compressed .npz here
 
 
 # --------------------------------------------------------------------------- trial bodies
@@ -40,50 +40,79 @@ def run_trial(job: dict[str, Any], settings: TrialSettings) -> dict[str, float]:
     backbone, _ = load_checkpoint(Path(settings.zoo_root) / job["model"])
     data = load_task(job["task"], settings.data_root, image_size=cfg.image_size, seed=cfg.seed)
     if job["kind"] == "probe":
-        return _probe(backbone, data, cfg)
+        return _probe(backbone, data, cfg, settings.features_dir)
     if job["kind"] == "finetune":
         return _finetune(backbone, data, cfg, float(job["lr"]))
     raise ValueError(f"unknown job kind {job['kind']!r}")
 
 
-def _probe(backbone, data, cfg: SweepConfig) -> dict[str, float]:
-    from lightning_modules.backbones import extract_features
-    from selection.proxies import knn_accuracy, linear_probe
+def _probe(backbone, data, cfg: SweepConfig, features_dir: str | None) -> dict[str, Any]:
+    """One frozen forward pass over train, validation and test; then every proxy on it."""
+    import numpy as np
 
-    t0 = time.perf_counter()
-    (xtr, ytr), (xva, yva) = data.splits["train800"], data.splits["val200"]
-    ftr, _ = extract_features(backbone, xtr)
-    fva, _ = extract_features(backbone, xva)
-    metrics = {"time/features": time.perf_counter() - t0}
+    from lightning_modules.backbones import extract_features
+    from lightning_modules.training import early_stop_proxy
+    from selection import proxies as P
+
     p = cfg.probe
-    for proxy in p.proxies:
+    t0 = time.perf_counter()
+    feats, probs = {}, {}
+    for split in ("train800", "val200", "test"):
+        feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
+                                                      with_source_probs=True)
+    metrics: dict[str, Any] = {"time/features": time.perf_counter() - t0}
+    ytr, yva = data.splits["train800"][1], data.splits["val200"][1]
+    feature_proxies = [n for n in p.proxies if n != "early_stop"]
+    if feature_proxies:
+        results = P.compute_proxies(
+            feature_proxies, feats["train800"], ytr, feats["val200"], yva,
+            source_probs_train=probs["train800"],
+            linear_kwargs={"lrs": tuple(p.linear.lrs), "steps": p.linear.steps,
+                           "repeats": p.linear.repeats, "batch_size": p.linear.batch_size,
+                           "seed": cfg.seed},
+            knn_kwargs={"k": p.knn.k})
+        for name, (value, seconds) in results.items():
+            metrics[f"proxy/{name}"] = float(value)
+            metrics[f"time/proxy/{name}"] = seconds
+    if "early_stop" in p.proxies:
         t = time.perf_counter()
-        if proxy == "linear":
-            value = linear_probe(ftr, ytr, fva, yva, lrs=tuple(p.linear.lrs), steps=p.linear.steps,
-                                 repeats=p.linear.repeats, batch_size=p.linear.batch_size,
-                                 seed=cfg.seed)
-        else:
-            value = knn_accuracy(ftr, ytr, fva, yva, k=p.knn.k)
-        metrics[f"proxy/{proxy}"] = float(value)
-        metrics[f"time/proxy/{proxy}"] = time.perf_counter() - t
+        e = p.early_stop
+        metrics["proxy/early_stop"] = early_stop_proxy(
+            backbone, data.splits, data.num_classes, e.lrs, e.steps, e.repeats, e.batch_size,
+            seed=cfg.seed)
+        metrics["time/proxy/early_stop"] = time.perf_counter() - t
+    if features_dir:
+        arrays = {f"{s}_x": f.numpy().astype(np.float16) for s, f in feats.items()}
+        arrays.update({f"{s}_y": data.splits[s][1] for s in feats})
+        arrays.update({f"{s}_source_probs": v.numpy().astype(np.float16)
+                       for s, v in probs.items() if v is not None})
+        path = Path(features_dir) / f"{data.name}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
     return metrics
 
 
-def _finetune(backbone, data, cfg: SweepConfig, lr: float) -> dict[str, float]:
+def _finetune(backbone, data, cfg: SweepConfig, lr: float) -> dict[str, Any]:
     import copy
+    import json
 
     from lightning_modules.training import run_finetune
 
     f = cfg.finetune
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
+    curves = {}
     t0 = time.perf_counter()
     for rep in range(f.repeats):
         run = run_finetune(copy.deepcopy(backbone), data.splits, data.num_classes, lr=lr,
                            steps=f.steps, head_steps=f.head_steps, batch_size=f.batch_size,
-                           seed=cfg.seed + rep)
+                           seed=cfg.seed + rep, trainable=f.trainable, curve_every=f.curve_every)
         metrics[f"rep{rep}/val_acc"] = run["val_acc"]
         metrics[f"rep{rep}/test_acc"] = run["test_acc"]
+        curves[f"rep{rep}"] = run["curve"]
     metrics["time/finetune"] = time.perf_counter() - t0
+    metrics["curves"] = json.dumps(curves)  # a string: Tune results stay flat
     return metrics
 
 
@@ -129,6 +158,8 @@ class Outcome:
     pairs_skipped: int
     pairs_logged: int = 0
     failures: list[str] = field(default_factory=list)
+    experiment_path: str = ""
+    tracking_uri: str = ""
 
 
 def plan_sweep(config_path: str | Path) -> Plan:
@@ -145,9 +176,143 @@ def plan_sweep(config_path: str | Path) -> Plan:
     return Plan(cfg, path, zoo_path, models, tasks, pools)
 
 
+class PairRecorder:
+    """Turns finished trials into MLflow runs, one per (model, task, protocol) key.
+
+    Lives in the driver as a Tune callback's sink, and is pickled with Tune's run config, so it
+    holds only plain state: the MLflow client is opened lazily, and after ``Tuner.restore`` the
+    keys finished before the interruption are read again before anything is written.
+    """
+
+    def __init__(self, plan: Plan, metas: dict[str, dict], uri: str, artifact_root: Path | None,
+                 n_jobs: dict[str, int]):
+        self.plan, self.metas, self.uri, self.artifact_root = plan, metas, uri, artifact_root
+        self.hashes = {p: plan.cfg.protocol_hash(p) for p in ("probe", "finetune")}
+        self.n_jobs = n_jobs
+        self.pending: dict[tuple[str, str], dict[float, dict]] = {}
+        self.logged = 0
+        self.failures: list[str] = []
+        self._tracker = None
+        self._finished: set[str] | None = None
+        self._unfinished: dict[str, str] = {}
+        self._progress = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_tracker=None, _finished=None, _unfinished={}, _progress=None)
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.plan.cfg.experiment, self.artifact_root)
+        return self._tracker
+
+    def _refresh(self) -> None:
+        finished, unfinished = self.tracker.runs_by_key(self.hashes)
+        self._finished = set(finished)
+        self._unfinished = {k: r.info.run_id for k, r in unfinished.items()}
+
+    def is_finished(self, key: str) -> bool:
+        if self._finished is None:
+            self._refresh()
+        return key in self._finished
+
+    @property
+    def progress(self):
+        from sweeps.tune_runner import Progress
+
+        if self._progress is None:
+            self._progress = Progress(self.n_jobs)
+        return self._progress
+
+    # -- the sink protocol -----------------------------------------------------------------
+    def on_result(self, job: dict, metrics: dict) -> None:
+        cfg = self.plan.cfg
+        model, task = job["model"], job["task"]
+        if job["kind"] == "probe":
+            self._log(model, task, "probe",
+                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))})
+        else:
+            by_lr = self.pending.setdefault((model, task), {})
+            by_lr[float(job["lr"])] = metrics
+            if len(by_lr) == len(cfg.finetune.lrs):
+                self.pending.pop((model, task))
+                self._log(model, task, "finetune",
+                          aggregate_finetune(by_lr, cfg.finetune.repeats), by_lr)
+        self.progress.update(job["kind"])
+
+    def on_error(self, job: dict, error: str) -> None:
+        self.failures.append(f"{job['kind']} {job['model']}@{job['task']}"
+                             + (f" lr={job['lr']}" if "lr" in job else ""))
+        self.progress.update(job["kind"], failed=True)
+
+    def reconcile(self, finished_trials: list[tuple[dict, dict]]) -> None:
+        """Log what the callback missed (trials finished before a driver was killed)."""
+        self._refresh()
+        self.pending.clear()
+        for job, metrics in finished_trials:
+            key = f"{job['model']}|{job['task']}|{job['kind']}"
+            if key in self._finished:
+                continue
+            if job["kind"] == "probe":
+                self.on_result(job, metrics)
+            else:
+                self.pending.setdefault((job["model"], job["task"]), {})[float(job["lr"])] = metrics
+        for (model, task), by_lr in list(self.pending.items()):
+            if len(by_lr) == len(self.plan.cfg.finetune.lrs):
+                self._log(model, task, "finetune",
+                          aggregate_finetune(by_lr, self.plan.cfg.finetune.repeats), by_lr)
+        self.pending.clear()
+
+    # -- writing ---------------------------------------------------------------------------
+    def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
+             by_lr: dict[float, dict] | None = None) -> None:
+        from lightning_modules.tasks import get_task_info
+
+        key = f"{model}|{task}|{protocol}"
+        if self.is_finished(key):
+            return
+        cfg, meta = self.plan.cfg, self.metas[model]
+        params = {f"{protocol}/{k}": v for k, v in _flatten(cfg.protocol_settings(protocol)).items()}
+        params.update({f"model/{k}": meta.get(k) for k in
+                       ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
+                        "upstream_acc", "objective")})
+        params["model/upstream"] = ",".join(meta.get("upstream", []))
+        tags = {"group": get_task_info(task).group, "sweep": cfg.name,
+                "pools": ",".join(model_pools(self.plan.pools, model))}
+        if protocol == "finetune":
+            tags.update(profile=cfg.finetune.profile, trainable=cfg.finetune.trainable)
+        run_id = self.tracker.log_pair(
+            model, task, protocol, self.hashes[protocol], tags, params, metrics,
+            resume_run_id=self._unfinished.get(key),
+            children=_child_runs(model, task, by_lr) if by_lr else None)
+        self._finished.add(key)
+        self.logged += 1
+
+
+def _child_runs(model: str, task: str, by_lr: dict[float, dict]) -> list[dict]:
+    """One child run per (learning rate, repetition): its accuracies and loss curve."""
+    import json
+
+    children = []
+    for lr, metrics in sorted(by_lr.items()):
+        curves = json.loads(metrics.get("curves", "{}"))
+        for rep_key, curve in sorted(curves.items()):
+            children.append({
+                "name": f"{model}@{task}:finetune/lr={lr:g}/{rep_key}",
+                "params": {"lr": lr, "repetition": rep_key},
+                "metrics": {"val/acc": metrics.get(f"{rep_key}/val_acc"),
+                            "test/acc": metrics.get(f"{rep_key}/test_acc")},
+                "history": {"train/loss": curve},
+            })
+    return children
+
+
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
               stream=None) -> Outcome:
-    from lightning_modules.tasks import get_task_info, load_task
+    from lightning_modules.tasks import load_task
+    from sweeps.tune_runner import init_ray, run_jobs
 
     stream = stream or sys.stderr
     cfg = plan.cfg
@@ -156,13 +321,13 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     protocols = [p for p in ("probe", "finetune") if getattr(cfg, p).enabled]
     hashes = {p: cfg.protocol_hash(p) for p in protocols}
     tracker = Tracker(uri, cfg.experiment, artifact_root=_artifact_root(uri, paths))
-    finished, unfinished = tracker.runs_by_key(hashes)
+    finished, _ = tracker.runs_by_key(hashes)
 
     todo = [(m, t, p) for p in protocols for m in plan.models for t in plan.tasks
             if f"{m}|{t}|{p}" not in finished]
-    outcome = Outcome(cfg.experiment, len(plan.models) * len(plan.tasks) * len(protocols),
-                      len(plan.models) * len(plan.tasks) * len(protocols) - len(todo))
-    print(f"[whichmodel] sweep {cfg.name}: {outcome.pairs_total} (model, task, protocol) keys, "
+    total = len(plan.models) * len(plan.tasks) * len(protocols)
+    outcome = Outcome(cfg.experiment, total, total - len(todo), tracking_uri=uri)
+    print(f"[whichmodel] sweep {cfg.name}: {total} (model, task, protocol) keys, "
           f"{outcome.pairs_skipped} already finished in MLflow ({_redact(uri)}), "
           f"{len(todo)} to run", file=stream, flush=True)
     if not todo:
@@ -170,58 +335,93 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     for t in sorted({t for _, t, _ in todo}):  # build task caches once, not in every trial
         load_task(t, paths.data_root, image_size=cfg.image_size, seed=cfg.seed)
 
-    # Probes first, so task-aware rankings exist before the fine-tunes finish.
+    jobs = expand_jobs(cfg, todo)
+    n_probe = sum(j["kind"] == "probe" for j in jobs)
+    recorder = PairRecorder(plan, metas, uri, _artifact_root(uri, paths),
+                            {"probe": n_probe, "finetune": len(jobs) - n_probe})
+    name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    state = _write_state(paths, plan, name, uri)
+    init_ray(cfg.resources.num_cpus)
+    done = run_jobs(run_trial, jobs, trial_settings(plan, paths), name=name,
+                    storage_path=paths.tune_root, sink=recorder,
+                    resources=trial_resources(cfg), max_failures=cfg.resources.max_failures,
+                    max_concurrent_trials=cfg.resources.max_concurrent_trials)
+    recorder.reconcile(done)
+    outcome.pairs_logged, outcome.failures = recorder.logged, recorder.failures
+    outcome.experiment_path = state["experiment_path"]
+    return outcome
+
+
+def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
+    """Continue the latest interrupted run of sweep ``name`` with Tune's restore."""
+    import json
+
+    from sweeps.tune_runner import init_ray, restore_jobs
+
+    stream = stream or sys.stderr
+    state_file = paths.home / "sweeps" / f"{name}.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise WhichModelError(f"{state_file}: no run of sweep {name!r} to resume; start one "
+                              "with 'whichmodel run CONFIG'") from None
+    plan = plan_sweep(state["config"])
+    metas = check_models(plan.models, paths, plan.zoo_path)
+    cfg, uri = plan.cfg, state["tracking_uri"]
+    recorder = PairRecorder(plan, metas, uri, _artifact_root(uri, paths),
+                            {"probe": 0, "finetune": 0})
+    print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
+    init_ray(cfg.resources.num_cpus)
+    try:
+        done = restore_jobs(run_trial, trial_settings(plan, paths), path=state["experiment_path"],
+                            resources=trial_resources(cfg))
+    except FileNotFoundError:
+        # Killed before Tune saved any state: a fresh run skips what MLflow has finished.
+        print(f"[whichmodel] no Tune state at {state['experiment_path']}; running the sweep's "
+              "unfinished pairs afresh", file=stream, flush=True)
+        return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream)
+    recorder.reconcile(done)
+    total = len(plan.models) * len(plan.tasks) * 2
+    outcome = Outcome(cfg.experiment, total, 0, recorder.logged, recorder.failures,
+                      state["experiment_path"], uri)
+    return plan, outcome
+
+
+def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """Probes first, so task-aware rankings exist before the fine-tunes finish."""
     jobs = [{"kind": "probe", "model": m, "task": t} for m, t, p in todo if p == "probe"]
     jobs += [{"kind": "finetune", "model": m, "task": t, "lr": lr}
              for m, t, p in todo if p == "finetune" for lr in cfg.finetune.lrs]
-    pending: dict[tuple[str, str], dict[float, dict]] = {}
+    return jobs
 
-    def log(model: str, task: str, protocol: str, metrics: dict[str, float]) -> None:
-        meta = metas[model]
-        info = get_task_info(task)
-        params = {f"{protocol}/{k}": v for k, v in _flatten(cfg.protocol_settings(protocol)).items()}
-        params.update({f"model/{k}": meta.get(k) for k in
-                       ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
-                        "upstream_acc", "objective")})
-        params["model/upstream"] = ",".join(meta.get("upstream", []))
-        tags = {"group": info.group, "pools": ",".join(model_pools(plan.pools, model)),
-                "sweep": cfg.name, "profile": cfg.finetune.profile if protocol == "finetune" else ""}
-        key = f"{model}|{task}|{protocol}"
-        resume = unfinished[key].info.run_id if key in unfinished else None
-        tracker.log_pair(model, task, protocol, hashes[protocol], tags, params, metrics,
-                         resume_run_id=resume)
-        outcome.pairs_logged += 1
 
-    from sweeps.tune_runner import Progress, init_ray, run_jobs
+def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
+    return TrialSettings(plan.cfg, str(paths.data_root), str(paths.zoo_root))
 
-    n_probe = sum(j["kind"] == "probe" for j in jobs)
-    progress = Progress({"probe": n_probe, "finetune": len(jobs) - n_probe}, stream=stream)
 
-    def on_result(job: dict, metrics: dict) -> None:
-        if job["kind"] == "probe":
-            log(job["model"], job["task"], "probe",
-                {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))})
-        else:
-            by_lr = pending.setdefault((job["model"], job["task"]), {})
-            by_lr[float(job["lr"])] = metrics
-            if len(by_lr) == len(cfg.finetune.lrs):
-                log(job["model"], job["task"], "finetune",
-                    aggregate_finetune(pending.pop((job["model"], job["task"])),
-                                       cfg.finetune.repeats))
-        progress.update(job["kind"])
-
-    def on_error(job: dict, err: str) -> None:
-        outcome.failures.append(f"{job['kind']} {job['model']}@{job['task']}"
-                                + (f" lr={job['lr']}" if "lr" in job else ""))
-        progress.update(job["kind"], failed=True)
+def trial_resources(cfg: SweepConfig):
+    from sweeps.tune_runner import TrialResources
 
     r = cfg.resources
-    init_ray(r.num_cpus)
-    run_jobs(run_trial, jobs, TrialSettings(cfg, str(paths.data_root), str(paths.zoo_root)),
-             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=paths.tune_root,
-             on_result=on_result, on_error=on_error, cpus_per_trial=r.cpus_per_trial,
-             gpus_per_trial=r.gpus_per_trial, max_concurrent_trials=r.max_concurrent_trials)
-    return outcome
+    return TrialResources({"probe": (r.probe.cpus, r.probe.gpus),
+                           "finetune": (r.finetune.cpus, r.finetune.gpus)})
+
+
+def _write_state(paths: Paths, plan: Plan, name: str, uri: str) -> dict[str, str]:
+    """Remember the latest Tune experiment of a sweep, for ``whichmodel resume NAME``."""
+    import json
+    import os
+
+    from sweeps.tune_runner import experiment_path
+
+    state = {"config": str(plan.path.resolve()), "tracking_uri": uri,
+             "experiment_path": experiment_path(paths.tune_root, name)}
+    target = paths.home / "sweeps" / f"{plan.cfg.name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, target)
+    return state
 
 
 def _artifact_root(uri: str, paths: Paths) -> Path | None:

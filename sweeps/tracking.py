@@ -86,8 +86,13 @@ class Tracker:
 
     def log_pair(self, model: str, task: str, protocol: str, protocol_hash: str,
                  tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float],
-                 resume_run_id: str | None = None) -> str:
-        """Create (or resume) the pair's run, log everything in one batch, mark it FINISHED."""
+                 resume_run_id: str | None = None, children: list[dict] | None = None) -> str:
+        """Create (or resume) the pair's run, log everything in batches, mark it FINISHED.
+
+        ``children`` (name, params, metrics, history: metric -> [(step, value)]) become nested
+        runs (``mlflow.parentRunId``), e.g. one per fine-tune learning rate and repetition. The
+        parent is marked FINISHED last, so a crash in between leaves it to be resumed.
+        """
         from mlflow.entities import Metric, Param, RunTag
         import time
 
@@ -104,11 +109,36 @@ class Tracker:
                  if v is not None and math.isfinite(float(v))]
         plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
         tlist = [RunTag(k, str(v)) for k, v in all_tags.items()]
-        for i in range(0, max(len(mlist), len(plist), len(tlist), 1), 100):
-            self.client.log_batch(run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100],
-                                  tags=tlist[i:i + 100])
+        self._log_batches(run_id, mlist, plist, tlist)
+        if children:
+            existing = resume_run_id and self.search(f"tags.`mlflow.parentRunId` = '{run_id}'")
+            if not existing:
+                for child in children:
+                    self._log_child(run_id, child, now)
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+    def _log_batches(self, run_id: str, metrics: list, params: list, tags: list) -> None:
+        # MLflow caps a batch at 1000 metrics, 100 params and 100 tags.
+        n = max(-(-len(metrics) // 1000), -(-len(params) // 100), -(-len(tags) // 100), 1)
+        for i in range(n):
+            self.client.log_batch(run_id, metrics=metrics[i * 1000:(i + 1) * 1000],
+                                  params=params[i * 100:(i + 1) * 100],
+                                  tags=tags[i * 100:(i + 1) * 100])
+
+    def _log_child(self, parent_id: str, child: dict, now: int) -> None:
+        from mlflow.entities import Metric, Param
+
+        run_id = self.client.create_run(
+            self.experiment_id, run_name=child["name"],
+            tags={"mlflow.parentRunId": parent_id, "mlflow.runName": child["name"]}).info.run_id
+        metrics = [Metric(k, float(v), now, 0) for k, v in child.get("metrics", {}).items()
+                   if v is not None]
+        for key, points in child.get("history", {}).items():
+            metrics += [Metric(key, float(v), now, int(step)) for step, v in points]
+        params = [Param(k, str(v)) for k, v in child.get("params", {}).items()]
+        self._log_batches(run_id, metrics, params, [])
+        self.client.set_terminated(run_id, "FINISHED")
 
     def records(self, protocol_hashes: dict[str, str] | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:

@@ -14,14 +14,16 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 # Per-trial CSV/JSON/TensorBoard loggers are noise for thousands of small trials; MLflow is the
 # record. Must be set before Tune builds its callbacks.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "60")
+# Experiment state (what resume restores) is saved at most this often.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -38,19 +40,22 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     # A short private temp dir: parallel runs must not share /tmp/ray, and Ray's socket paths
     # must stay under the 107-character limit.
-    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")
+    temp_dir = os.environ.get("WHICHMODEL_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix="wmray-",
+                                                                             dir="/tmp")
+    os.makedirs(temp_dir, exist_ok=True)
     ray.init(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir, **kwargs)
 
 
 def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings: Any,
-               threads: int) -> None:
+               threads: dict[str, int]) -> None:
     import torch
 
     from sweeps.quiet import quiet_libraries
 
     quiet_libraries()
-    torch.set_num_threads(max(1, threads))
-    metrics = fn(config["job"], settings)
+    job = config["job"]
+    torch.set_num_threads(max(1, threads.get(job.get("kind", ""), 1)))
+    metrics = fn(job, settings)
     tune.report(metrics)
 
 
@@ -94,51 +99,98 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class ResultSink(Protocol):
+    """Receives every finished trial's job and metrics in the driver (e.g. writes MLflow runs).
+
+    It is pickled with Tune's run config into the experiment folder and comes back on
+    ``Tuner.restore``, so it must keep only picklable state (open clients made lazily).
+    """
+
+    def on_result(self, job: dict, metrics: dict) -> None: ...
+
+    def on_error(self, job: dict, error: str) -> None: ...
+
+
 class _Forward(tune.Callback):
-    """Hands each finished (or failed) trial's job and metrics to the driver's handlers."""
-
-    def __init__(self, on_result: Callable[[dict, dict], None],
-                 on_error: Callable[[dict, str], None]):
-        self.on_result, self.on_error = on_result, on_error
-
-    def __getstate__(self):
-        # Tune pickles its run config (callbacks included) into the experiment folder; the
-        # handlers close over the driver's live MLflow client and streams, which stay here.
-        return {"on_result": None, "on_error": None}
+    def __init__(self, sink: ResultSink):
+        self.sink = sink
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.on_result is not None:
-            self.on_result(trial.config["job"], dict(trial.last_result or {}))
+        self.sink.on_result(trial.config["job"], dict(trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if self.on_error is not None:
-            self.on_error(trial.config["job"],
-                          str(getattr(trial, "error_file", "") or "trial failed"))
+        self.sink.on_error(trial.config["job"],
+                           str(getattr(trial, "error_file", "") or "trial failed"))
 
 
-def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: Any, *,
-             name: str, storage_path: str | Path, on_result: Callable[[dict, dict], None],
-             on_error: Callable[[dict, str], None], cpus_per_trial: int = 1,
-             gpus_per_trial: float = 0.0, max_concurrent_trials: int | None = None,
-             max_failures: int = 1) -> None:
-    """Run ``fn(job, settings)`` for every job as one Tune trial each, in list order."""
-    if not jobs:
-        return
-    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, fn=fn, settings=settings, threads=cpus_per_trial),
-        resources)
+@dataclass(frozen=True)
+class TrialResources:
+    """CPUs and GPUs per trial kind (fractional GPUs are logical only: no memory isolation)."""
+
+    by_kind: dict[str, tuple[float, float]]  # kind -> (cpus, gpus)
+
+    def threads(self) -> dict[str, int]:
+        return {k: max(1, int(c)) for k, (c, _) in self.by_kind.items()}
+
+    def for_config(self, config: dict) -> Any:
+        cpus, gpus = self.by_kind.get(config["job"].get("kind", ""), (1, 0))
+        bundle = {"CPU": cpus}
+        if gpus:
+            bundle["GPU"] = gpus
+        return tune.PlacementGroupFactory([bundle])
+
+
+def _wrap(fn: Callable[[dict, Any], dict], settings: Any, resources: TrialResources):
+    return tune.with_resources(
+        tune.with_parameters(_trainable, fn=fn, settings=settings, threads=resources.threads()),
+        resources.for_config)
+
+
+def experiment_path(storage_path: str | Path, name: str) -> str:
     storage = str(storage_path)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
         storage = str(Path(storage).resolve())
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _finished(results) -> list[tuple[dict, dict]]:
+    out = []
+    for r in results:
+        if r.error is None and r.config and r.metrics:
+            out.append((r.config["job"], dict(r.metrics)))
+    return out
+
+
+def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: Any, *,
+             name: str, storage_path: str | Path, sink: ResultSink, resources: TrialResources,
+             max_concurrent_trials: int | None = None,
+             max_failures: int = 1) -> list[tuple[dict, dict]]:
+    """Run ``fn(job, settings)`` for every job as one Tune trial each, in list order.
+
+    Returns (job, metrics) of every finished trial, for the caller to reconcile with what the
+    sink already recorded.
+    """
+    if not jobs:
+        return []
+    path = experiment_path(storage_path, name)
     tuner = tune.Tuner(
-        trainable,
+        _wrap(fn, settings, resources),
         param_space={"job": tune.grid_search(list(jobs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                  callbacks=[_Forward(on_result, on_error)],
+        run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0,
+                                  callbacks=[_Forward(sink)],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
-    tuner.fit()
+    return _finished(tuner.fit())
+
+
+def restore_jobs(fn: Callable[[dict, Any], dict], settings: Any, *, path: str,
+                 resources: TrialResources) -> list[tuple[dict, dict]]:
+    """Continue an interrupted experiment (Tune's restore): finished trials are not run again."""
+    if not tune.Tuner.can_restore(path):
+        raise FileNotFoundError(path)
+    tuner = tune.Tuner.restore(path, trainable=_wrap(fn, settings, resources),
+                               resume_unfinished=True, resume_errored=True)
+    return _finished(tuner.fit())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,36 @@ def _zoo_trial(job: dict, settings: _ZooSettings) -> dict:
     return {"upstream_acc": meta["upstream_acc"] or 0.0, "pretrain_seconds": meta["pretrain_seconds"]}
 
 
+class _ZooSink:
+    """Counts finished pre-training trials (the checkpoints are written by the trials)."""
+
+    def __init__(self, total: int):
+        self.total, self.failures, self._progress = total, [], None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_progress": None}
+
+    @property
+    def progress(self):
+        from sweeps.tune_runner import Progress
+
+        if self._progress is None:
+            self._progress = Progress({"pretrain": self.total})
+        return self._progress
+
+    def on_result(self, job: dict, metrics: dict) -> None:
+        self.progress.update("pretrain")
+
+    def on_error(self, job: dict, error: str) -> None:
+        self.failures.append(job["model"])
+        self.progress.update("pretrain", failed=True)
+
+
 def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
               force: bool = False, stream=None) -> list[str]:
     """Build the zoo's missing models (all of ``only``, or the whole zoo); returns their names."""
     from lightning_modules.tasks import load_source
-    from sweeps.tune_runner import Progress, init_ray, run_jobs
+    from sweeps.tune_runner import TrialResources, init_ray, run_jobs
 
     stream = stream or sys.stderr
     check_families(zoo)
@@ -135,22 +161,15 @@ def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
     for n in controls:
         build_model(zoo, n, paths.zoo_root, paths.data_root)
     trained = [n for n in todo if n not in controls]
-    progress = Progress({"pretrain": len(trained)}, stream=stream)
-    failures: list[str] = []
-
-    def on_result(job: dict, metrics: dict) -> None:
-        progress.update("pretrain")
-
-    def on_error(job: dict, err: str) -> None:
-        failures.append(job["model"])
-        progress.update("pretrain", failed=True)
-
+    sink = _ZooSink(len(trained))
     if trained:
         init_ray()
         settings = _ZooSettings(zoo, str(paths.zoo_root), str(paths.data_root))
         run_jobs(_zoo_trial, [{"kind": "pretrain", "model": n} for n in trained], settings,
-                 name=f"zoo-{zoo.name}", storage_path=paths.tune_root, on_result=on_result,
-                 on_error=on_error, cpus_per_trial=zoo.cpus_per_trial)
+                 name=f"zoo-{zoo.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                 storage_path=paths.tune_root, sink=sink,
+                 resources=TrialResources({"pretrain": (zoo.cpus_per_trial, 0)}))
+    failures = sink.failures
     if failures:
         raise RuntimeError(f"zoo build: {len(failures)} model(s) failed: {', '.join(failures)}; "
                            f"see the Ray Tune logs under {paths.tune_root}")

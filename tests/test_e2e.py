@@ -11,43 +11,15 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
+from tests.tiny import ZOO, sweep
 
 pytestmark = pytest.mark.slow
-
-ZOO = """
-name: tiny-zoo
-image_size: 32
-source: {n_train: 200, n_val: 50}
-training: {steps: 10, batch_size: 32, lr: 0.05}
-models:
-  - {name: tiny-shapes, arch: cnn, arch_kwargs: {width: 8}, upstream: [shapes]}
-  - {name: tiny-random, arch: cnn, arch_kwargs: {width: 8}, objective: none}
-"""
-
-SWEEP = """
-name: {name}
-zoo: zoo.yaml
-models: all
-tasks: [digits, sprite_location]
-probe:
-  linear: {{lrs: [0.1, 0.01], steps: 50, repeats: 2, batch_size: 64}}
-finetune:
-  profile: test-tiny
-  lrs: [0.01, 0.001]
-  head_steps: 5
-  steps: 5
-  batch_size: 32
-  repeats: 1
-resources: {{cpus_per_trial: 1}}
-report: {{max_budget: 3}}
-"""
-
 
 @pytest.fixture(scope="module")
 def sweep_env(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("e2e")
     (root / "zoo.yaml").write_text(ZOO)
-    (root / "tiny.yaml").write_text(SWEEP.format(name="tiny"))
+    (root / "tiny.yaml").write_text(sweep("tiny"))
     mp = pytest.MonkeyPatch()
     mp.setenv("WHICHMODEL_HOME", str(root / "home"))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -140,7 +112,7 @@ def test_unreadable_checkpoint_stops_before_any_run(sweep_env, tmp_path, capsys,
     (home / "zoo" / "tiny-shapes" / "model.safetensors").write_bytes(b"\x00garbage")
     monkeypatch.setenv("WHICHMODEL_HOME", str(home))
     (tmp_path / "zoo.yaml").write_text(ZOO)
-    (tmp_path / "bad.yaml").write_text(SWEEP.format(name="bad"))
+    (tmp_path / "bad.yaml").write_text(sweep("bad"))
     assert main(["run", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "tiny-shapes/model.safetensors" in err and len(err.splitlines()) == 1

@@ -1,20 +1,31 @@
-"""Tests of selection.proxies: the linear-probe and kNN proxies and their input validation."""
+"""Tests of selection.proxies and selection.transferability: linear probe, kNN, LogME, LEEP, NCE,
+H-score, TransRate, compute_proxies, and their input validation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from selection import proxies
+from selection import proxies, transferability
 from selection.proxies import (
+    NEEDS_SOURCE,
+    PROXY_NAMES,
+    TaskFeatures,
     check_inputs,
+    compute_proxies,
+    hscore,
     knn_accuracy,
     knn_predict,
+    leep,
     linear_probe,
     linear_probe_runs,
+    logme,
+    nce,
+    transrate,
 )
 
 
@@ -369,3 +380,385 @@ def test_check_inputs_returns_classes_and_keeps_tensors():
     assert chk.n_classes == 3
     assert isinstance(chk.train_x, torch.Tensor)
     assert chk.train_y.dtype == np.int64 and chk.eval_y.dtype == np.int64
+
+
+# ------------------------------------------------------------------- linear probe: row space
+
+
+def test_row_space_heads_equal_plain_heads_when_d_exceeds_n():
+    # D > N, and batches of 16 from 30 examples span two epochs (an example can be in a batch
+    # twice): the dual (row-space) SGD must still follow the plain iterates.
+    xtr, ytr, xva, yva = _blobs(8, n_train=30, n_val=50, dim=70, n_classes=3, spread=0.8)
+    lrs, steps, repeats, bsz, seed = (0.1, 0.01), 60, 3, 16, 5
+    x64, v64 = proxies._standardise64(torch.from_numpy(xtr), torch.from_numpy(xva))
+    yt = torch.from_numpy(ytr)
+    w, b = proxies._train_heads(x64.float(), yt, 3, lrs, steps, repeats, bsz, seed)
+    a, bd = proxies._train_heads_dual((x64 @ x64.T).float(), yt, 3, lrs, steps, repeats, bsz,
+                                      seed)
+    wd, bd = proxies._dual_to_weights(x64, a, bd, len(lrs))
+    assert wd.shape == w.shape and bd.shape == b.shape
+    xv = v64.float()
+    logits = torch.einsum("md,rldc->rlmc", xv, w) + b[:, :, None]
+    logits_dual = torch.einsum("md,rldc->rlmc", xv, wd) + bd[:, :, None]
+    torch.testing.assert_close(logits_dual, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bd, b, atol=1e-6, rtol=0)
+    # linear_probe_runs takes the dual path here (D > N): same accuracies as the plain heads.
+    plain = proxies._head_accuracies(w, b, xv, torch.from_numpy(yva)).numpy()
+    runs = linear_probe_runs(xtr, ytr, xva, yva, lrs=lrs, steps=steps, repeats=repeats,
+                             batch_size=bsz, seed=seed)
+    np.testing.assert_array_equal(runs, plain)
+
+
+# ------------------------------------------------------------------------------------ LogME
+
+
+def _logme_direct(f, y, tol=1e-12, max_iter=10_000):
+    """The paper's D x D formulas: eigh of F^T F, all D eigenvalues, m and the residual formed
+    in feature space (no Gram trick). Same stopping rule and rank tolerance as logme."""
+    n, d = f.shape
+    s, v = np.linalg.eigh(f.T @ f)
+    s = np.where(s > s.max() * max(n, d) * np.finfo(float).eps, s, 0.0)
+    out = []
+    for c in range(y.max() + 1):
+        yc = (y == c).astype(float)
+        z = v.T @ (f.T @ yc)
+
+        def at(a, b):
+            m = v @ (b * z / (a + b * s))
+            m2, res = m @ m, ((yc - f @ m) ** 2).sum()
+            ev = (d / 2 * np.log(a) + n / 2 * np.log(b) - 0.5 * np.log(a + b * s).sum()
+                  - b / 2 * res - a / 2 * m2 - n / 2 * np.log(2 * np.pi))
+            return (b * s / (a + b * s)).sum(), m2, res, ev
+
+        a = b = 1.0
+        gamma, m2, res, ev = at(a, b)
+        for _ in range(max_iter):
+            a, b = gamma / m2, (n - gamma) / res
+            prev = ev
+            gamma, m2, res, ev = at(a, b)
+            if abs(ev - prev) <= tol * n:
+                break
+        out.append(ev / n)
+    return float(np.mean(out))
+
+
+def _logme_data(kind, seed=0, n_classes=4):
+    rng = np.random.default_rng(seed)
+    n, d = {"full_rank": (60, 8), "low_rank_noise": (30, 60), "rank3": (30, 60),
+            "interpolating": (20, 50)}[kind]
+    y = np.arange(n) % n_classes
+    if kind == "low_rank_noise":
+        z = rng.normal(size=(n, 5)) + rng.normal(size=(n_classes, 5))[y]
+        x = z @ rng.normal(size=(5, d)) + 0.05 * rng.normal(size=(n, d))
+    elif kind == "rank3":
+        x = (rng.normal(size=(n, 3)) + rng.normal(size=(n_classes, 3))[y]) @ rng.normal(
+            size=(3, d))
+    else:
+        x = rng.normal(size=(n, d)) + rng.normal(size=(n_classes, d))[y] + 0.5
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["full_rank", "low_rank_noise", "rank3"])
+def test_logme_equals_direct_dxd_computation(kind):
+    x, y = _logme_data(kind)
+    got = logme(x, y)
+    assert got == pytest.approx(_logme_direct(x, y), rel=1e-9, abs=1e-12)
+    # Torch float32 input: same value up to the input rounding.
+    assert logme(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)) == pytest.approx(
+        got, rel=1e-4)
+
+
+def test_logme_keeps_zero_eigenvalue_directions_when_n_below_d():
+    # N = 30 < D = 60 and rank 3: 57 zero eigenvalues of F^T F must each add log(alpha) to
+    # log det A. Dropping them (the thin-SVD shortcut) shifts L/N by (D - k)/2 log(alpha) / N.
+    x, y = _logme_data("rank3")
+    n, d = x.shape
+    tf = TaskFeatures.from_arrays(x, y)
+    evidence, alpha, beta = transferability.logme_fit(tf)
+    k = min(n, d)
+    shortcut = np.mean((evidence + (d - k) / 2 * np.log(alpha)) / n)
+    direct = _logme_direct(x, y)
+    assert logme(x, y) == pytest.approx(direct, rel=1e-9)
+    assert abs(shortcut - direct) > 0.1
+
+
+def _gaussian_log_evidence(x, yc, alpha, beta):
+    """log N(y; 0, F F^T / alpha + I / beta): the evidence with the weights integrated out."""
+    n = len(yc)
+    cov = x @ x.T / alpha + np.eye(n) / beta
+    _, logdet = np.linalg.slogdet(cov)
+    return -0.5 * (logdet + yc @ np.linalg.solve(cov, yc) + n * np.log(2 * np.pi))
+
+
+@pytest.mark.parametrize("kind", ["low_rank_noise", "interpolating"])
+def test_logme_is_the_maximum_of_the_marginal_likelihood(kind):
+    # "interpolating": N < D in general position, the evidence grows towards beta -> infinity
+    # (noise-free limit), where the D x D formulas break down numerically; the value must still
+    # be the supremum of the N x N Gaussian marginal likelihood.
+    x, y = _logme_data(kind)
+    evidence, alpha, beta = transferability.logme_fit(TaskFeatures.from_arrays(x, y))
+    for c in range(y.max() + 1):
+        yc = (y == c).astype(float)
+        if beta[c] < 1e8:  # the N x N covariance is well conditioned enough to check directly
+            assert evidence[c] == pytest.approx(_gaussian_log_evidence(x, yc, alpha[c],
+                                                                       beta[c]), abs=1e-7)
+        for fa, fb in [(1.2, 1), (1 / 1.2, 1), (1, 1.2), (1, 1 / 1.2), (1, 1e-3), (1, 10)]:
+            a, b = alpha[c] * fa, beta[c] * fb
+            if b < 1e8:
+                assert _gaussian_log_evidence(x, yc, a, b) <= evidence[c] + 1e-7
+
+
+def test_logme_degenerate_features_are_finite():
+    y = np.arange(40) % 4
+    assert np.isfinite(logme(np.ones((40, 3)), y))  # constant: evidence does not depend on alpha
+    assert np.isfinite(logme(np.zeros((40, 100)), y))
+
+
+# ------------------------------------------------------------------------------ LEEP and NCE
+
+
+def test_leep_closed_form():
+    theta = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    y = np.array([0, 1, 1])
+    # P(y|z): z=0 -> (2/3, 1/3), z=1 -> (0, 1); EEP = 2/3, 1, 2/3.
+    assert leep(theta, y) == pytest.approx(2 / 3 * np.log(2 / 3), rel=1e-12)
+    # Against the definition, example by example, on random data.
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(7), size=50)
+    y = np.arange(50) % 3
+    joint = np.array([p[y == c].sum(0) for c in range(3)]) / 50
+    cond = joint / joint.sum(0)
+    ref = np.mean([np.log(sum(cond[y[i], z] * p[i, z] for z in range(7))) for i in range(50)])
+    assert leep(torch.from_numpy(p.astype(np.float32)), y) == pytest.approx(ref, rel=1e-5)
+    assert leep(p, y) == pytest.approx(ref, rel=1e-12)
+
+
+def test_nce_closed_form():
+    z = np.array([0, 0, 1, 1, 2])
+    y = np.array([0, 1, 1, 1, 0])
+    # H(Y|Z) = P(z=0) H(1/2, 1/2) = 2/5 log 2; the other source classes determine y.
+    assert nce(z, y) == pytest.approx(-0.4 * np.log(2), rel=1e-12)
+    assert nce(np.array([7, 7, 3, 3, 100]), y) == pytest.approx(-0.4 * np.log(2), rel=1e-12)
+    assert nce(y, y) == 0.0
+
+
+# ---------------------------------------------------------------------------------- H-score
+
+
+def _hscore_dxd(x, y, shrinkage=None):
+    """Reference: D x D covariances, pseudo-inverse (plain) or Ledoit-Wolf (sklearn)."""
+    xc = x - x.mean(0)
+    g = np.stack([xc[y == c].mean(0) for c in range(y.max() + 1)])[y]
+    cov_g = g.T @ g / len(x)
+    if shrinkage is None:
+        return np.trace(np.linalg.pinv(xc.T @ xc / len(x)) @ cov_g)
+    cov, a = ledoit_wolf(x)
+    return np.trace(np.linalg.inv(cov) @ ((1 - a) * cov_g))
+
+
+def test_hscore_closed_form_one_dimension():
+    x = np.array([[0.0], [2.0], [4.0], [6.0]])
+    y = np.array([0, 0, 1, 1])
+    # var(class means) / var(f) = 4 / 5; one feature: no shrinkage, same value.
+    assert hscore(x, y) == pytest.approx(0.8, rel=1e-12)
+    assert hscore(x, y, regularized=True) == pytest.approx(0.8, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(80, 6), (25, 40)])
+def test_hscore_equals_dxd_reference(n, d):
+    rng = np.random.default_rng(n)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, d) + rng.normal(size=(3, d))[y] + 3.0
+    tf = TaskFeatures.from_arrays(x, y)
+    assert transferability.ledoit_wolf_shrinkage(tf) == pytest.approx(
+        ledoit_wolf_shrinkage(x), rel=1e-10)
+    assert hscore(x, y, regularized=True) == pytest.approx(_hscore_dxd(x, y, "lw"), rel=1e-9)
+    if n > d:
+        assert hscore(x, y) == pytest.approx(_hscore_dxd(x, y), rel=1e-9)
+    else:  # N independent centred rows span everything P can see: H = C - 1 for any features
+        assert hscore(x, y) == pytest.approx(2.0, rel=1e-9)
+
+
+# -------------------------------------------------------------------------------- TransRate
+
+
+def _transrate_dxd(x, y, eps):
+    """The authors' formula: slogdet of D x D matrices."""
+    def rate(z):
+        return 0.5 * np.linalg.slogdet(np.eye(z.shape[1]) + z.T @ z / (len(z) * eps))[1]
+
+    z = x - x.mean(0)
+    n_classes = y.max() + 1
+    return rate(z) - sum(rate(z[y == c]) for c in range(n_classes)) / n_classes
+
+
+def test_transrate_closed_form_one_dimension():
+    x = np.array([[1.0], [3.0], [-2.0], [-2.0]])  # mean 0
+    y = np.array([0, 0, 1, 1])
+    # R(Z) = 1/2 log(1 + 18/4), classes: 1/2 log(1 + 10/2), 1/2 log(1 + 8/2); eps = 1.
+    want = 0.5 * np.log(5.5) - 0.25 * (np.log(6.0) + np.log(5.0))
+    assert transrate(x, y, eps=1.0) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,d", [(90, 5), (24, 40)])
+def test_transrate_equals_dxd_reference(n, d):
+    rng = np.random.default_rng(d)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, d)) + rng.normal(size=(3, d))[y]
+    for eps in (1e-4, 0.5):
+        assert transrate(x, y, eps=eps) == pytest.approx(_transrate_dxd(x, y, eps), rel=1e-10)
+
+
+# ------------------------------------------------------------------------------ kNN screening
+
+
+@pytest.mark.parametrize("k", [1, 3, 80])
+def test_knn_float32_screen_keeps_tie_rules(monkeypatch, k):
+    # Force the screen onto the tie-heavy low-dimensional data (duplicates with conflicting
+    # labels, zero distances): ruled-out columns must never change a prediction.
+    monkeypatch.setattr(proxies, "_KNN_SCREEN_MIN_DIM", 1)
+    monkeypatch.setattr(proxies, "_KNN_SCREEN_MAX_FRACTION", 1.0)
+    for seed in range(2):
+        x, y, xe, _ = _knn_data(seed)
+        if k > 1:
+            first = {}
+            y = np.array([first.setdefault(row.tobytes(), label) for row, label in zip(x, y)])
+        ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(x, y).predict(xe)
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref)
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k, chunk_size=7), ref)
+
+
+def test_knn_float32_screen_prunes_and_matches_sklearn(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 96))
+    y = rng.integers(0, 5, 400)
+    y[:5] = np.arange(5)
+    xe = rng.normal(size=(150, 96))
+    xe[:20] = x[:20] * (1 + 1e-7)  # near-ties
+    assert proxies._Float32Screen.usable(96, 1e4)
+    screen = proxies._Float32Screen(x, np.einsum("ij,ij->i", x, x), 1e4)
+    kept = screen.candidates(xe, np.einsum("ij,ij->i", xe, xe), 1).sum(axis=1)
+    assert kept.min() >= 1 and kept.max() < 40  # most of the training set is ruled out
+    for k in (1, 3):
+        ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(x, y).predict(xe)
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref)
+        monkeypatch.setattr(proxies, "_KNN_SCREEN_MIN_DIM", 10**9)  # the exact path only
+        np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref)
+        monkeypatch.undo()
+
+
+# --------------------------------------------------------------------------- compute_proxies
+
+
+def _trial_data(seed=0, n_train=60, n_val=30, dim=20, n_classes=3, n_source=7):
+    xtr, ytr, xva, yva = _blobs(seed, n_train=n_train, n_val=n_val, dim=dim,
+                                n_classes=n_classes, spread=1.5)
+    probs = np.random.default_rng(seed).dirichlet(np.ones(n_source), size=n_train)
+    return xtr, ytr, xva, yva, probs
+
+
+def test_compute_proxies_every_name_with_individual_values():
+    xtr, ytr, xva, yva, probs = _trial_data()
+    lin = {"steps": 30, "repeats": 2}
+    out = compute_proxies(PROXY_NAMES, xtr, ytr, xva, yva, source_probs_train=probs,
+                          linear_kwargs=lin, knn_kwargs={"k": 3})
+    assert list(out) == list(PROXY_NAMES)
+    assert all(isinstance(v, float) and s >= 0 for v, s in out.values())
+    want = {
+        "linear": linear_probe(xtr, ytr, xva, yva, **lin),
+        "knn": knn_accuracy(xtr, ytr, xva, yva, k=3),
+        "logme": logme(xtr, ytr),
+        "leep": leep(probs, ytr),
+        "nce": nce(probs.argmax(1), ytr),
+        "hscore": hscore(xtr, ytr),
+        "hscore_lw": hscore(xtr, ytr, regularized=True),
+        "transrate": transrate(xtr, ytr),
+    }
+    for name, value in want.items():
+        assert out[name][0] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+def test_compute_proxies_skips_source_proxies_without_probs_and_keeps_order():
+    xtr, ytr, xva, yva, _ = _trial_data(1)
+    out = compute_proxies(["transrate", "leep", "knn", "nce", "logme", "knn"], torch.from_numpy(
+        xtr).float(), torch.from_numpy(ytr), xva, yva)
+    assert list(out) == ["transrate", "knn", "logme"]
+    assert NEEDS_SOURCE == {"leep", "nce"}
+    assert compute_proxies("knn", xtr, ytr, xva, yva).keys() == {"knn"}
+    assert compute_proxies([], xtr, ytr, xva, yva) == {}
+
+
+def test_compute_proxies_rejects_unknown_names_keys_and_bad_inputs():
+    xtr, ytr, xva, yva, probs = _trial_data(2)
+    with pytest.raises(ValueError, match=r"unknown proxy name\(s\) \['logme2'\]; known proxies: "
+                                         r"linear, knn, logme, leep, nce, hscore, hscore_lw"):
+        compute_proxies(["logme", "logme2"], xtr, ytr, xva, yva)
+    with pytest.raises(ValueError, match=r"linear_kwargs has unknown key\(s\) \['step'\]"):
+        compute_proxies(["linear"], xtr, ytr, xva, yva, linear_kwargs={"step": 3})
+    with pytest.raises(ValueError, match=r"knn_kwargs has unknown key\(s\) \['n_neighbors'\]"):
+        compute_proxies(["knn"], xtr, ytr, xva, yva, knn_kwargs={"n_neighbors": 3})
+    with pytest.raises(ValueError, match=r"source_probs_train has 59 rows but train_x has 60"):
+        compute_proxies(["leep"], xtr, ytr, xva, yva, source_probs_train=probs[:-1])
+    bad = xtr.copy()
+    bad[4, 2] = np.inf
+    with pytest.raises(ValueError, match=r"train_x contains 1 non-finite value\(s\).*row 4"):
+        compute_proxies(["logme"], bad, ytr, xva, yva)
+    with pytest.raises(ValueError, match=r"class 1 has no training examples.*map val_y"):
+        compute_proxies(["hscore"], xtr, np.where(ytr == 1, 0, ytr), xva, yva % 3 % 2 * 2)
+    p = probs.copy()
+    p[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"source_probs_train contains 1 non-finite"):
+        compute_proxies(["leep"], xtr, ytr, xva, yva, source_probs_train=p)
+
+
+# ---------------------------------------------------------------- closed-form scores: inputs
+
+
+@pytest.mark.parametrize("score", ["logme", "hscore", "transrate"])
+def test_feature_scores_reject_bad_inputs(score):
+    fn = {"logme": logme, "hscore": hscore, "transrate": transrate}[score]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), np.arange(30) % 3
+    bad = x.copy()
+    bad[2, 3] = np.nan
+    for args, msg in [
+        ((bad, y), r"features contains 1 non-finite value\(s\) \(NaN or inf\), the first at "
+                   r"row 2, column 3"),
+        ((x, np.where(y == 1, 2, y)), r"class 1 has no training examples: labels holds labels "
+                                      r"up to 2"),
+        ((x, np.zeros(30, int)), r"labels has fewer than 2 classes"),
+        ((x, y + 1), r"class 0 has no training examples"),
+        ((x, y - 1), r"labels holds the negative label -1"),
+        ((x, y.astype(float)), r"labels must hold integer class labels"),
+        ((x, y[:-1]), r"features has 30 rows but labels has 29 entries"),
+        ((x[:, 0], y), r"features must be 2-D"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            fn(*args)
+
+
+def test_source_scores_reject_bad_inputs():
+    rng = np.random.default_rng(0)
+    p, y = rng.dirichlet(np.ones(5), size=20), np.arange(20) % 2
+    with pytest.raises(ValueError, match=r"source_probs holds a negative value at row 0"):
+        leep(np.log(p), y)
+    with pytest.raises(ValueError, match=r"source_probs row 0 sums to 2 .*softmax"):
+        leep(p * 2, y)
+    nan = p.copy()
+    nan[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"source_probs contains 1 non-finite"):
+        leep(nan, y)
+    with pytest.raises(ValueError, match=r"class 0 has no training examples"):
+        leep(p, y + 1)
+    with pytest.raises(ValueError, match=r"labels has fewer than 2 classes"):
+        nce(p.argmax(1), np.zeros(20, int))
+    with pytest.raises(ValueError, match=r"source_labels must hold integer class labels"):
+        nce(p.argmax(1).astype(float), y)
+    with pytest.raises(ValueError, match=r"source_labels has 19 rows but labels has 20"):
+        nce(p.argmax(1)[:-1], y)
+
+
+def test_proxies_module_reexports_the_closed_form_scores():
+    for name in ("logme", "leep", "nce", "hscore", "transrate", "TaskFeatures"):
+        assert getattr(proxies, name) is getattr(transferability, name)
+    assert proxies.list_proxies() == list(PROXY_NAMES)

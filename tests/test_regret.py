@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 
 from selection.regret import (
+    best_of_top,
     expected_random_regret,
+    expected_random_regret_by_budget,
     log_odds_regret,
     random_max_probabilities,
+    random_zero_regret_budget,
+    ranking_zero_regret_budget,
     relative_regret,
     zero_regret_budget,
 )
@@ -131,3 +135,49 @@ def test_zero_regret_budget_is_none_when_never_zero():
     assert zero_regret_budget({1: 0.3, 2: 0.1, 3: 1e-6}) is None
     assert zero_regret_budget({}) is None
     assert zero_regret_budget({1: None, 2: float("nan")}) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorised forms (what the report uses)
+
+
+def test_best_of_top_is_the_running_maximum_per_budget():
+    ranked = [0.6, 0.8, 0.7, 0.9]
+    assert best_of_top(ranked, [1, 2, 3, 4]).tolist() == [0.6, 0.8, 0.8, 0.9]
+    assert best_of_top(ranked, [10]).tolist() == [0.9]  # beyond the pool: the whole pool
+    with pytest.raises(ValueError, match="at least 1"):
+        best_of_top(ranked, [0])
+
+
+def test_expected_random_regret_by_budget_matches_scalar_form_up_to_b10():
+    rng = np.random.default_rng(0)
+    accs = rng.uniform(0.3, 1.0, 12)
+    budgets = list(range(1, 11))
+    out = expected_random_regret_by_budget(accs, budgets, {"rel": relative_regret, "lo": log_odds_regret})
+    for k, b in enumerate(budgets):
+        assert out["rel"][k] == pytest.approx(expected_random_regret(accs, b), abs=1e-12)
+        assert out["lo"][k] == pytest.approx(expected_random_regret(accs, b, log_odds_regret), abs=1e-12)
+    assert np.all(np.diff(out["rel"]) <= 1e-15)  # more picks never hurt
+
+
+def test_expected_random_regret_by_budget_brute_force_b10_of_11():
+    accs = [0.61, 0.92, 0.55, 0.78, 0.83, 0.70, 0.66, 0.91, 0.50, 0.74, 0.88]
+    out = expected_random_regret_by_budget(accs, [9, 10])["relative"]
+    assert out[0] == pytest.approx(brute_force_random_regret(accs, 9, relative_regret), abs=1e-12)
+    assert out[1] == pytest.approx(brute_force_random_regret(accs, 10, relative_regret), abs=1e-12)
+
+
+def test_ranking_zero_regret_budget_is_position_of_first_best_model():
+    assert ranking_zero_regret_budget([0.7, 0.9, 0.8]) == 2
+    assert ranking_zero_regret_budget([0.9, 0.9]) == 1
+    assert ranking_zero_regret_budget([0.5, 0.6, 0.7, 0.8, 0.6, 0.7, 0.6, 0.5, 0.4, 0.3, 0.95]) == 11
+
+
+def test_random_zero_regret_budget_is_pool_minus_ties_plus_one():
+    # expected regret is zero only once every size-B subset holds a best model
+    accs = [0.9, 0.8, 0.9, 0.5]
+    assert random_zero_regret_budget(accs) == 3
+    for b in (1, 2):
+        assert expected_random_regret(accs, b) > 0
+    assert expected_random_regret(accs, 3) == 0.0
+    assert random_zero_regret_budget([1.0, 1.0, 1.0]) == 1

@@ -21,6 +21,9 @@ from selection.records import (
     read_records_csv,
     validate_records,
 )
+from scipy.stats import pearsonr, weightedtau
+
+from selection.pools import list_pools, resolve_pool
 from selection.report import compute_report, format_markdown, format_table, write_report
 
 ACC = {  # finetune_test_acc; c has no value on t3 (a missing pair); t4 is all 1.0
@@ -288,11 +291,15 @@ def test_format_markdown_has_regret_and_bold_best_accuracy(report):
     assert "| c | 0.7000 | 0.4000 | - | **1.0000** |" in md
 
 
-def test_write_report_writes_all_four_files_and_json_round_trips(report, tmp_path):
+def test_write_report_writes_every_file_and_json_round_trips(report, tmp_path):
     paths = write_report(report, tmp_path / "out")
-    assert set(paths) == {"md", "csv", "json", "png"}
-    assert {p.name for p in paths.values()} == {"regret.md", "regret.csv", "regret.json", "regret.png"}
-    assert sorted(os.listdir(tmp_path / "out")) == ["regret.csv", "regret.json", "regret.md", "regret.png"]
+    assert set(paths) == {"md", "csv", "json", "png", "png_b2", "png_zero", "png_proxies"}
+    names = ["proxies.png", "regret.csv", "regret.json", "regret.md", "regret.png", "regret_b2.png",
+             "zero_regret.png"]
+    assert sorted(p.name for p in paths.values()) == names
+    assert sorted(os.listdir(tmp_path / "out")) == names
+    for kind in ("png", "png_b2", "png_zero", "png_proxies"):
+        assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loaded = json.loads(paths["json"].read_text())
     assert loaded == report
     assert paths["json"].read_text() == json.dumps(report, indent=2, sort_keys=True) + "\n"
@@ -328,3 +335,157 @@ def test_write_report_failure_leaves_no_partial_file(report, tmp_path, monkeypat
         write_report(report, tmp_path)
     assert "regret.json" not in os.listdir(tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------
+# the issue's measures: JSON keys, rank agreement, zero regret, budgets up to 10, pools, ChoiceNet
+
+
+def test_json_has_the_documented_shape(report):
+    assert {"pool", "tasks", "strategies", "log_odds", "zero_regret_budget", "zero_regret_budget_full",
+            "zero_regret_fraction", "weighted_tau", "pearson", "proxy_scores", "choicenet",
+            "models_without_results"} <= set(report)
+    for kind in ("strategies", "log_odds"):
+        for name in STRATEGIES:
+            for b in ("1", "2", "3"):
+                block = report[kind][name][b]
+                assert set(block) == {"mean", "per_task", "per_group"}
+                assert set(block["per_task"]) == set(report["tasks"])
+    assert set(report["weighted_tau"]) == set(report["pearson"]) == {"proxy/linear"}
+    assert set(report["weighted_tau"]["proxy/linear"]) == set(report["tasks"])
+    # no embeddings, no predictions: the ChoiceNet block is there with null values
+    assert set(report["choicenet"]) == {"v1", "v2"}
+    assert report["choicenet"]["v1"]["mse"] is None and report["choicenet"]["v2"]["n_pairs"] == 0
+    json.dumps(report, allow_nan=False)
+
+
+def test_weighted_tau_is_scipys_call_and_null_where_undefined(report):
+    tau = report["weighted_tau"]["proxy/linear"]
+    # models in name order a, b, c; acc first, score second, rank=None
+    assert tau["t1"] == pytest.approx(weightedtau([0.9, 0.8, 0.7], [0.5, 0.6, 0.1], rank=None).statistic)
+    assert tau["t2"] == pytest.approx(-1.0)  # the proxy reverses the accuracy order exactly
+    assert tau["t2"] == pytest.approx(weightedtau([0.5, 0.6, 0.4], [0.3, 0.2, 0.9], rank=None).statistic)
+    assert tau["t3"] is None  # a and b tie at 0.7: constant accuracy (c is not in t3's pool)
+    assert tau["t4"] is None  # every model scores 1.0
+
+
+def test_pearson_hand_computed_and_null_where_undefined(report):
+    r = report["pearson"]["proxy/linear"]
+    # t1: centred acc (0.1, 0, -0.1), centred score (0.1, 0.2, -0.3): 0.04 / sqrt(0.02 * 0.14)
+    assert r["t1"] == pytest.approx(0.04 / math.sqrt(0.02 * 0.14))
+    assert r["t1"] == pytest.approx(pearsonr([0.9, 0.8, 0.7], [0.5, 0.6, 0.1]).statistic)
+    assert r["t2"] == pytest.approx(pearsonr([0.5, 0.6, 0.4], [0.3, 0.2, 0.9]).statistic)
+    assert r["t3"] is None and r["t4"] is None
+
+
+def test_rank_agreement_null_with_fewer_than_two_models():
+    recs = long_records(finetune_test_acc={"t": {"a": 0.9}}, proxy__knn={"t": {"a": 0.3, "b": 0.5}})
+    rep = compute_report(recs)
+    assert rep["weighted_tau"]["proxy/knn"]["t"] is None and rep["pearson"]["proxy/knn"]["t"] is None
+    assert rep["proxy_scores"]["proxy/knn"]["t"] == {"a": 0.3}  # b has no fine-tune: not in the pool
+
+
+def test_zero_regret_fraction_hand_computed(report):
+    frac = report["zero_regret_fraction"]
+    # B = 1: task_agnostic picks b: misses only t1; proxy/linear misses t1 (b) and t2 (c)
+    assert frac["task_agnostic"] == {"1": 0.75, "2": 1.0, "3": 1.0}
+    assert frac["proxy/linear"] == {"1": 0.5, "2": 0.75, "3": 1.0}
+    # random: zero expected regret only on t3 (a tie) and t4 (all 1.0) until B = 3
+    assert frac["random"] == {"1": 0.5, "2": 0.5, "3": 1.0}
+    assert frac["oracle"] == {"1": 1.0, "2": 1.0, "3": 1.0}
+
+
+def test_zero_regret_budget_over_the_whole_pool(records, metadata):
+    rep = compute_report(records, metadata, max_budget=1)
+    full = rep["zero_regret_budget_full"]
+    assert rep["zero_regret_budget"]["proxy/linear"]["t2"] is None  # not within B = 1
+    assert full["proxy/linear"]["t2"] == 3  # c (0.4), a (0.5), then b (0.6, the best)
+    assert full["proxy/linear"]["t1"] == 2  # b, then a
+    assert full["random"] == {"t1": 3, "t2": 3, "t3": 1, "t4": 1}  # n - ties + 1
+    assert full["oracle"] == {t: 1 for t in rep["tasks"]}
+
+
+def twelve_models() -> pd.DataFrame:
+    models = [f"m{i:02d}" for i in range(12)]
+    acc = {"t": {m: 0.50 + 0.03 * i for i, m in enumerate(models)}}  # m11 is best
+    knn = {"t": {m: float(i % 5) for i, m in enumerate(models)}}     # m04 and m09 top, then ...
+    return long_records(finetune_test_acc=acc, proxy__knn=knn)
+
+
+def test_budgets_up_to_10():
+    rep = compute_report(twelve_models(), max_budget=10)
+    assert rep["budgets"] == list(range(1, 11))
+    assert set(rep["strategies"]["proxy/knn"]) == {str(b) for b in range(1, 11)}
+    # knn ranks scores 4 (m04, m09), 3 (m03, m08), 2 (m02, m07), 1 (m01, m06, m11), 0 ...
+    assert rep["picks"]["proxy/knn"]["t"] == ["m04", "m09", "m03", "m08", "m02", "m07", "m01", "m06", "m11", "m00"]
+    assert rep["zero_regret_budget"]["proxy/knn"]["t"] == 9
+    assert rep["zero_regret_fraction"]["proxy/knn"]["8"] == 0.0 and rep["zero_regret_fraction"]["proxy/knn"]["9"] == 1.0
+    s_star, s8 = 0.50 + 0.33, 0.50 + 0.27  # B = 8 best pick is m09
+    assert rep["strategies"]["proxy/knn"]["8"]["mean"] == pytest.approx((s_star - s8) / (1 - s8))
+    assert rep["strategies"]["random"]["10"]["mean"] > 0  # 10 of 12 can still miss m11
+    with pytest.raises(ValueError, match="at most 10"):
+        compute_report(twelve_models(), max_budget=11)
+
+
+def test_budgets_stop_at_the_largest_task_pool(records):
+    assert compute_report(records, max_budget=10)["budgets"] == [1, 2, 3]
+
+
+def test_explicit_named_pools_and_tags(records, metadata):
+    by_tag = compute_report(records, metadata, pool="experts")
+    explicit = compute_report(records, metadata, pool="experts", pools={"experts": ["c", "a"]})
+    assert by_tag == explicit and explicit["models"] == ["a", "c"]
+    small = compute_report(records, metadata, pool="small", pools={"small": ["b", "c"], "other": ["a"]})
+    assert small["pool"] == "small" and small["models"] == ["b", "c"]
+    assert small["finetune_test_acc"]["t3"] == {"b": 0.7}  # c has no t3 result
+    # an explicit list wins over a tag of the same name
+    assert compute_report(records, metadata, pool="experts", pools={"experts": ["b"]})["models"] == ["b"]
+    assert list_pools(metadata, {"small": ["b"]}) == ["all", "experts", "small"]
+    with pytest.raises(TypeError, match="list of model names"):
+        resolve_pool("x", ["a"], pools={"x": "a"})
+
+
+def test_pool_models_without_results_are_listed(records):
+    rep = compute_report(records, pool="mine", pool_models=["a", "zz"])
+    assert rep["models"] == ["a", "zz"] and rep["models_without_results"] == ["zz"]
+
+
+def predictions_v1() -> pd.DataFrame:
+    return pd.DataFrame({"t1": {"a": 0.6, "b": 0.9, "c": 0.5}, "t2": {"a": 0.5, "b": 0.4, "c": 0.2}})
+
+
+def test_choicenet_predictions_become_strategies_with_mse(records, metadata):
+    rep = compute_report(records, metadata, predictions={"choicenet_v1": predictions_v1()})
+    assert rep["strategy_order"] == ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "choicenet_v1",
+                                     "oracle", "random"]
+    # B = 1: t1 picks b (0.9 predicted): (0.9 - 0.8) / 0.2; t2 picks a: (0.6 - 0.5) / 0.5;
+    # t3 and t4 have no predictions: by name, a, at zero regret
+    assert regret(rep, "choicenet_v1", 1, "t1") == pytest.approx(0.5)
+    assert regret(rep, "choicenet_v1", 1, "t2") == pytest.approx(0.2)
+    assert regret(rep, "choicenet_v1", 1, "t3") == 0.0
+    block = rep["choicenet"]["v1"]
+    assert block["n_pairs"] == 6
+    assert block["mse"] == pytest.approx((0.09 + 0.01 + 0.04 + 0.0 + 0.04 + 0.04) / 6)
+    assert block["per_task_mse"]["t1"] == pytest.approx(0.14 / 3) and block["per_task_mse"]["t3"] is None
+    assert block["weighted_tau"]["t1"] == pytest.approx(weightedtau([0.9, 0.8, 0.7], [0.6, 0.9, 0.5], rank=None).statistic)
+    assert rep["choicenet"]["v2"]["mse"] is None
+    assert "choicenet v1" in format_table(rep) and "## ChoiceNet" in format_markdown(rep)
+
+
+def test_bad_predictions_rejected(records):
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        compute_report(records, predictions={"choicenet_v1": predictions_v1() * 100})
+    with pytest.raises(ValueError, match="built-in"):
+        compute_report(records, predictions={"oracle": predictions_v1()})
+    with pytest.raises(KeyError, match="predictions="):
+        compute_report(records, strategies=["choicenet_v2"])
+
+
+def test_markdown_and_table_report_rank_agreement_and_zero_regret(report):
+    md = format_markdown(report)
+    assert "## Fraction of tasks at zero regret (Figure 7)" in md
+    assert "| task_agnostic | 0.750 | 1.000 | 1.000 |" in md
+    assert "weighted Kendall tau" in md and "Pearson" in md
+    assert "Appendix G" in md
+    text = format_table(report, budget=1)
+    assert "rank agreement" in text and "proxy/linear" in text

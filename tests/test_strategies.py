@@ -54,6 +54,9 @@ def test_list_strategies_order():
         "oracle", "random",
     ]
     assert list_strategies([]) == ["task_agnostic", "oracle", "random"]
+    assert list_strategies(["proxy/knn"], predicted=["choicenet_v1", "choicenet_v2"]) == [
+        "task_agnostic", "proxy/knn", "hybrid:proxy/knn", "choicenet_v1", "choicenet_v2", "oracle", "random",
+    ]
 
 
 def test_task_agnostic_is_lexicographic_with_missing_last(scores, metadata):
@@ -148,3 +151,30 @@ def test_register_strategy_adds_a_named_factory(scores, monkeypatch):
     assert create_strategy("choicenet", scores, None).rank("t2", MODELS) == ["d", "c", "b", "a"]
     with pytest.raises(ValueError, match="reserved"):
         register_strategy("oracle", lambda sc, meta: None)
+
+
+def test_choicenet_strategies_rank_by_predicted_accuracy(scores):
+    predicted = table({"t1": {"a": 0.61, "b": 0.7, "c": 0.61, "d": NAN}})
+    s = create_strategy("choicenet_v1", {**scores, "choicenet_v1": predicted}, None)
+    assert s.name == "choicenet_v1" and s.expected is False
+    assert s.rank("t1", MODELS) == ["b", "a", "c", "d"]  # a/c tie by name, d has no prediction
+    assert s.rank("t2", ["c", "a"]) == ["a", "c"]  # no predictions for the task: by name
+
+
+def test_choicenet_strategy_without_predictions_says_how_to_get_them(scores):
+    with pytest.raises(KeyError, match="predictions=") as info:
+        create_strategy("choicenet_v2", scores, None)
+    assert "predict_choicenet" in str(info.value)
+
+
+def test_predicted_table_names_cannot_shadow_built_in_strategies():
+    for bad in ("oracle", "proxy/knn", "hybrid:x", "finetune_test_acc", "", " v1"):
+        with pytest.raises(ValueError):
+            strategies_module.check_predicted_name(bad)
+    assert strategies_module.check_predicted_name("choicenet_v1") == "choicenet_v1"
+
+
+def test_score_ranking_handles_negative_scores_and_models_absent_from_the_table(scores):
+    logme = table({"t1": {"a": -3.5, "b": -1.0, "c": -1.0, "d": -7.0}})
+    s = create_strategy("proxy/logme", {**scores, "proxy/logme": logme}, None)
+    assert s.rank("t1", ["zz", "d", "c", "b", "a"]) == ["b", "c", "a", "d", "zz"]

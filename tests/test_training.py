@@ -77,3 +77,20 @@ def test_aggregate_finetune_picks_lr_per_repetition_then_takes_the_median():
     assert out["test/acc"] == pytest.approx(0.61)
     assert out["val/acc"] == pytest.approx(0.7)
     assert [out[f"rep{i}/best_lr"] for i in range(3)] == [0.01, 0.001, 0.001]
+
+
+def test_finetune_trains_batchnorm_statistics_and_surgical_mode_keeps_frozen_ones():
+    torch.manual_seed(0)
+    b = create_backbone("cnn", width=8)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    run_finetune(b, _splits(), 3, lr=0.05, steps=3, head_steps=3, batch_size=32)
+    # stage 1's frozen pass leaves eval mode; stage 2 must switch BatchNorm back to training
+    assert not torch.equal(before["body.block1.1.running_mean"], b.state_dict()["body.block1.1.running_mean"])
+
+    torch.manual_seed(0)
+    b = create_backbone("cnn", width=8)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    run_finetune(b, _splits(), 3, lr=0.05, steps=3, head_steps=3, batch_size=32, trainable="last")
+    after = b.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("body.block4.") for k in changed), changed

@@ -1,0 +1,210 @@
+"""Budgeted model search: successive halving (Ray Tune's ASHA) over fine-tune steps.
+
+Instead of fine-tuning every model of the pool to the end, each task gets one Tune experiment of
+(model, learning rate) trials that report validation accuracy every ``rung_steps`` fine-tune
+steps; ASHA (Li et al. 2020) stops the weaker half (1 / reduction_factor) at every rung. The
+search ranks models by the rung they reached, then by their last validation accuracy; its pick is
+scored against the exhaustive fine-tune results of the same sweep (regret), and the fine-tune
+steps it spent are compared with the exhaustive sweep's.
+
+Enabled by ``search.enabled: true`` in a sweep file; it runs after the exhaustive sweep, and its
+per-task result is one MLflow run ``search@<task>:asha`` (tag ``search_key``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sweeps.config import SweepConfig
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    cfg: SweepConfig
+    data_root: str
+    zoo_root: str
+
+
+def _rung_callback(xva, yva, rung_steps: int, head_steps: int):
+    import pytorch_lightning as pl
+    from ray import tune
+
+    from lightning_modules.training import evaluate
+
+    class ReportRung(pl.Callback):
+        """Reports validation accuracy to Tune every ``rung_steps`` steps (one ASHA time unit)."""
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if step % rung_steps == 0:
+                tune.report({"val_acc": evaluate(module, xva, yva),
+                             "steps": head_steps + step})
+
+    return ReportRung()
+
+
+def search_trial(job: dict, settings: SearchSettings) -> None:
+    """One (model, task, lr) fine-tune that Tune may stop at any rung."""
+    from lightning_modules.backbones import load_checkpoint
+    from lightning_modules.tasks import load_task
+    from lightning_modules.training import run_finetune
+    from pathlib import Path
+
+    cfg = settings.cfg
+    f, s = cfg.finetune, cfg.search
+    backbone, _ = load_checkpoint(Path(settings.zoo_root) / job["model"])
+    data = load_task(job["task"], settings.data_root, image_size=cfg.image_size, seed=cfg.seed)
+    xva, yva = data.splits["val200"]
+    run_finetune(backbone, data.splits, data.num_classes, lr=float(job["lr"]), steps=f.steps,
+                 head_steps=f.head_steps, batch_size=f.batch_size, seed=cfg.seed,
+                 trainable=f.trainable, evaluate_test=False,
+                 callbacks=[_rung_callback(xva, yva, s.rung_steps, f.head_steps)])
+    return None  # everything was reported rung by rung
+
+
+def rank_search(trials: list[dict[str, Any]]) -> list[str]:
+    """Models by the furthest rung any of their trials reached, then best last validation
+    accuracy, then name (ties)."""
+    best: dict[str, tuple[int, float]] = {}
+    for t in trials:
+        key = (int(t["iterations"]), float(t["val_acc"]))
+        if t["model"] not in best or key > best[t["model"]]:
+            best[t["model"]] = key
+    return sorted(best, key=lambda m: (-best[m][0], -best[m][1], m))
+
+
+def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[str, Any]]:
+    """ASHA per task over the plan's models x learning rates; logs one run per task."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweeps.tracking import Tracker
+    from sweeps.tune_runner import experiment_path, init_ray
+
+    stream = stream or sys.stderr
+    cfg, s, f = plan.cfg, plan.cfg.search, plan.cfg.finetune
+    tracker = Tracker(tracking_uri, cfg.experiment)
+    done = {r.data.tags.get("search_key") for r in tracker.search()
+            if r.info.status == "FINISHED" and r.data.tags.get("search_key")}
+    n_rungs = max(1, f.steps // s.rung_steps)
+    exhaustive = len(plan.models) * len(f.lrs) * (f.head_steps + f.steps)
+    settings = SearchSettings(cfg, str(paths.data_root), str(paths.zoo_root))
+    out: dict[str, dict[str, Any]] = {}
+    init_ray(cfg.resources.num_cpus)
+    cpus, gpus = cfg.resources.finetune.cpus, cfg.resources.finetune.gpus
+    for task in plan.tasks:
+        key = f"asha|{task}|{cfg.protocol_hash('finetune')}|{s.rung_steps}|{s.reduction_factor}"
+        if key in done:
+            continue
+        start = time.perf_counter()
+        jobs = [{"kind": "search", "model": m, "task": task, "lr": lr}
+                for m in plan.models for lr in f.lrs]
+        trainable = tune.with_resources(
+            tune.with_parameters(_search_trainable, settings=settings, threads=int(cpus)),
+            {"cpu": cpus, "gpu": gpus})
+        name = f"{cfg.name}-search-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = experiment_path(paths.tune_root, name)
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(
+                scheduler=ASHAScheduler(time_attr="training_iteration", metric="val_acc",
+                                        mode="max", max_t=n_rungs, grace_period=s.grace_rungs,
+                                        reduction_factor=s.reduction_factor),
+                max_concurrent_trials=cfg.resources.max_concurrent_trials, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0))
+        trials = []
+        for r in tuner.fit():
+            if r.error is None and r.metrics:
+                trials.append({"model": r.config["job"]["model"], "lr": r.config["job"]["lr"],
+                               "iterations": r.metrics.get("training_iteration", 0),
+                               "val_acc": r.metrics.get("val_acc", 0.0),
+                               "steps": r.metrics.get("steps", 0)})
+        ranking = rank_search(trials)
+        spent = sum(t["steps"] for t in trials)
+        result = {"ranking": ranking, "steps": spent, "exhaustive_steps": exhaustive,
+                  "step_fraction": spent / exhaustive if exhaustive else None,
+                  "seconds": time.perf_counter() - start}
+        out[task] = result
+        _log_search(tracker, task, key, result, cfg)
+        print(f"[whichmodel] search {task}: pick {ranking[0] if ranking else '-'}, "
+              f"{spent} of {exhaustive} fine-tune steps ({result['step_fraction']:.0%})",
+              file=stream, flush=True)
+    return out
+
+
+def _search_trainable(config: dict, settings: SearchSettings, threads: int) -> None:
+    import torch
+
+    from sweeps.quiet import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(max(1, threads))
+    search_trial(config["job"], settings)
+
+
+def _log_search(tracker, task: str, key: str, result: dict[str, Any], cfg: SweepConfig) -> None:
+    run_id = tracker.client.create_run(
+        tracker.experiment_id, run_name=f"search@{task}:asha",
+        tags={"search_key": key, "protocol": "search", "task": task, "sweep": cfg.name,
+              "search/ranking": ",".join(result["ranking"])}).info.run_id
+    for k in ("steps", "exhaustive_steps", "step_fraction", "seconds"):
+        if result[k] is not None:
+            tracker.client.log_metric(run_id, f"search/{k}", float(result[k]))
+    tracker.client.log_param(run_id, "search/rung_steps", cfg.search.rung_steps)
+    tracker.client.log_param(run_id, "search/reduction_factor", cfg.search.reduction_factor)
+    tracker.client.set_terminated(run_id, "FINISHED")
+
+
+def search_results(tracker, cfg: SweepConfig) -> dict[str, dict[str, Any]]:
+    """The latest finished search run per task of this sweep's settings."""
+    out = {}
+    suffix = f"|{cfg.protocol_hash('finetune')}|{cfg.search.rung_steps}|{cfg.search.reduction_factor}"
+    for run in tracker.search():
+        key = run.data.tags.get("search_key", "")
+        if run.info.status != "FINISHED" or not key.endswith(suffix):
+            continue
+        m = run.data.metrics
+        out.setdefault(run.data.tags["task"], {
+            "ranking": run.data.tags.get("search/ranking", "").split(","),
+            "steps": m.get("search/steps"), "exhaustive_steps": m.get("search/exhaustive_steps"),
+            "step_fraction": m.get("search/step_fraction")})
+    return out
+
+
+def summarize_search(report: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Regret of each task's search pick (B = 1, against the exhaustive fine-tunes) and its steps."""
+    from selection.regret import relative_regret
+
+    per_task = {}
+    for task, r in results.items():
+        accs = report.get("finetune_test_acc", {}).get(task)
+        pick = next((m for m in r["ranking"] if accs and m in accs), None)
+        regret = (float(relative_regret(max(accs.values()), accs[pick]))
+                  if pick is not None else None)
+        per_task[task] = {"pick": pick, "relative_regret": regret, "steps": r["steps"],
+                          "exhaustive_steps": r["exhaustive_steps"]}
+    regrets = [v["relative_regret"] for v in per_task.values() if v["relative_regret"] is not None]
+    spent = sum(v["steps"] or 0 for v in per_task.values())
+    full = sum(v["exhaustive_steps"] or 0 for v in per_task.values())
+    return {"scheduler": "asha", "per_task": per_task,
+            "mean_relative_regret": sum(regrets) / len(regrets) if regrets else None,
+            "steps": spent, "exhaustive_steps": full,
+            "step_fraction": spent / full if full else None}
+
+
+def format_search(summary: dict[str, Any]) -> str:
+    lines = ["Budgeted search (ASHA over fine-tune steps) against exhaustive fine-tuning:",
+             f"{'task':<20} {'pick':<26} {'regret@1':>9} {'steps':>8} {'exhaustive':>11}"]
+    for task, v in sorted(summary["per_task"].items()):
+        regret = "-" if v["relative_regret"] is None else f"{v['relative_regret']:.4f}"
+        lines.append(f"{task:<20} {str(v['pick']):<26} {regret:>9} {int(v['steps'] or 0):>8} "
+                     f"{int(v['exhaustive_steps'] or 0):>11}")
+    mean = summary["mean_relative_regret"]
+    frac = summary["step_fraction"]
+    lines.append(f"{'mean':<20} {'':<26} {'-' if mean is None else f'{mean:.4f}':>9} "
+                 f"{int(summary['steps']):>8} {int(summary['exhaustive_steps']):>11}"
+                 + (f"  ({frac:.0%} of the steps)" if frac is not None else ""))
+    return "\n".join(lines)

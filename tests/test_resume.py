@@ -1,0 +1,94 @@
+"""A driver killed mid-sweep (SIGKILL), then ``whichmodel resume``: one finished run per key."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import ZOO, sweep
+
+pytestmark = pytest.mark.slow
+
+
+def _pair_runs(home: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    db = home / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception:  # the store is still being created by the driver
+        return []
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("pair_key")]
+
+
+def _cli(home: Path, ray_dir: Path, *args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, WHICHMODEL_HOME=str(home), WHICHMODEL_RAY_TEMP_DIR=str(ray_dir),
+               PYTHONUNBUFFERED="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _kill_group(proc: subprocess.Popen, ray_dir: Path) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    # Ray's own daemons may have left the process group: end whatever uses this run's temp dir.
+    subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
+
+
+def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
+    home = tmp_path / "home"
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    config = tmp_path / "kill.yaml"
+    config.write_text(sweep("kill", tasks="[digits, sprite_location, count]", steps=40))
+    ray_a, ray_b = Path(f"/tmp/wmk-{os.getpid()}-a"), Path(f"/tmp/wmk-{os.getpid()}-b")
+    build = _cli(home, ray_a, "zoo", "build", str(tmp_path / "zoo.yaml"))
+    assert build.wait(timeout=300) == 0, build.stdout.read()
+    subprocess.run(["pkill", "-9", "-f", str(ray_a)], check=False)
+
+    driver = _cli(home, ray_a, "run", str(config), "--no-report")
+    total = 2 * 3 * 2
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            n = len([r for r in _pair_runs(home, "kill") if r.info.status == "FINISHED"])
+            if n >= 3 or driver.poll() is not None:
+                break
+            time.sleep(0.5)
+    finally:
+        _kill_group(driver, ray_a)
+    before = {r.data.tags["pair_key"]: r.info.run_id for r in _pair_runs(home, "kill")
+              if r.info.status == "FINISHED"}
+    assert 0 < len(before) < total, "the driver must be killed mid-sweep"
+
+    resume = _cli(home, ray_b, "resume", "kill", "--no-report")
+    try:
+        out, _ = resume.communicate(timeout=600)
+    finally:
+        _kill_group(resume, ray_b)
+    assert resume.returncode == 0, out
+
+    runs = _pair_runs(home, "kill")
+    keys = Counter(r.data.tags["pair_key"] for r in runs)
+    assert len(keys) == total and set(keys.values()) == {1}, keys
+    assert all(r.info.status == "FINISHED" for r in runs)
+    after = {r.data.tags["pair_key"]: r.info.run_id for r in runs}
+    assert all(after[k] == run_id for k, run_id in before.items())  # nothing logged twice

@@ -1,0 +1,57 @@
+"""Budgeted search: ASHA over fine-tune steps ranks models and reports the steps it saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sweeps.search import rank_search, summarize_search
+
+
+def test_rank_search_prefers_the_furthest_rung_then_validation_then_name():
+    trials = [
+        {"model": "a", "iterations": 1, "val_acc": 0.9},   # stopped at the first rung
+        {"model": "b", "iterations": 3, "val_acc": 0.5},
+        {"model": "b", "iterations": 1, "val_acc": 0.95},  # b's other learning rate
+        {"model": "c", "iterations": 3, "val_acc": 0.7},
+        {"model": "d", "iterations": 3, "val_acc": 0.7},
+    ]
+    assert rank_search(trials) == ["c", "d", "b", "a"]
+
+
+def test_summarize_search_scores_the_pick_against_exhaustive_finetuning():
+    report = {"finetune_test_acc": {"t1": {"a": 0.8, "b": 0.9}, "t2": {"a": 0.5, "b": 0.4}}}
+    results = {"t1": {"ranking": ["a", "b"], "steps": 30, "exhaustive_steps": 100},
+               "t2": {"ranking": ["a", "b"], "steps": 50, "exhaustive_steps": 100}}
+    s = summarize_search(report, results)
+    assert s["per_task"]["t1"]["relative_regret"] == pytest.approx((0.9 - 0.8) / (1 - 0.8))
+    assert s["per_task"]["t2"]["relative_regret"] == 0.0
+    assert s["step_fraction"] == pytest.approx(0.4)
+    assert s["mean_relative_regret"] == pytest.approx(0.25)
+
+
+@pytest.mark.slow
+def test_asha_search_spends_fewer_steps_than_exhaustive_and_reports_it(tmp_path, monkeypatch,
+                                                                      ray_session, capsys):
+    from sweeps.cli import main
+    from tests.tiny import ZOO, sweep
+
+    monkeypatch.setenv("WHICHMODEL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    text = sweep("srch", tasks="[digits]", steps=20).replace(
+        "lrs: [0.01, 0.001]", "lrs: [0.1, 0.01, 0.001, 0.0001]") + (
+        "search: {enabled: true, rung_steps: 5, reduction_factor: 2}\n")
+    (tmp_path / "s.yaml").write_text(text)
+    assert main(["zoo", "build", str(tmp_path / "zoo.yaml")]) == 0
+    assert main(["run", str(tmp_path / "s.yaml"), "--reports-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "Budgeted search" in out
+    report = json.loads((tmp_path / "r" / "srch" / "regret.json").read_text())
+    summary = report["budgeted_search"]
+    assert summary["per_task"]["digits"]["pick"] in ("tiny-shapes", "tiny-random")
+    # 2 models x 4 lrs x (5 head + 20 steps) exhaustively; ASHA stops some trials early.
+    assert summary["exhaustive_steps"] == 200
+    assert 0 < summary["steps"] < summary["exhaustive_steps"]
+    assert 0.0 <= summary["mean_relative_regret"] <= 1.0

@@ -1,0 +1,35 @@
+"""A tiny zoo and sweep shared by the end-to-end tests (2 small CNNs, a few steps each)."""
+
+from __future__ import annotations
+
+ZOO = """
+name: tiny-zoo
+image_size: 32
+source: {n_train: 200, n_val: 50}
+training: {steps: 10, batch_size: 32, lr: 0.05}
+models:
+  - {name: tiny-shapes, arch: cnn, arch_kwargs: {width: 8}, upstream: [shapes]}
+  - {name: tiny-random, arch: cnn, arch_kwargs: {width: 8}, objective: none}
+"""
+
+SWEEP = """
+name: {name}
+zoo: zoo.yaml
+models: all
+tasks: {tasks}
+probe:
+  linear: {{lrs: [0.1, 0.01], steps: 50, repeats: 2, batch_size: 64}}
+finetune:
+  profile: test-tiny
+  lrs: [0.01, 0.001]
+  head_steps: 5
+  steps: {steps}
+  batch_size: 32
+  repeats: 1
+resources: {{probe: {{cpus: 1}}, finetune: {{cpus: 1}}}}
+report: {{max_budget: 3}}
+"""
+
+
+def sweep(name: str, tasks: str = "[digits, sprite_location]", steps: int = 5) -> str:
+    return SWEEP.format(name=name, tasks=tasks, steps=steps)
