@@ -115,9 +115,12 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
     kwargs = {"pool": pool}
     if plan is not None:
         cfg = plan.cfg
+        from sweeps.reporting import choicenet_predictions
+
         kwargs.update(max_budget=budget or cfg.report.max_budget, strategies=cfg.report.strategies,
                       protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
-                      pool_models=plan.pools.get(pool))
+                      pool_models=plan.pools.get(pool),
+                      choicenet=lambda records: choicenet_predictions(records, plan, paths))
         if pool not in plan.pools:
             raise WhichModelError(f"{plan.path}: key 'pools': no pool {pool!r}; known: "
                                   f"{', '.join(plan.pools)}")
@@ -173,11 +176,12 @@ def cmd_report(args) -> int:
         return _emit(report, out_dir, None, args.format, args.output)
     if not args.experiment:
         raise WhichModelError("report: give --experiment NAME (MLflow) or --records FILE.csv")
-    plan = None
-    if args.config:
-        from sweeps.driver import plan_sweep
+    from sweeps.driver import plan_sweep, remembered_config
 
-        plan = plan_sweep(args.config)
+    # The sweep file gives pools, budgets, strategies and what ChoiceNet needs; by default the
+    # one the experiment's last run used.
+    config = args.config or remembered_config(paths, args.experiment)
+    plan = plan_sweep(config) if config else None
     return _report(paths, args.tracking_uri, args.experiment, plan=plan, out_dir=out_dir,
                    pool=args.pool, budget=args.budget, fmt=args.format, output=args.output)
 

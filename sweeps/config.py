@@ -163,9 +163,18 @@ class BudgetedSearch(_Strict):
     grace_rungs: int = Field(1, ge=1)
 
 
+class ChoiceNetSettings(_Strict):
+    enabled: bool = True
+    # The fixed probe model of ChoiceNet v2's task embedding (default: the first model of the
+    # sweep whose name contains "generalist", else the first model).
+    probe_model: str | None = None
+    steps: int = Field(500, ge=1)
+
+
 class ReportSettings(_Strict):
     max_budget: int = Field(3, ge=1, le=10)
     strategies: list[str] | None = None
+    choicenet: ChoiceNetSettings = ChoiceNetSettings()
 
 
 class TrackingSettings(_Strict):

@@ -407,6 +407,20 @@ def trial_resources(cfg: SweepConfig):
                            "finetune": (r.finetune.cpus, r.finetune.gpus)})
 
 
+def remembered_config(paths: Paths, experiment: str) -> Path | None:
+    """The sweep file of the latest run whose experiment is ``experiment``, if still there."""
+    import json
+
+    for state_file in sorted((paths.home / "sweeps").glob("*.json")):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("experiment") == experiment and Path(state["config"]).is_file():
+            return Path(state["config"])
+    return None
+
+
 def _write_state(paths: Paths, plan: Plan, name: str, uri: str) -> dict[str, str]:
     """Remember the latest Tune experiment of a sweep, for ``whichmodel resume NAME``."""
     import json
@@ -415,6 +429,7 @@ def _write_state(paths: Paths, plan: Plan, name: str, uri: str) -> dict[str, str
     from sweeps.tune_runner import experiment_path
 
     state = {"config": str(plan.path.resolve()), "tracking_uri": uri,
+             "experiment": plan.cfg.experiment,
              "experiment_path": experiment_path(paths.tune_root, name)}
     target = paths.home / "sweeps" / f"{plan.cfg.name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

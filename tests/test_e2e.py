@@ -93,6 +93,9 @@ def test_report_contents_files_and_mlflow_artifacts(sweep_env, capsys):
     for strategy, by_budget in report["strategies"].items():
         for b in by_budget.values():
             assert all(0.0 <= v <= 1.0 for v in b["per_task"].values())
+    assert {"choicenet_v1", "choicenet_v2"} <= set(report["strategies"])
+    assert all(report["choicenet"][v]["mse"] is not None for v in ("v1", "v2"))
+    assert {"weighted_tau", "pearson", "zero_regret_budget"} <= set(report)
     # task-agnostic ranks by upstream data size: the pre-trained model before the control
     assert report["picks"]["task_agnostic"]["digits"][0] == "tiny-shapes"
     assert "task_agnostic" in out and "digits" in out

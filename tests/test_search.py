@@ -41,7 +41,7 @@ def test_asha_search_spends_fewer_steps_than_exhaustive_and_reports_it(tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "zoo.yaml").write_text(ZOO)
     text = sweep("srch", tasks="[digits]", steps=20).replace(
-        "lrs: [0.01, 0.001]", "lrs: [0.1, 0.01, 0.001, 0.0001]") + (
+        "lrs: [0.01, 0.001]", "lrs: [1.0, 0.3, 0.001, 0.0001]") + (
         "search: {enabled: true, rung_steps: 5, reduction_factor: 2}\n")
     (tmp_path / "s.yaml").write_text(text)
     assert main(["zoo", "build", str(tmp_path / "zoo.yaml")]) == 0
