@@ -32,10 +32,14 @@ Keys of the JSON line (targets in brackets):
     module, and ``worker_torch_import_s``), ``worker_lightning_import_s`` (first Lightning import
     inside the trial), ``fit_delta_s`` (fit in the worker minus in the driver), ``finish_s``
     (trial function returns -> run_jobs returns, incl. the MLflow write ``mlflow_log_s``).
+    ``orchestration_overhead_fraction_warm`` (info): the same for a second trial on a reused
+    actor (``reuse_actors=True``), i.e. what each further fine-tune of a sweep costs.
 ``two_node_speedup`` [>= 1.7]
     Wall time of 8 CPU-bound trials (torch matmuls, 1 thread, ~3.5 s each; ``--quick`` ~2 s) on
     a 1-node, 1-CPU ``ray.cluster_utils.Cluster`` over the same sweep on a 2-node cluster (1 CPU
-    each), ``run_jobs`` with ``TrialResources({"work": (1, 0)})``, timed around ``run_jobs``.
+    each), ``run_jobs`` with ``TrialResources({"work": (1, 0)})``, timed around ``run_jobs``
+    (3 s after the cluster is up). ``two_node.machine_parallel_capacity_before_after`` is how
+    many cores the (shared) machine actually offered: the speed-up cannot exceed it.
 ``scale_trials``, ``scale_overhead_s_per_trial`` [<= 0.3 s], ``scale_driver_peak_rss_gib``
 [<= 2 GiB], ``scale_unique_finished_runs`` [== scale_trials]
     A sweep of 2,000 tiny trials (``--quick``: 500, see ``scale_note``), a ~1 ms numpy op each,
@@ -396,8 +400,28 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
                    worker_torch_import_s=m["torch_import_s"],
                    worker_lightning_import_s=m["lightning_import_s"],
                    fit_delta_s=m["fit_s"] - bare["fit_s"], finish_s=returned_at - m["ended_at"])
+    out.update(_warm_overhead(job, bare_s, root, uri))
     _log(f"orchestration: {json.dumps(out)}")
-    return {"orchestration_overhead_fraction": (tune_s - bare_s) / bare_s, "orchestration": out}
+    return {"orchestration_overhead_fraction": (tune_s - bare_s) / bare_s,
+            "orchestration_overhead_fraction_warm": out.get("warm_fraction"),
+            "orchestration": out}
+
+
+def _warm_overhead(job: dict, bare_s: float, root: Path, uri: str) -> dict[str, float]:
+    """Two trials in a row on one slot: the second runs on the reused (warm) actor. Its extra
+    time over the bare call = gap after the first trial (result, MLflow write, actor reset) plus
+    its own slowdown; this is what each further fine-tune of a sweep costs."""
+    jobs = [{**job, "model": f"bench-cnn-{i}"} for i in range(2)]
+    sink = _make_sink(uri, "bench-orchestration", "finetune")
+    _, done = _timed_sweep(finetune_trial, jobs, root, "orchestration-warm", sink, "finetune",
+                           max_concurrent_trials=1)
+    if len(done) != 2:
+        return {}
+    (_, a), (_, b) = sorted(done, key=lambda d: d[1]["started_at"])
+    gap = b["started_at"] - a["ended_at"]
+    extra = gap + (b["ended_at"] - b["started_at"]) - bare_s
+    return {"warm_gap_s": gap, "warm_second_trial_fn_s": b["ended_at"] - b["started_at"],
+            "warm_lightning_import_s": b["lightning_import_s"], "warm_fraction": extra / bare_s}
 
 
 # --------------------------------------------------------------------------- phase 3: two nodes
@@ -410,8 +434,25 @@ def _calibrate_iters(target_s: float) -> int:
     return max(1, int(target_s / per_iter))
 
 
+def _parallel_capacity(iters: int) -> float:
+    """Cores the machine gives right now: 2 x (one burn alone) / (two burns in parallel threads;
+    torch releases the GIL). About 2 on an idle 2-core machine; the speed-up's ceiling."""
+    with _threads(1):
+        start = time.perf_counter()
+        _burn(iters)
+        one = time.perf_counter() - start
+        pair = [threading.Thread(target=_burn, args=(iters,)) for _ in range(2)]
+        start = time.perf_counter()
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        return 2 * one / (time.perf_counter() - start)
+
+
 def _cluster_sweep(root: Path, nodes: int, jobs: list[dict]) -> tuple[float, set[str], float]:
     with local_cluster(root, nodes):
+        time.sleep(3.0)  # let the nodes' agents finish starting (then idle Ray uses ~3% CPU)
         sink = BenchSink(None, "", "work")
         wall, done = _timed_sweep(work_trial, jobs, root, f"two-node-{nodes}", sink, "work")
     if len(done) != len(jobs):
@@ -424,9 +465,12 @@ def phase_two_node(args, root: Path) -> dict[str, Any]:
     per_trial = MODES[args.quick]["work_s"]
     iters = _calibrate_iters(per_trial)
     jobs = [{"kind": "work", "i": i, "iters": iters} for i in range(8)]
+    capacity = [_parallel_capacity(iters // 2)]
     one_s, _, work1 = _cluster_sweep(root, 1, jobs)
     two_s, nodes, work2 = _cluster_sweep(root, 2, jobs)
+    capacity.append(_parallel_capacity(iters // 2))
     out = {"trials": len(jobs), "target_work_s": per_trial, "iters": iters,
+           "machine_parallel_capacity_before_after": capacity,
            "one_node_s": one_s, "two_node_s": two_s, "nodes_used": len(nodes),
            "mean_work_s_one_node": work1, "mean_work_s_two_nodes": work2}
     _log(f"two-node: {json.dumps(out)}")
