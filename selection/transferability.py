@@ -33,7 +33,22 @@ import torch
 
 from selection.proxies import _check_classes, _check_features, _check_labels
 
-__all__ = ["TaskFeatures", "hscore", "leep", "logme", "nce", "transrate"]
+__all__ = [
+    "TaskFeatures",
+    "check_source_probs",
+    "hscore",
+    "hscore_score",
+    "ledoit_wolf_shrinkage",
+    "leep",
+    "leep_score",
+    "logme",
+    "logme_fit",
+    "logme_score",
+    "nce",
+    "nce_score",
+    "transrate",
+    "transrate_score",
+]
 
 _EPS = np.finfo(np.float64).eps
 # LogME: alpha and beta stay within these bounds, so degenerate features (constant, or
@@ -88,20 +103,22 @@ def _left_spectrum(a: np.ndarray, gram: np.ndarray | None) -> _Spectrum:
 class TaskFeatures:
     """Float64 features and labels of one task's training split, and the decompositions the
     scores share, each computed on first use (Gram matrices, spectra of the raw and of the
-    centred features). Build with :meth:`from_arrays` (validates) and pass to the ``_score``
-    functions; :func:`selection.proxies.compute_proxies` does this once per probe trial."""
+    centred features). Build with :meth:`from_arrays` (validates), or directly from inputs
+    already checked (features numpy or torch, labels int64 0..C-1, every class present), and
+    pass to the ``*_score`` functions; :func:`selection.proxies.compute_proxies` builds one per
+    probe trial."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int) -> None:
-        self.x = x
+    def __init__(self, x: Any, y: np.ndarray, n_classes: int) -> None:
+        self.x = _to_numpy64(x)
         self.y = y
         self.n_classes = n_classes
-        self.n, self.d = x.shape
+        self.n, self.d = self.x.shape
 
     @classmethod
     def from_arrays(cls, features: Any, labels: Any) -> TaskFeatures:
         x = _check_features(features, "features")
         y, n_classes = _check_task_labels(labels, x.shape[0], "features")
-        return cls(_to_numpy64(x), y, n_classes)
+        return cls(x, y, n_classes)
 
     @cached_property
     def counts(self) -> np.ndarray:
@@ -141,8 +158,9 @@ class TaskFeatures:
         return self.onehot.T @ u
 
     def rank_mask(self, lam: np.ndarray) -> np.ndarray:
-        """Squared singular values above numpy's matrix-rank tolerance, max(N, D) eps s_max^2
-        on the Gram scale (the centring direction, exactly 0 in exact arithmetic, is below)."""
+        """Squared singular values above max(N, D) eps lam_max: numpy's matrix_rank tolerance
+        for the Gram matrix, whose eigenvalues carry round-off of about eps lam_max (so the
+        centring direction, exactly 0 in exact arithmetic, falls below it)."""
         top = lam[0] if lam.size else 0.0
         return lam > top * max(self.n, self.d) * _EPS
 
@@ -261,7 +279,8 @@ def logme_fit(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_source_probs(source_probs: Any, name: str = "source_probs") -> np.ndarray:
+def check_source_probs(source_probs: Any, name: str = "source_probs") -> np.ndarray:
+    """``source_probs`` as float64 (N, Z); ValueError unless 2-D, finite, >= 0, rows sum to 1."""
     p = _to_numpy64(_check_features(source_probs, name))
     if p.min() < 0:
         r, c = (int(v) for v in np.argwhere(p < 0)[0])
@@ -293,7 +312,7 @@ def leep(source_probs: Any, labels: Any) -> float:
     (sum_y P(y, z) = 0) contribute nothing. Rows of ``source_probs`` must be probabilities (>= 0,
     summing to 1 within 1e-3). Float64.
     """
-    p = _check_source_probs(source_probs)
+    p = check_source_probs(source_probs)
     y, n_classes = _check_task_labels(labels, p.shape[0], "source_probs")
     return leep_score(p, y, n_classes)
 
@@ -356,10 +375,12 @@ def hscore(features: Any, labels: Any, regularized: bool = False) -> float:
     Computation: with the centred features X = U diag(s) V^T, cov(g) = X^T P X / N where P
     averages within classes, so in the eigenbasis
 
-        H = sum_{j: s_j > tol} u_j^T P u_j,
+        H = sum_j u_j^T P u_j,
         H_alpha = sum_j (1 - alpha) (s_j^2 / N) u_j^T P u_j / ((1 - alpha) s_j^2 / N + alpha mu),
 
-    tol being numpy's matrix-rank tolerance (max(N, D) eps s_max). Consequence worth knowing:
+    both over the j with s_j^2 > max(N, D) eps s_max^2 (numpy's matrix_rank tolerance for the
+    Gram matrix; it drops the centring direction, 0 in exact arithmetic; for H_alpha the dropped
+    terms are that small anyway). Consequence worth knowing:
     when the N centred training rows are linearly independent (N <= D, e.g. VTAB-1k, 800 x 2048)
     the projection sum_j u_j u_j^T is I - 11^T/N and the plain H-score is exactly C - 1 for every
     backbone; reference implementations that pseudo-invert the D x D covariance with

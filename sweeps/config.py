@@ -123,6 +123,9 @@ class ProbeProtocol(_Strict):
     linear: LinearProbeSettings = LinearProbeSettings()
     knn: KnnSettings = KnnSettings()
     early_stop: EarlyStopSettings = EarlyStopSettings()
+    # Keep each pair's features (train/val/test, float16 .npz) and log them as an artifact of
+    # its probe run, for reuse (ChoiceNet v2, new proxies) without another forward pass.
+    save_features: bool = False
 
 
 class FinetuneProtocol(_Strict):

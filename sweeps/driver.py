@@ -40,13 +40,15 @@ def run_trial(job: dict[str, Any], settings: TrialSettings) -> dict[str, float]:
     backbone, _ = load_checkpoint(Path(settings.zoo_root) / job["model"])
     data = load_task(job["task"], settings.data_root, image_size=cfg.image_size, seed=cfg.seed)
     if job["kind"] == "probe":
-        return _probe(backbone, data, cfg, settings.features_dir)
+        features_dir = (Path(settings.features_dir) / job["model"]
+                        if settings.features_dir and cfg.probe.save_features else None)
+        return _probe(backbone, data, cfg, features_dir)
     if job["kind"] == "finetune":
         return _finetune(backbone, data, cfg, float(job["lr"]))
     raise ValueError(f"unknown job kind {job['kind']!r}")
 
 
-def _probe(backbone, data, cfg: SweepConfig, features_dir: str | None) -> dict[str, Any]:
+def _probe(backbone, data, cfg: SweepConfig, features_dir: Path | None) -> dict[str, Any]:
     """One frozen forward pass over train, validation and test; then every proxy on it."""
     import numpy as np
 
@@ -91,6 +93,7 @@ def _probe(backbone, data, cfg: SweepConfig, features_dir: str | None) -> dict[s
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
+        metrics["features_path"] = str(path)
     return metrics
 
 
@@ -130,6 +133,8 @@ def aggregate_finetune(by_lr: dict[float, dict[str, float]], repeats: int) -> di
         tests.append(best["test_acc"])
         lrs.append(best["lr"])
     out = {"val/acc": median_over_repeats(vals), "test/acc": median_over_repeats(tests),
+           "finetune_val_acc": median_over_repeats(vals),
+           "finetune_test_acc": median_over_repeats(tests),
            "time/finetune": sum(m.get("time/finetune", 0.0) for m in by_lr.values())}
     for lr in ordered:
         for rep in range(repeats):
@@ -232,7 +237,8 @@ class PairRecorder:
         model, task = job["model"], job["task"]
         if job["kind"] == "probe":
             self._log(model, task, "probe",
-                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))})
+                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
+                      artifacts=[metrics["features_path"]] if metrics.get("features_path") else None)
         else:
             by_lr = self.pending.setdefault((model, task), {})
             by_lr[float(job["lr"])] = metrics
@@ -267,7 +273,7 @@ class PairRecorder:
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
-             by_lr: dict[float, dict] | None = None) -> None:
+             by_lr: dict[float, dict] | None = None, artifacts: list[str] | None = None) -> None:
         from lightning_modules.tasks import get_task_info
 
         key = f"{model}|{task}|{protocol}"
@@ -286,7 +292,7 @@ class PairRecorder:
         run_id = self.tracker.log_pair(
             model, task, protocol, self.hashes[protocol], tags, params, metrics,
             resume_run_id=self._unfinished.get(key),
-            children=_child_runs(model, task, by_lr) if by_lr else None)
+            children=_child_runs(model, task, by_lr) if by_lr else None, artifacts=artifacts)
         self._finished.add(key)
         self.logged += 1
 
@@ -396,7 +402,8 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[dict
 
 
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
-    return TrialSettings(plan.cfg, str(paths.data_root), str(paths.zoo_root))
+    return TrialSettings(plan.cfg, str(paths.data_root), str(paths.zoo_root),
+                         str(paths.home / "features" / plan.cfg.name))
 
 
 def trial_resources(cfg: SweepConfig):

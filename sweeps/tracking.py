@@ -17,7 +17,8 @@ import pandas as pd
 
 from sweeps.config import WhichModelError
 
-# Finetune runs log val/acc and test/acc; the records format (DESIGN.md) calls them so:
+# Finetune runs log val/acc and test/acc (and the same under the records format's names,
+# DESIGN.md), which the records use:
 RECORD_METRICS = {("finetune", "test/acc"): "finetune_test_acc",
                   ("finetune", "val/acc"): "finetune_val_acc"}
 MODEL_META_KEYS = ("imagenet_acc", "upstream_size", "params", "feature_dim", "upstream_acc")
@@ -86,7 +87,8 @@ class Tracker:
 
     def log_pair(self, model: str, task: str, protocol: str, protocol_hash: str,
                  tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float],
-                 resume_run_id: str | None = None, children: list[dict] | None = None) -> str:
+                 resume_run_id: str | None = None, children: list[dict] | None = None,
+                 artifacts: list[str] | None = None) -> str:
         """Create (or resume) the pair's run, log everything in batches, mark it FINISHED.
 
         ``children`` (name, params, metrics, history: metric -> [(step, value)]) become nested
@@ -110,6 +112,8 @@ class Tracker:
         plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
         tlist = [RunTag(k, str(v)) for k, v in all_tags.items()]
         self._log_batches(run_id, mlist, plist, tlist)
+        for path in artifacts or []:
+            self.client.log_artifact(run_id, path, artifact_path="features")
         if children:
             existing = resume_run_id and self.search(f"tags.`mlflow.parentRunId` = '{run_id}'")
             if not existing:

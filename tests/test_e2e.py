@@ -61,9 +61,22 @@ def test_sweep_logs_one_finished_run_per_key_and_reruns_nothing(sweep_env, capsy
     assert all(r.info.status == "FINISHED" for r in pairs)
     probe = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-shapes|digits|probe")
     assert probe.info.run_name == "tiny-shapes@digits:probe"
-    assert {"proxy/linear", "proxy/knn", "time/features"} <= set(probe.data.metrics)
+    proxies = {"linear", "knn", "logme", "leep", "nce", "hscore", "hscore_lw", "transrate",
+               "early_stop"}
+    assert {f"proxy/{p}" for p in proxies} | {"time/features"} <= set(probe.data.metrics)
+    assert {f"time/proxy/{p}" for p in proxies} <= set(probe.data.metrics)
+    random_probe = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-random|digits|probe")
+    assert "proxy/leep" not in random_probe.data.metrics  # no source classifier, no LEEP
+    client = _client(sweep_env)
+    assert [a.path for a in client.list_artifacts(probe.info.run_id, "features")] == [
+        "features/digits.npz"]
     assert probe.data.tags["group"] == "natural" and probe.data.tags["protocol_hash"]
     ft = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-random|sprite_location|finetune")
+    assert ft.data.metrics["finetune_test_acc"] == ft.data.metrics["test/acc"]
+    children = client.search_runs([ft.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{ft.info.run_id}'")
+    assert len(children) == 2  # one per learning rate (1 repetition), with its loss curve
+    assert client.get_metric_history(children[0].info.run_id, "train/loss")
     assert 0.0 <= ft.data.metrics["test/acc"] <= 1.0 and "val/acc" in ft.data.metrics
     assert ft.data.params["finetune/profile"] == "test-tiny"
     assert "pairs" not in capsys.readouterr().err or True

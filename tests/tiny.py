@@ -18,7 +18,10 @@ zoo: zoo.yaml
 models: all
 tasks: {tasks}
 probe:
+  proxies: [linear, knn, logme, leep, nce, hscore, hscore_lw, transrate, early_stop]
   linear: {{lrs: [0.1, 0.01], steps: 50, repeats: 2, batch_size: 64}}
+  early_stop: {{lrs: [0.01, 0.001], steps: 3, repeats: 1, batch_size: 32}}
+  save_features: true
 finetune:
   profile: test-tiny
   lrs: [0.01, 0.001]
