@@ -3,8 +3,8 @@ two-node speed-up and a many-small-trials sweep, measured side by side in one ru
 
 Commands (from the repository root; the last line of stdout is one JSON object)::
 
-    .venv/bin/python -m benchmarks.finetune            # full, ~15 min on 2 cores
-    .venv/bin/python -m benchmarks.finetune --quick    # < 5 min on 2 cores
+    .venv/bin/python -m benchmarks.finetune            # full, ~8-15 min on 2 cores
+    .venv/bin/python -m benchmarks.finetune --quick    # ~3.5 min on 2 cores (< 5)
     .venv/bin/python -m benchmarks.finetune --quick --profile-scale /tmp/scale.prof  # + cProfile
 
 Keys of the JSON line (targets in brackets):
@@ -16,8 +16,8 @@ Keys of the JSON line (targets in brackets):
     Lightning's wall time includes module and Trainer construction and ``fit()``; the raw one
     its optimizer construction and loop. 300 steps at batch 64 on 800 synthetic 32 px images, per
     architecture (``cnn``, ``resnet``), 1 torch thread (``--threads``); best of ``reps``
-    (quick 1, full 3) alternating runs per side, after one
-    untimed warm-up of each side (one-off imports are not counted). The key is the WORST
+    (quick 1, full 3) alternating runs per side, after one untimed warm-up of each side
+    (one-off imports are not counted). The key is the WORST
     architecture. ``lightning_over_raw_steady_state`` is the same ratio on the median step time
     (time between consecutive batch ends, first 10 steps skipped). Details in ``throughput``.
 ``orchestration_overhead_fraction`` [<= 0.05]
@@ -39,7 +39,9 @@ Keys of the JSON line (targets in brackets):
     a 1-node, 1-CPU ``ray.cluster_utils.Cluster`` over the same sweep on a 2-node cluster (1 CPU
     each), ``run_jobs`` with ``TrialResources({"work": (1, 0)})``, timed around ``run_jobs``
     (3 s after the cluster is up). ``two_node.machine_parallel_capacity_before_after`` is how
-    many cores the (shared) machine actually offered: the speed-up cannot exceed it.
+    many cores the (shared) machine actually offered: the speed-up cannot exceed it;
+    ``one_node_overhead_s`` / ``two_node_overhead_s``: wall minus the trials' own work per node
+    (Tune start-up, one cold actor per node, scheduling), a fixed cost that does not parallelise.
 ``scale_trials``, ``scale_overhead_s_per_trial`` [<= 0.3 s], ``scale_driver_peak_rss_gib``
 [<= 2 GiB], ``scale_unique_finished_runs`` [== scale_trials]
     A sweep of 2,000 tiny trials (``--quick``: 500, see ``scale_note``), a ~1 ms numpy op each,
@@ -148,7 +150,7 @@ class _Stamps:
 
 
 def lightning_fit(arch: str, steps: int, seed: int = 0) -> tuple[float, list[float]]:
-    """Project code path: FineTuneModule + make_trainer + fit. Returns (wall s, batch-end stamps)."""
+    """The project's path: FineTuneModule + make_trainer + fit -> (wall s, batch-end stamps)."""
     from lightning_modules.training import FineTuneModule, _loader, make_trainer
 
     backbone, head = _model(arch, seed)
@@ -221,7 +223,8 @@ def phase_throughput(args) -> dict[str, Any]:
     per_arch = {}
     for arch in ("cnn", "resnet"):
         per_arch[arch] = _throughput_arch(arch, steps, reps)
-        _log(f"throughput {arch}: {json.dumps({k: round(v, 3) for k, v in per_arch[arch].items()})}")
+        _log(f"throughput {arch}: "
+             f"{json.dumps({k: round(v, 3) for k, v in per_arch[arch].items()})}")
     return {"lightning_over_raw_throughput": min(a["e2e_ratio"] for a in per_arch.values()),
             "lightning_over_raw_steady_state": min(a["steady_ratio"] for a in per_arch.values()),
             "throughput": {"steps": steps, "batch_size": BATCH, "reps": reps,
@@ -472,7 +475,10 @@ def phase_two_node(args, root: Path) -> dict[str, Any]:
     out = {"trials": len(jobs), "target_work_s": per_trial, "iters": iters,
            "machine_parallel_capacity_before_after": capacity,
            "one_node_s": one_s, "two_node_s": two_s, "nodes_used": len(nodes),
-           "mean_work_s_one_node": work1, "mean_work_s_two_nodes": work2}
+           "mean_work_s_one_node": work1, "mean_work_s_two_nodes": work2,
+           # wall minus the trials' own work per node: Tune start-up, cold actors, scheduling
+           "one_node_overhead_s": one_s - len(jobs) * work1,
+           "two_node_overhead_s": two_s - len(jobs) / 2 * work2}
     _log(f"two-node: {json.dumps(out)}")
     return {"two_node_speedup": one_s / two_s, "two_node": out}
 
@@ -561,8 +567,8 @@ def phase_scale(args, root: Path, uri: str) -> dict[str, Any]:
            "overhead": "(wall - sum_work_s / concurrency) / trials"}
     _log(f"scale: {json.dumps(out)}")
     return {"scale_trials": n,
-            "scale_note": f"{'quick' if args.quick else 'full'}: {n} trials "
-                          f"(full mode: {MODES[False]['trials']})",
+            "scale_note": (f"quick: {n} trials (full mode: {MODES[False]['trials']})"
+                           if args.quick else f"full: {n} trials"),
             "scale_overhead_s_per_trial": (wall - work / 2) / n,
             "scale_driver_peak_rss_gib": _driver_peak_rss_gib(reset_ok),
             "scale_unique_finished_runs": runs["unique"], "scale": out}

@@ -893,9 +893,9 @@ def compute_proxies(
     eigendecompositions, computed on first use): a shared piece is charged to the first proxy
     that needs it, so the sum of the seconds is the trial's proxy time.
     """
-    from selection import transferability as T
-
     from threadpoolctl import threadpool_limits
+
+    from selection import transferability as T
 
     names = _check_names(names)
     if num_threads is not None:

@@ -233,19 +233,7 @@ class PairRecorder:
 
     # -- the sink protocol -----------------------------------------------------------------
     def on_result(self, job: dict, metrics: dict) -> None:
-        cfg = self.plan.cfg
-        model, task = job["model"], job["task"]
-        if job["kind"] == "probe":
-            self._log(model, task, "probe",
-                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
-                      artifacts=[metrics["features_path"]] if metrics.get("features_path") else None)
-        else:
-            by_lr = self.pending.setdefault((model, task), {})
-            by_lr[float(job["lr"])] = metrics
-            if len(by_lr) == len(cfg.finetune.lrs):
-                self.pending.pop((model, task))
-                self._log(model, task, "finetune",
-                          aggregate_finetune(by_lr, cfg.finetune.repeats), by_lr)
+        self._accept(job, metrics)
         self.progress.update(job["kind"])
 
     def on_error(self, job: dict, error: str) -> None:
@@ -258,18 +246,25 @@ class PairRecorder:
         self._refresh()
         self.pending.clear()
         for job, metrics in finished_trials:
-            key = f"{job['model']}|{job['task']}|{job['kind']}"
-            if key in self._finished:
-                continue
-            if job["kind"] == "probe":
-                self.on_result(job, metrics)
-            else:
-                self.pending.setdefault((job["model"], job["task"]), {})[float(job["lr"])] = metrics
-        for (model, task), by_lr in list(self.pending.items()):
-            if len(by_lr) == len(self.plan.cfg.finetune.lrs):
-                self._log(model, task, "finetune",
-                          aggregate_finetune(by_lr, self.plan.cfg.finetune.repeats), by_lr)
+            if f"{job['model']}|{job['task']}|{job['kind']}" not in self._finished:
+                self._accept(job, metrics)
         self.pending.clear()
+
+    def _accept(self, job: dict, metrics: dict) -> None:
+        """Log a probe at once; a fine-tune pair once all its learning rates are in."""
+        model, task = job["model"], job["task"]
+        if job["kind"] == "probe":
+            path = metrics.get("features_path")
+            self._log(model, task, "probe",
+                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
+                      artifacts=[path] if path else None)
+            return
+        by_lr = self.pending.setdefault((model, task), {})
+        by_lr[float(job["lr"])] = metrics
+        if len(by_lr) == len(self.plan.cfg.finetune.lrs):
+            del self.pending[(model, task)]
+            self._log(model, task, "finetune",
+                      aggregate_finetune(by_lr, self.plan.cfg.finetune.repeats), by_lr)
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
@@ -289,7 +284,7 @@ class PairRecorder:
                 "pools": ",".join(model_pools(self.plan.pools, model))}
         if protocol == "finetune":
             tags.update(profile=cfg.finetune.profile, trainable=cfg.finetune.trainable)
-        run_id = self.tracker.log_pair(
+        self.tracker.log_pair(
             model, task, protocol, self.hashes[protocol], tags, params, metrics,
             resume_run_id=self._unfinished.get(key),
             children=_child_runs(model, task, by_lr) if by_lr else None, artifacts=artifacts)
