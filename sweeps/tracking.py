@@ -111,7 +111,8 @@ class Tracker:
                  if v is not None and math.isfinite(float(v))]
         plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
         tlist = [RunTag(k, str(v)) for k, v in all_tags.items()]
-        self._log_batches(run_id, mlist, plist, tlist)
+        # create_run already set the tags of a new run; a resumed one gets them again.
+        self._log_batches(run_id, mlist, plist, tlist if resume_run_id else [])
         for path in artifacts or []:
             self.client.log_artifact(run_id, path, artifact_path="features")
         if children:
