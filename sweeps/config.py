@@ -161,6 +161,7 @@ class BudgetedSearch(_Strict):
 
     enabled: bool = False
     scheduler: Literal["asha"] = "asha"
+    lrs: list[float] | None = None  # learning rates searched; default: finetune.lrs
     rung_steps: int = Field(25, ge=1)  # fine-tune steps between two ASHA decisions
     reduction_factor: int = Field(3, ge=2)
     grace_rungs: int = Field(1, ge=1)

@@ -201,6 +201,7 @@ class PairRecorder:
         self._finished: set[str] | None = None
         self._unfinished: dict[str, str] = {}
         self._progress = None
+        _ = self.progress  # elapsed and estimates count from the start of the sweep
 
     def __getstate__(self):
         state = dict(self.__dict__)

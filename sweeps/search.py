@@ -65,6 +65,13 @@ def search_trial(job: dict, settings: SearchSettings) -> None:
     return None  # everything was reported rung by rung
 
 
+def search_signature(cfg: SweepConfig) -> str:
+    """What determines a search's result: the fine-tune protocol and the search settings."""
+    s = cfg.search
+    return (f"{cfg.protocol_hash('finetune')}|{s.rung_steps}|{s.reduction_factor}|"
+            f"{s.grace_rungs}|{','.join(f'{lr:g}' for lr in (s.lrs or cfg.finetune.lrs))}")
+
+
 def rank_search(trials: list[dict[str, Any]]) -> list[str]:
     """Models by the furthest rung any of their trials reached, then best last validation
     accuracy, then name (ties)."""
@@ -90,18 +97,19 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     done = {r.data.tags.get("search_key") for r in tracker.search()
             if r.info.status == "FINISHED" and r.data.tags.get("search_key")}
     n_rungs = max(1, f.steps // s.rung_steps)
+    lrs = s.lrs or f.lrs
     exhaustive = len(plan.models) * len(f.lrs) * (f.head_steps + f.steps)
     settings = SearchSettings(cfg, str(paths.data_root), str(paths.zoo_root))
     out: dict[str, dict[str, Any]] = {}
     init_ray(cfg.resources.num_cpus)
     cpus, gpus = cfg.resources.finetune.cpus, cfg.resources.finetune.gpus
     for task in plan.tasks:
-        key = f"asha|{task}|{cfg.protocol_hash('finetune')}|{s.rung_steps}|{s.reduction_factor}"
+        key = f"asha|{task}|{search_signature(cfg)}"
         if key in done:
             continue
         start = time.perf_counter()
         jobs = [{"kind": "search", "model": m, "task": task, "lr": lr}
-                for m in plan.models for lr in f.lrs]
+                for m in plan.models for lr in lrs]
         trainable = tune.with_resources(
             tune.with_parameters(_search_trainable, settings=settings, threads=int(cpus)),
             {"cpu": cpus, "gpu": gpus})
@@ -161,7 +169,7 @@ def _log_search(tracker, task: str, key: str, result: dict[str, Any], cfg: Sweep
 def search_results(tracker, cfg: SweepConfig) -> dict[str, dict[str, Any]]:
     """The latest finished search run per task of this sweep's settings."""
     out = {}
-    suffix = f"|{cfg.protocol_hash('finetune')}|{cfg.search.rung_steps}|{cfg.search.reduction_factor}"
+    suffix = f"|{search_signature(cfg)}"
     for run in tracker.search():
         key = run.data.tags.get("search_key", "")
         if run.info.status != "FINISHED" or not key.endswith(suffix):

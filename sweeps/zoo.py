@@ -119,6 +119,7 @@ class _ZooSink:
 
     def __init__(self, total: int):
         self.total, self.failures, self._progress = total, [], None
+        _ = self.progress  # elapsed and estimates count from the start of the build
 
     def __getstate__(self):
         return {**self.__dict__, "_progress": None}
