@@ -689,7 +689,9 @@ def _render_zero_png(report: Mapping[str, Any]) -> bytes:
     ax_line.set_xlabel("budget B")
     ax_line.set_ylabel("fraction of tasks with zero regret")
     ax_line.set_title(f"zero regret against budget (pool '{report['pool']}')")
-    ax_line.legend(loc="lower right", fontsize="x-small", frameon=False)
+    # Below the panels: with one entry per strategy the legend is taller than the line plot.
+    fig.legend(*ax_line.get_legend_handles_labels(), loc="outside lower center",
+               ncol=min(6, max(1, len(names))), fontsize="x-small", frameon=False)
 
     shown = [n for n in names if n in full]
     if shown:
