@@ -108,7 +108,7 @@ def _after_sweep(args, paths, plan, outcome) -> int:
 
 def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",
             budget: int | None = None, fmt: str | None = None, output: str | None = None) -> int:
-    from sweeps.reporting import report_experiment, results_table, write_and_log
+    from sweeps.reporting import report_experiment
     from sweeps.tracking import Tracker
 
     tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)

@@ -20,7 +20,7 @@ from typing import Any
 from sweeps.config import SweepConfig, WhichModelError, load_sweep_config, load_zoo_config
 from sweeps.paths import Paths
 from sweeps.registry import check_models, model_pools, resolve_models, resolve_pools, resolve_tasks
-from sweeps.tracking import Tracker
+from sweeps.tracking import Tracker, _redact
 
 
 @dataclass(frozen=True)
@@ -455,9 +455,3 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _redact(uri: str) -> str:
-    from sweeps.tracking import _redact as redact
-
-    return redact(uri)

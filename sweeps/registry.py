@@ -78,9 +78,3 @@ def check_models(models: list[str], paths: Paths, zoo_file: Path) -> dict[str, d
         except CheckpointError as exc:
             raise WhichModelError(str(exc)) from None
     return metas
-
-
-def load_model(paths: Paths, model: str):
-    from lightning_modules.backbones import load_checkpoint
-
-    return load_checkpoint(model_dir(paths, model))

@@ -10,6 +10,7 @@ experiment's report run (one per pool).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
     if not settings.enabled or targets.shape[1] < 2:
         return None  # leave-one-task-out needs at least one other task to learn from
     stream = stream or sys.stderr
-    start = __import__("time").perf_counter()
+    start = time.perf_counter()
     backbones = {m: load_checkpoint(paths.zoo_root / m)[0] for m in plan.models}
     tasks = {t: load_task(t, paths.data_root, image_size=cfg.image_size, seed=cfg.seed)
              for t in plan.tasks}
@@ -84,7 +85,7 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
                              probe_backbone=backbones[probe_name])
     predictions = predict_choicenet(emb, targets, seed=cfg.seed, steps=settings.steps)
     print(f"[whichmodel] ChoiceNet v1/v2 fitted leave-one-task-out on {targets.shape[1]} tasks "
-          f"in {__import__('time').perf_counter() - start:.0f}s", file=stream, flush=True)
+          f"in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
     return predictions
 
 

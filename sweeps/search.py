@@ -89,7 +89,7 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     from ray.tune.schedulers import ASHAScheduler
 
     from sweeps.tracking import Tracker
-    from sweeps.tune_runner import experiment_path, init_ray
+    from sweeps.tune_runner import TrialResources, experiment_path, init_ray, wrap_trainable
 
     stream = stream or sys.stderr
     cfg, s, f = plan.cfg, plan.cfg.search, plan.cfg.finetune
@@ -102,7 +102,8 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     settings = SearchSettings(cfg, str(paths.data_root), str(paths.zoo_root))
     out: dict[str, dict[str, Any]] = {}
     init_ray(cfg.resources.num_cpus)
-    cpus, gpus = cfg.resources.finetune.cpus, cfg.resources.finetune.gpus
+    resources = TrialResources({"search": (cfg.resources.finetune.cpus,
+                                           cfg.resources.finetune.gpus)})
     for task in plan.tasks:
         key = f"asha|{task}|{search_signature(cfg)}"
         if key in done:
@@ -110,9 +111,7 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
         start = time.perf_counter()
         jobs = [{"kind": "search", "model": m, "task": task, "lr": lr}
                 for m in plan.models for lr in lrs]
-        trainable = tune.with_resources(
-            tune.with_parameters(_search_trainable, settings=settings, threads=int(cpus)),
-            {"cpu": cpus, "gpu": gpus})
+        trainable = wrap_trainable(search_trial, settings, resources)
         name = f"{cfg.name}-search-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = experiment_path(paths.tune_root, name)
         tuner = tune.Tuner(
@@ -141,16 +140,6 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
               f"{spent} of {exhaustive} fine-tune steps ({result['step_fraction']:.0%})",
               file=stream, flush=True)
     return out
-
-
-def _search_trainable(config: dict, settings: SearchSettings, threads: int) -> None:
-    import torch
-
-    from sweeps.quiet import quiet_libraries
-
-    quiet_libraries()
-    torch.set_num_threads(max(1, threads))
-    search_trial(config["job"], settings)
 
 
 def _log_search(tracker, task: str, key: str, result: dict[str, Any], cfg: SweepConfig) -> None:

@@ -56,7 +56,8 @@ def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings
     job = config["job"]
     torch.set_num_threads(max(1, threads.get(job.get("kind", ""), 1)))
     metrics = fn(job, settings)
-    tune.report(metrics)
+    if metrics is not None:  # None: the function reported by itself (e.g. rung by rung for ASHA)
+        tune.report(metrics)
 
 
 class Progress:
@@ -140,7 +141,8 @@ class TrialResources:
         return tune.PlacementGroupFactory([bundle])
 
 
-def _wrap(fn: Callable[[dict, Any], dict], settings: Any, resources: TrialResources):
+def wrap_trainable(fn: Callable[[dict, Any], dict | None], settings: Any,
+                   resources: TrialResources):
     return tune.with_resources(
         tune.with_parameters(_trainable, fn=fn, settings=settings, threads=resources.threads()),
         resources.for_config)
@@ -175,7 +177,7 @@ def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: An
         return []
     path = experiment_path(storage_path, name)
     tuner = tune.Tuner(
-        _wrap(fn, settings, resources),
+        wrap_trainable(fn, settings, resources),
         param_space={"job": tune.grid_search(list(jobs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
                                     reuse_actors=True),
@@ -191,6 +193,6 @@ def restore_jobs(fn: Callable[[dict, Any], dict], settings: Any, *, path: str,
     """Continue an interrupted experiment (Tune's restore): finished trials are not run again."""
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(path)
-    tuner = tune.Tuner.restore(path, trainable=_wrap(fn, settings, resources),
+    tuner = tune.Tuner.restore(path, trainable=wrap_trainable(fn, settings, resources),
                                resume_unfinished=True, resume_errored=True)
     return _finished(tuner.fit())
