@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export WHICHMODEL_HOME ?= $(CURDIR)/.whichmodel
 
-.PHONY: quickstart test install install-test clean
+.PHONY: quickstart test install install-test system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Debian packages the cluster tests use: PostgreSQL (the tracking server's backend store) and
+# Chromium (the MLflow UI test). Installed only when missing; needs root or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql chromium >/dev/null; \
+	fi
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
@@ -29,7 +38,7 @@ quickstart: install
 	$(BIN)/whichmodel zoo build sweeps/configs/zoo.yaml
 	$(BIN)/whichmodel run sweeps/configs/quickstart.yaml
 
-test: install-test
+test: install-test system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
