@@ -334,8 +334,12 @@ def local_cluster(root: Path, nodes: int):
     common = {"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
     cluster = None
     try:
+        from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+
+        # As cluster.yaml starts its nodes: prestarted workers preload torch and Lightning.
         cluster = Cluster(initialize_head=True,
-                          head_node_args={**common, "temp_dir": str(root / f"c{nodes}h")})
+                          head_node_args={**common, "temp_dir": str(root / f"c{nodes}h"),
+                                          "_system_config": WORKER_SYSTEM_CONFIG})
         for i in range(nodes - 1):
             cluster.add_node(**common, temp_dir=str(root / f"c{nodes}w{i}"))
         cluster.wait_for_nodes()

@@ -42,9 +42,14 @@ def default_warmup(total_steps: int) -> int:
 
 
 def make_trainer(max_steps: int, accelerator: str = "auto",
-                 callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
-    """A quiet Trainer: no logger, checkpoints or progress bar (results go to MLflow from the driver)."""
-    precision = "bf16-mixed" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "32-true"
+                 callbacks: list[pl.Callback] | None = None, precision: str = "auto") -> pl.Trainer:
+    """A quiet Trainer: no logger, checkpoints or progress bar (results go to MLflow from the driver).
+
+    ``precision="auto"``: bf16 autocast on a GPU, float32 on the CPU.
+    """
+    if precision == "auto":
+        on_gpu = accelerator in ("auto", "gpu") and torch.cuda.is_available()
+        precision = "bf16-mixed" if on_gpu else "32-true"
     return pl.Trainer(max_steps=max_steps, accelerator=accelerator, devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, precision=precision,
@@ -269,7 +274,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
                  seed: int = 0, head_lr: float | None = None, trainable: str = "all",
                  warmup_steps: int | None = None, curve_every: int = 10,
                  evaluate_test: bool = True, callbacks: list[pl.Callback] | None = None,
-                 ) -> dict[str, Any]:
+                 precision: str = "auto") -> dict[str, Any]:
     """One fine-tune run at one learning rate: head on frozen features, then the network.
 
     Returns validation and test accuracy (the caller picks the learning rate by validation),
@@ -281,10 +286,11 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     (xtr, ytr), (xva, yva), (xte, yte) = splits["train800"], splits["val200"], splits["test"]
     ytr_t = torch.as_tensor(ytr)
 
-    # Stage 1: head on the frozen backbone, from one forward pass.
+    # Stage 1: head on the frozen backbone, from one forward pass (on the GPU when there is
+    # one); the linear head itself is small enough to train on the CPU.
     head_module = LinearHeadModule(backbone.feature_dim, num_classes, head_lr or lr, head_steps)
     if head_steps > 0:
-        ftr, _ = extract_features(backbone, xtr, device="cpu")
+        ftr, _ = extract_features(backbone, xtr)
         make_trainer(head_steps, accelerator="cpu").fit(
             head_module, _loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
     head = head_module.head
@@ -293,7 +299,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     curve: list[tuple[int, float]] = []
     if steps > 0 and trainable != "head":
         module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every)
-        make_trainer(steps, callbacks=callbacks).fit(
+        make_trainer(steps, callbacks=callbacks, precision=precision).fit(
             module, _loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
         backbone, head, curve = module.backbone, module.head, module.curve
     backbone.eval()

@@ -141,6 +141,8 @@ class FinetuneProtocol(_Strict):
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
     curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
+    # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
+    precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
 
 
 class TrialResources(_Strict):
@@ -181,6 +183,45 @@ class ReportSettings(_Strict):
     choicenet: ChoiceNetSettings = ChoiceNetSettings()
 
 
+HUB_PREFIXES = ("timm:", "torchvision:", "local:")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class ModelEntry(_Strict):
+    """A model from a hub or a local folder (``lightning_modules.hub``), named in the sweep."""
+
+    name: str = Field(pattern=_NAME)
+    spec: str  # timm:<name>[.<tag>] | torchvision:<name> | local:<path>
+    weights: str | None = None  # a local weight file, read through the hub's own code path
+    pretrained: bool = True  # False: the architecture at random initialisation (a control)
+    # imagenet_acc (fraction), upstream_size, upstream, params, ...; wins over the library's info
+    meta: dict[str, Any] = {}
+
+    @field_validator("spec")
+    @classmethod
+    def _known_prefix(cls, spec: str):
+        if not spec.startswith(HUB_PREFIXES) or spec.endswith(":"):
+            raise ValueError(f"model spec {spec!r}: write timm:<name>[.<tag>], "
+                             "torchvision:<name> or local:<path>")
+        return spec
+
+
+class TaskEntry(_Strict):
+    """A task read from an ImageFolder layout: ``path/{train,test}/<class>/*`` (+ ``val/``)."""
+
+    name: str = Field(pattern=_NAME)
+    loader: Literal["imagefolder"] = "imagefolder"
+    path: str  # relative paths are relative to the sweep file
+    group: Literal["natural", "specialized", "structured"]
+
+
+class DataSettings(_Strict):
+    # Where hub datasets (VTAB-1k through torchvision) and their caches live; default
+    # $WHICHMODEL_HOME/data. Relative paths are relative to the sweep file.
+    root: str | None = None
+    download: bool = False  # let torchvision download missing datasets (never by default)
+
+
 class TrackingSettings(_Strict):
     experiment: str | None = None  # default: the sweep's name
 
@@ -190,10 +231,18 @@ class SweepConfig(_Strict):
     description: str = ""
     seed: int = 0
     image_size: int = Field(32, ge=8, le=512)
-    zoo: str = "zoo.yaml"  # the zoo file, relative to this sweep file
-    models: list[str] | Literal["all"] = "all"
-    tasks: list[str] | Literal["all"] = "all"
+    zoo: str = "zoo.yaml"  # the zoo file, relative to this sweep file (needed for zoo models)
+    # Zoo model names, hub specs (timm:..., torchvision:..., local:...), catalog names, or
+    # entries {name, spec, weights, pretrained, meta}; "all": the zoo's and the catalog's models.
+    models: list[str | ModelEntry] | Literal["all"] = "all"
+    # Offline task names, VTAB-1k tasks as vtab:<name>, or ImageFolder entries; "all": the
+    # offline suite.
+    tasks: list[str | TaskEntry] | Literal["all"] = "all"
+    # A catalog file (relative to this sweep file) with more model entries and named pools,
+    # e.g. pools/renggli2022.yaml; the sweep's own pools win on a name clash.
+    catalog: str | None = None
     pools: dict[str, list[str] | Literal["all"]] = {"all": "all"}
+    data: DataSettings = DataSettings()
     probe: ProbeProtocol = ProbeProtocol()
     finetune: FinetuneProtocol = FinetuneProtocol()
     resources: Resources = Resources()
@@ -218,9 +267,12 @@ class SweepConfig(_Strict):
                 if name in self.probe.proxies:
                     data[name] = getattr(self.probe, name).model_dump()
         elif protocol == "finetune":
-            data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable"}))
+            data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable",
+                                                          "precision"}))
             if self.finetune.trainable != "all":
                 data["trainable"] = self.finetune.trainable
+            if self.finetune.precision != "auto":
+                data["precision"] = self.finetune.precision
         else:
             raise KeyError(protocol)
         return data
@@ -271,6 +323,34 @@ def load_zoo_config(path: str | Path) -> ZooConfig:
         return ZooConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(path, err)) from None
+
+
+class Catalog(_Strict):
+    """A models-and-pools file: hub model entries and named pools of their names."""
+
+    description: str = ""
+    models: list[ModelEntry] = []
+    pools: dict[str, list[str]] = {}
+    # Paper model -> entry name or None (no public equivalent); documentation only.
+    mapping: dict[str, str | None] = {}
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    path, data = _read_yaml(path)
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+    names = [m.name for m in catalog.models]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{path}: key 'models[{i}].name': model {name!r} listed twice")
+    for pool, members in catalog.pools.items():
+        for i, m in enumerate(members):
+            if m not in names:
+                raise ConfigError(f"{path}: key 'pools.{pool}[{i}]': model {m!r} is not one of "
+                                  "this file's models")
+    return catalog
 
 
 def load_sweep_config(path: str | Path) -> tuple[SweepConfig, Path]:

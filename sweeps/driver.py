@@ -19,7 +19,8 @@ from typing import Any
 
 from sweeps.config import SweepConfig, WhichModelError, load_sweep_config, load_zoo_config
 from sweeps.paths import Paths
-from sweeps.registry import check_models, model_pools, resolve_models, resolve_pools, resolve_tasks
+from sweeps.registry import (check_models, load_model_ref, load_task_ref, model_pools,
+                             resolve_model_refs, resolve_pools, resolve_task_refs, task_group)
 from sweeps.tracking import Tracker, _redact
 
 
@@ -29,16 +30,23 @@ class TrialSettings:
     data_root: str
     zoo_root: str
     features_dir: str | None = None  # keep each probe's features as a compressed .npz here
+    model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> registry ref
+    task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def load_model(self, name: str):
+        return load_model_ref(name, self.model_refs.get(name, {"source": "zoo"}), self.zoo_root)
+
+    def load_task(self, name: str):
+        return load_task_ref(name, self.task_refs.get(name, {"source": "offline"}),
+                             self.data_root, self.cfg.image_size, self.cfg.seed,
+                             download=self.cfg.data.download)
 
 
 # --------------------------------------------------------------------------- trial bodies
 def run_trial(job: dict[str, Any], settings: TrialSettings) -> dict[str, float]:
-    from lightning_modules.backbones import load_checkpoint
-    from lightning_modules.tasks import load_task
-
     cfg = settings.cfg
-    backbone, _ = load_checkpoint(Path(settings.zoo_root) / job["model"])
-    data = load_task(job["task"], settings.data_root, image_size=cfg.image_size, seed=cfg.seed)
+    backbone, _ = settings.load_model(job["model"])
+    data = settings.load_task(job["task"])
     if job["kind"] == "probe":
         features_dir = (Path(settings.features_dir) / job["model"]
                         if settings.features_dir and cfg.probe.save_features else None)
@@ -110,7 +118,8 @@ def _finetune(backbone, data, cfg: SweepConfig, lr: float) -> dict[str, Any]:
     for rep in range(f.repeats):
         run = run_finetune(copy.deepcopy(backbone), data.splits, data.num_classes, lr=lr,
                            steps=f.steps, head_steps=f.head_steps, batch_size=f.batch_size,
-                           seed=cfg.seed + rep, trainable=f.trainable, curve_every=f.curve_every)
+                           seed=cfg.seed + rep, trainable=f.trainable, curve_every=f.curve_every,
+                           precision=f.precision)
         metrics[f"rep{rep}/val_acc"] = run["val_acc"]
         metrics[f"rep{rep}/test_acc"] = run["test_acc"]
         curves[f"rep{rep}"] = run["curve"]
@@ -154,6 +163,13 @@ class Plan:
     models: list[str]
     tasks: list[str]
     pools: dict[str, list[str]]
+    model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def data_root(self, paths: Paths) -> Path:
+        """Where tasks are read and cached: the sweep's ``data.root`` or the home folder's."""
+        root = self.cfg.data.root
+        return (self.path.parent / root).resolve() if root else paths.data_root
 
 
 @dataclass
@@ -170,15 +186,27 @@ class Outcome:
 def plan_sweep(config_path: str | Path) -> Plan:
     """Parse and validate a sweep file and its zoo file; nothing is run or written."""
     cfg, zoo_path = load_sweep_config(config_path)
-    zoo = load_zoo_config(zoo_path)
     path = Path(config_path)
-    models = resolve_models(cfg, zoo, path)
-    tasks = resolve_tasks(cfg, path)
-    pools = resolve_pools(cfg, models, path)
+    zoo = load_zoo_config(zoo_path) if _needs_zoo(cfg, zoo_path) else None
+    models, model_refs, catalog_pools = resolve_model_refs(cfg, zoo, path)
+    tasks, task_refs = resolve_task_refs(cfg, path)
+    pools = resolve_pools(cfg, models, path, catalog_pools)
     if not (cfg.probe.enabled or cfg.finetune.enabled):
         raise WhichModelError(f"{path}: key 'probe.enabled' and 'finetune.enabled': both off, "
                               "nothing to run")
-    return Plan(cfg, path, zoo_path, models, tasks, pools)
+    return Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs)
+
+
+def _needs_zoo(cfg: SweepConfig, zoo_path: Path) -> bool:
+    """A sweep of hub models only may have no zoo file; one naming zoo models needs it."""
+    from sweeps.config import HUB_PREFIXES, ModelEntry
+
+    if zoo_path.is_file():
+        return True
+    if cfg.models == "all":
+        return cfg.catalog is None
+    return not cfg.catalog and any(
+        not isinstance(m, ModelEntry) and not m.startswith(HUB_PREFIXES) for m in cfg.models)
 
 
 class PairRecorder:
@@ -270,7 +298,6 @@ class PairRecorder:
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
              by_lr: dict[float, dict] | None = None, artifacts: list[str] | None = None) -> None:
-        from lightning_modules.tasks import get_task_info
 
         key = f"{model}|{task}|{protocol}"
         if self.is_finished(key):
@@ -281,7 +308,7 @@ class PairRecorder:
                        ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
                         "upstream_acc", "objective")})
         params["model/upstream"] = ",".join(meta.get("upstream", []))
-        tags = {"group": get_task_info(task).group, "sweep": cfg.name,
+        tags = {"group": task_group(task, self.plan.task_refs.get(task, {})), "sweep": cfg.name,
                 "pools": ",".join(model_pools(self.plan.pools, model))}
         if protocol == "finetune":
             tags.update(profile=cfg.finetune.profile, trainable=cfg.finetune.trainable)
@@ -313,12 +340,20 @@ def _child_runs(model: str, task: str, by_lr: dict[float, dict]) -> list[dict]:
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
               stream=None) -> Outcome:
-    from lightning_modules.tasks import load_task
     from sweeps.tune_runner import init_ray, run_jobs
 
     stream = stream or sys.stderr
     cfg = plan.cfg
-    metas = check_models(plan.models, paths, plan.zoo_path)  # unreadable checkpoint: stop here
+    # An unreadable checkpoint, hub weights that don't fit: stop here, before anything runs.
+    metas = check_models(plan.models, paths, plan.zoo_path, plan.model_refs)
+    # Build (or read) every task's cache once here, not in every trial; a missing data root or an
+    # empty class folder stops the sweep before anything is written.
+    settings = trial_settings(plan, paths)
+    for t in plan.tasks:
+        try:
+            settings.load_task(t)
+        except (ValueError, OSError) as exc:
+            raise WhichModelError(f"task {t!r}: {exc}") from None
     uri = paths.tracking_uri(tracking_uri)
     protocols = [p for p in ("probe", "finetune") if getattr(cfg, p).enabled]
     hashes = {p: cfg.protocol_hash(p) for p in protocols}
@@ -334,8 +369,6 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
           f"{len(todo)} to run", file=stream, flush=True)
     if not todo:
         return outcome
-    for t in sorted({t for _, t, _ in todo}):  # build task caches once, not in every trial
-        load_task(t, paths.data_root, image_size=cfg.image_size, seed=cfg.seed)
 
     jobs = expand_jobs(cfg, todo)
     n_probe = sum(j["kind"] == "probe" for j in jobs)
@@ -344,7 +377,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = _write_state(paths, plan, name, uri)
     init_ray(cfg.resources.num_cpus)
-    done = run_jobs(run_trial, jobs, trial_settings(plan, paths), name=name,
+    done = run_jobs(run_trial, jobs, settings, name=name,
                     storage_path=paths.tune_root, sink=recorder,
                     resources=trial_resources(cfg), max_failures=cfg.resources.max_failures,
                     max_concurrent_trials=cfg.resources.max_concurrent_trials)
@@ -368,7 +401,7 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
         raise WhichModelError(f"{state_file}: no run of sweep {name!r} to resume; start one "
                               "with 'whichmodel run CONFIG'") from None
     plan = plan_sweep(state["config"])
-    metas = check_models(plan.models, paths, plan.zoo_path)
+    metas = check_models(plan.models, paths, plan.zoo_path, plan.model_refs)
     cfg, uri = plan.cfg, state["tracking_uri"]
     recorder = PairRecorder(plan, metas, uri, _artifact_root(uri, paths),
                             {"probe": 0, "finetune": 0})
@@ -398,8 +431,9 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[dict
 
 
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
-    return TrialSettings(plan.cfg, str(paths.data_root), str(paths.zoo_root),
-                         str(paths.home / "features" / plan.cfg.name))
+    return TrialSettings(plan.cfg, str(plan.data_root(paths)), str(paths.zoo_root),
+                         str(paths.home / "features" / plan.cfg.name),
+                         model_refs=plan.model_refs, task_refs=plan.task_refs)
 
 
 def trial_resources(cfg: SweepConfig):

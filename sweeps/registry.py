@@ -1,8 +1,20 @@
 """Registries of models, tasks and pools, resolved against a sweep file with named errors.
 
-Models are the zoo file's entries (built under ``$WHICHMODEL_HOME/zoo``); tasks are the offline
-suite's (:mod:`lightning_modules.tasks`). Hub specs (``timm:``, ``torchvision:``, ``local:``) plug
-in here later behind the same backbone contract.
+Models come from three places, all behind one backbone contract:
+
+- the zoo file's entries (pre-trained by the project, under ``$WHICHMODEL_HOME/zoo``);
+- hub specs (:mod:`lightning_modules.hub`): ``timm:<name>[.<tag>]``, ``torchvision:<name>`` and
+  ``local:<path>``, written as a plain string (named after the spec: ``timm:resnet50.a1_in1k`` ->
+  ``resnet50.a1_in1k``, ``torchvision:resnet50`` -> ``torchvision-resnet50``, ``local:dir/m`` ->
+  ``m``) or as an entry ``{name, spec, weights, pretrained, meta}``;
+- a catalog file's entries (``catalog:``, e.g. ``pools/renggli2022.yaml``), by name.
+
+Tasks are the offline suite's (:mod:`lightning_modules.tasks`), VTAB-1k tasks written
+``vtab:<name>`` (:mod:`lightning_modules.vtab`, read from ``data.root``), or ImageFolder entries
+``{name, path, group}``.
+
+A resolved model or task is a plain dict (a *ref*) that travels to the Tune trials with the sweep's
+settings; :func:`load_model_ref` and :func:`load_task_ref` turn refs into backbones and task data.
 """
 
 from __future__ import annotations
@@ -10,8 +22,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import ConfigError, SweepConfig, WhichModelError, ZooConfig
+from sweeps.config import (HUB_PREFIXES, ConfigError, ModelEntry, SweepConfig, TaskEntry,
+                           WhichModelError, ZooConfig, load_catalog)
 from sweeps.paths import Paths
+
+VTAB_PREFIX = "vtab:"
 
 
 def _resolve(kind: str, requested: list[str] | str, known: list[str], source: Path) -> list[str]:
@@ -31,18 +46,121 @@ def _resolve(kind: str, requested: list[str] | str, known: list[str], source: Pa
     return out
 
 
-def resolve_models(cfg: SweepConfig, zoo: ZooConfig, source: Path) -> list[str]:
-    return _resolve("models", cfg.models, [m.name for m in zoo.models], source)
+def spec_name(spec: str) -> str:
+    """The model name a bare hub spec gets (see the module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "timm":
+        return rest.replace("/", "-")
+    if kind == "torchvision":
+        return f"torchvision-{rest}"
+    return Path(rest.rstrip("/")).name
 
 
-def resolve_tasks(cfg: SweepConfig, source: Path) -> list[str]:
+def _hub_ref(entry: ModelEntry, base: Path) -> dict[str, Any]:
+    spec, weights = entry.spec, entry.weights
+    if spec.startswith("local:"):
+        spec = "local:" + str((base / spec[len("local:"):]).resolve())
+    if weights is not None:
+        weights = str((base / weights).resolve())
+    return {"source": "hub", "spec": spec, "weights": weights, "pretrained": entry.pretrained,
+            "meta": dict(entry.meta)}
+
+
+def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
+                       ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The sweep's models in order, a ref per model, and the catalog's pools."""
+    base = source.parent
+    known: dict[str, dict[str, Any]] = {}
+    if zoo is not None:
+        known.update({m.name: {"source": "zoo"} for m in zoo.models})
+    catalog_pools: dict[str, list[str]] = {}
+    if cfg.catalog:
+        path = base / cfg.catalog
+        catalog = load_catalog(path)
+        known.update({m.name: _hub_ref(m, path.parent) for m in catalog.models})
+        catalog_pools = {k: list(v) for k, v in catalog.pools.items()}
+    if cfg.models == "all":
+        if not known:
+            raise ConfigError(f"{source}: key 'models': 'all' but there is no zoo file "
+                              f"({base / cfg.zoo}) and no catalog; list the models")
+        return list(known), known, catalog_pools
+    names, refs = [], {}
+    for i, item in enumerate(cfg.models):
+        if isinstance(item, ModelEntry):
+            name, ref = item.name, _hub_ref(item, base)
+        elif item.startswith(HUB_PREFIXES):
+            name = spec_name(item)
+            ref = _hub_ref(ModelEntry(name=_safe(name, source, i), spec=item), base)
+        elif item in known:
+            name, ref = item, known[item]
+        else:
+            hint = "" if zoo is not None else f" (no zoo file at {base / cfg.zoo})"
+            raise ConfigError(f"{source}: key 'models[{i}]': unknown model {item!r}{hint}; "
+                              f"known: {', '.join(known) or 'none'}; or write a hub spec "
+                              "timm:<name>, torchvision:<name>, local:<path>")
+        if name in refs:
+            raise ConfigError(f"{source}: key 'models[{i}]': {name!r} listed twice")
+        names.append(name)
+        refs[name] = ref
+    if not names:
+        raise ConfigError(f"{source}: key 'models': empty list; name at least one or write 'all'")
+    return names, refs, catalog_pools
+
+
+def _safe(name: str, source: Path, i: int) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise ConfigError(f"{source}: key 'models[{i}]': the spec gives the model name {name!r}, "
+                          "which is not a valid name; write an entry {name: ..., spec: ...}")
+    return name
+
+
+def resolve_task_refs(cfg: SweepConfig, source: Path
+                      ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The sweep's tasks in order and a ref per task."""
     from lightning_modules.tasks import list_tasks
 
-    return _resolve("tasks", cfg.tasks, list_tasks(), source)
+    offline = list_tasks()
+    if cfg.tasks == "all":
+        return offline, {t: {"source": "offline"} for t in offline}
+    names, refs = [], {}
+    for i, item in enumerate(cfg.tasks):
+        if isinstance(item, TaskEntry):
+            name = item.name
+            ref = {"source": "imagefolder", "path": str((source.parent / item.path).resolve()),
+                   "group": item.group}
+        elif item.startswith(VTAB_PREFIX):
+            from lightning_modules.vtab import list_vtab_tasks
+
+            name = item[len(VTAB_PREFIX):]
+            if name not in list_vtab_tasks():
+                raise ConfigError(f"{source}: key 'tasks[{i}]': unknown VTAB-1k task {name!r}; "
+                                  f"known: {', '.join(list_vtab_tasks())}")
+            ref = {"source": "vtab"}
+        elif item in offline:
+            name, ref = item, {"source": "offline"}
+        else:
+            raise ConfigError(f"{source}: key 'tasks[{i}]': unknown task {item!r}; known: "
+                              f"{', '.join(offline)}, vtab:<name> for VTAB-1k, or an ImageFolder "
+                              "entry {name, path, group}")
+        if name in refs:
+            raise ConfigError(f"{source}: key 'tasks[{i}]': {name!r} listed twice")
+        names.append(name)
+        refs[name] = ref
+    if not names:
+        raise ConfigError(f"{source}: key 'tasks': empty list; name at least one or write 'all'")
+    return names, refs
 
 
-def resolve_pools(cfg: SweepConfig, models: list[str], source: Path) -> dict[str, list[str]]:
+def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
+                  catalog_pools: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Named pools: the catalog's (keeping the members this sweep runs), then the sweep's."""
     pools = {}
+    for name, members in (catalog_pools or {}).items():
+        kept = [m for m in members if m in models]
+        if kept:
+            pools[name] = kept
     for name, members in cfg.pools.items():
         if members == "all":
             pools[name] = list(models)
@@ -63,18 +181,63 @@ def model_dir(paths: Paths, model: str) -> Path:
     return paths.zoo_root / model
 
 
-def check_models(models: list[str], paths: Paths, zoo_file: Path) -> dict[str, dict[str, Any]]:
-    """Open every model's checkpoint before anything starts; returns their metadata."""
-    from lightning_modules.backbones import CheckpointError, load_checkpoint
+def load_model_ref(name: str, ref: dict[str, Any], zoo_root: str | Path):
+    """(backbone, metadata) of a resolved model."""
+    if ref.get("source", "zoo") == "zoo":
+        from lightning_modules.backbones import load_checkpoint
+
+        return load_checkpoint(Path(zoo_root) / name)
+    from lightning_modules.hub import load_model
+
+    return load_model(ref["spec"], weights=ref.get("weights"), meta=ref.get("meta") or None,
+                      pretrained=ref.get("pretrained", True))
+
+
+def load_task_ref(name: str, ref: dict[str, Any], data_root: str | Path, image_size: int,
+                  seed: int, download: bool = False):
+    """The splits of a resolved task (built and cached on first use)."""
+    source = ref.get("source", "offline")
+    if source == "offline":
+        from lightning_modules.tasks import load_task
+
+        return load_task(name, data_root, image_size=image_size, seed=seed)
+    from lightning_modules import vtab
+
+    if source == "vtab":
+        return vtab.load_vtab_task(name, data_root, image_size=image_size, seed=seed,
+                                   download=download)
+    return vtab.load_imagefolder_task(name, ref["path"], ref["group"], image_size=image_size,
+                                      seed=seed, cache_root=Path(data_root) / "cache")
+
+
+def task_group(name: str, ref: dict[str, Any]) -> str:
+    source = ref.get("source", "offline")
+    if source == "offline":
+        from lightning_modules.tasks import get_task_info
+
+        return get_task_info(name).group
+    if source == "vtab":
+        from lightning_modules.vtab import get_vtab_info
+
+        return get_vtab_info(name).group
+    return ref["group"]
+
+
+def check_models(models: list[str], paths: Paths, zoo_file: Path,
+                 refs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Open every model before anything starts (zoo checkpoints, hub weights); their metadata."""
+    from lightning_modules.backbones import CheckpointError
 
     metas = {}
     for name in models:
-        directory = model_dir(paths, name)
-        if not directory.is_dir():
-            raise WhichModelError(f"{directory}: model {name!r} is not built; run "
-                                  f"'whichmodel zoo build {zoo_file}' first")
+        ref = (refs or {}).get(name, {"source": "zoo"})
+        if ref.get("source", "zoo") == "zoo":
+            directory = model_dir(paths, name)
+            if not directory.is_dir():
+                raise WhichModelError(f"{directory}: model {name!r} is not built; run "
+                                      f"'whichmodel zoo build {zoo_file}' first")
         try:
-            _, metas[name] = load_checkpoint(directory)
-        except CheckpointError as exc:
-            raise WhichModelError(str(exc)) from None
+            _, metas[name] = load_model_ref(name, ref, paths.zoo_root)
+        except (CheckpointError, ValueError, OSError) as exc:
+            raise WhichModelError(f"model {name!r}: {exc}") from None
     return metas

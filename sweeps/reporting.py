@@ -56,14 +56,13 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
                           ) -> dict[str, pd.DataFrame] | None:
     """Leave-one-task-out ChoiceNet v1 and v2 predictions for the plan's models and tasks.
 
-    Embeddings come from the zoo checkpoints and the offline tasks' training images (see
+    Embeddings come from the sweep's models (zoo or hub) and its tasks' training images (see
     :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
     set and probe model keep them comparable between reports.
     """
-    from lightning_modules.backbones import load_checkpoint
     from lightning_modules.choicenet import (compute_embeddings, load_probe_set,
                                              predict_choicenet, targets_from_records)
-    from lightning_modules.tasks import load_task
+    from sweeps.driver import trial_settings
 
     cfg = plan.cfg
     settings = cfg.report.choicenet
@@ -72,9 +71,9 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
         return None  # leave-one-task-out needs at least one other task to learn from
     stream = stream or sys.stderr
     start = time.perf_counter()
-    backbones = {m: load_checkpoint(paths.zoo_root / m)[0] for m in plan.models}
-    tasks = {t: load_task(t, paths.data_root, image_size=cfg.image_size, seed=cfg.seed)
-             for t in plan.tasks}
+    trial = trial_settings(plan, paths)
+    backbones = {m: trial.load_model(m)[0] for m in plan.models}
+    tasks = {t: trial.load_task(t) for t in plan.tasks}
     probe_name = settings.probe_model or next(
         (m for m in plan.models if "generalist" in m), plan.models[0])
     if probe_name not in backbones:

@@ -23,9 +23,11 @@ from sweeps.config import SweepConfig
 
 @dataclass(frozen=True)
 class SearchSettings:
-    cfg: SweepConfig
-    data_root: str
-    zoo_root: str
+    trial: Any  # the sweep's driver.TrialSettings (loads models and tasks by name)
+
+    @property
+    def cfg(self) -> SweepConfig:
+        return self.trial.cfg
 
 
 def _rung_callback(xva, yva, rung_steps: int, head_steps: int):
@@ -48,19 +50,16 @@ def _rung_callback(xva, yva, rung_steps: int, head_steps: int):
 
 def search_trial(job: dict, settings: SearchSettings) -> None:
     """One (model, task, lr) fine-tune that Tune may stop at any rung."""
-    from lightning_modules.backbones import load_checkpoint
-    from lightning_modules.tasks import load_task
     from lightning_modules.training import run_finetune
-    from pathlib import Path
 
     cfg = settings.cfg
     f, s = cfg.finetune, cfg.search
-    backbone, _ = load_checkpoint(Path(settings.zoo_root) / job["model"])
-    data = load_task(job["task"], settings.data_root, image_size=cfg.image_size, seed=cfg.seed)
+    backbone, _ = settings.trial.load_model(job["model"])
+    data = settings.trial.load_task(job["task"])
     xva, yva = data.splits["val200"]
     run_finetune(backbone, data.splits, data.num_classes, lr=float(job["lr"]), steps=f.steps,
                  head_steps=f.head_steps, batch_size=f.batch_size, seed=cfg.seed,
-                 trainable=f.trainable, evaluate_test=False,
+                 trainable=f.trainable, evaluate_test=False, precision=f.precision,
                  callbacks=[_rung_callback(xva, yva, s.rung_steps, f.head_steps)])
     return None  # everything was reported rung by rung
 
@@ -99,7 +98,9 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     n_rungs = max(1, f.steps // s.rung_steps)
     lrs = s.lrs or f.lrs
     exhaustive = len(plan.models) * len(f.lrs) * (f.head_steps + f.steps)
-    settings = SearchSettings(cfg, str(paths.data_root), str(paths.zoo_root))
+    from sweeps.driver import trial_settings
+
+    settings = SearchSettings(trial_settings(plan, paths))
     out: dict[str, dict[str, Any]] = {}
     init_ray(cfg.resources.num_cpus)
     resources = TrialResources({"search": (cfg.resources.finetune.cpus,

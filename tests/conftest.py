@@ -18,8 +18,10 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="wmt-", dir="/tmp")
+    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             logging_level=logging.WARNING)
+             logging_level=logging.WARNING, _system_config=WORKER_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 
