@@ -233,7 +233,8 @@ class SweepConfig(_Strict):
     image_size: int = Field(32, ge=8, le=512)
     zoo: str = "zoo.yaml"  # the zoo file, relative to this sweep file (needed for zoo models)
     # Zoo model names, hub specs (timm:..., torchvision:..., local:...), catalog names, or
-    # entries {name, spec, weights, pretrained, meta}; "all": the zoo's and the catalog's models.
+    # entries {name, spec, weights, pretrained, meta}; "all": the catalog's models if a catalog
+    # is given, else the zoo's.
     models: list[str | ModelEntry] | Literal["all"] = "all"
     # Offline task names, VTAB-1k tasks as vtab:<name>, or ImageFolder entries; "all": the
     # offline suite.

@@ -79,10 +79,13 @@ def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
         catalog = load_catalog(path)
         known.update({m.name: _hub_ref(m, path.parent) for m in catalog.models})
         catalog_pools = {k: list(v) for k, v in catalog.pools.items()}
-    if cfg.models == "all":
+    if cfg.models == "all":  # the catalog's models if there is one, else the zoo's
+        if cfg.catalog:
+            chosen = {n: r for n, r in known.items() if r["source"] == "hub"}
+            return list(chosen), chosen, catalog_pools
         if not known:
             raise ConfigError(f"{source}: key 'models': 'all' but there is no zoo file "
-                              f"({base / cfg.zoo}) and no catalog; list the models")
+                              f"({base / cfg.zoo}); list the models")
         return list(known), known, catalog_pools
     names, refs = [], {}
     for i, item in enumerate(cfg.models):
