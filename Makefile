@@ -30,6 +30,13 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql chromium >/dev/null; \
 	fi
 
+# The tracking server on this machine (mlflow_server/README.md): PostgreSQL, moto's S3 and MLflow
+# with basic auth on 127.0.0.1, in the foreground; Ctrl-C stops all three. It prints the tracking
+# URI and what a client needs; the password is in $(WHICHMODEL_HOME)/mlflow-server/secrets.env.
+.PHONY: mlflow-server
+mlflow-server: install-test system-deps
+	$(BIN)/python -m mlflow_server.local --dir $(WHICHMODEL_HOME)/mlflow-server $(MLFLOW_SERVER_ARGS)
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 

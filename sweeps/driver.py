@@ -30,6 +30,7 @@ class TrialSettings:
     data_root: str
     zoo_root: str
     features_dir: str | None = None  # keep each probe's features as a compressed .npz here
+    features_remote: str | None = None  # and copy them to <storage>/features/<sweep> (S3)
     model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> registry ref
     task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -50,7 +51,14 @@ def run_trial(job: dict[str, Any], settings: TrialSettings) -> dict[str, float]:
     if job["kind"] == "probe":
         features_dir = (Path(settings.features_dir) / job["model"]
                         if settings.features_dir and cfg.probe.save_features else None)
-        return _probe(backbone, data, cfg, features_dir)
+        metrics = _probe(backbone, data, cfg, features_dir)
+        if settings.features_remote and "features_path" in metrics:
+            from sweeps import storage
+
+            metrics["features_uri"] = storage.upload_file(
+                metrics["features_path"],
+                storage.join(settings.features_remote, job["model"], f"{data.name}.npz"))
+        return metrics
     if job["kind"] == "finetune":
         return _finetune(backbone, data, cfg, float(job["lr"]))
     raise ValueError(f"unknown job kind {job['kind']!r}")
@@ -218,8 +226,9 @@ class PairRecorder:
     """
 
     def __init__(self, plan: Plan, metas: dict[str, dict], uri: str, artifact_root: Path | None,
-                 n_jobs: dict[str, int]):
+                 n_jobs: dict[str, int], spool_dir: Path | None = None):
         self.plan, self.metas, self.uri, self.artifact_root = plan, metas, uri, artifact_root
+        self.spool_dir = spool_dir  # results wait here while MLflow is down (sweeps/spool.py)
         self.hashes = {p: plan.cfg.protocol_hash(p) for p in ("probe", "finetune")}
         self.n_jobs = n_jobs
         self.pending: dict[tuple[str, str], dict[float, dict]] = {}
@@ -239,7 +248,8 @@ class PairRecorder:
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(self.uri, self.plan.cfg.experiment, self.artifact_root)
+            self._tracker = Tracker(self.uri, self.plan.cfg.experiment, self.artifact_root,
+                                    spool_dir=getattr(self, "spool_dir", None))
         return self._tracker
 
     def _refresh(self) -> None:
@@ -262,6 +272,8 @@ class PairRecorder:
 
     # -- the sink protocol -----------------------------------------------------------------
     def on_result(self, job: dict, metrics: dict) -> None:
+        if self._tracker is not None and self._tracker.offline and self._tracker.reachable():
+            self._tracker.drain_spool()  # the server is back: log what waited, oldest first
         self._accept(job, metrics)
         self.progress.update(job["kind"])
 
@@ -271,22 +283,52 @@ class PairRecorder:
         self.progress.update(job["kind"], failed=True)
 
     def reconcile(self, finished_trials: list[tuple[dict, dict]]) -> None:
-        """Log what the callback missed (trials finished before a driver was killed)."""
-        self._refresh()
+        """Log what the callback missed (trials finished before a driver was killed).
+
+        With a spool, first replay it, giving a server that is down a minute to come back;
+        results still waiting after that end the sweep with an error that says where they are.
+        """
+        from sweeps.spool import Spool
+        from sweeps.tracking import FINAL_DRAIN_DELAYS_S, TrackingUnavailable, with_retries
+
+        spool_dir = getattr(self, "spool_dir", None)
+        if spool_dir is None:
+            self._refresh()
+        else:
+            def settle():
+                self.tracker.drain_spool()
+                if self.tracker.offline:
+                    raise TrackingUnavailable("the server does not take the spooled results")
+                self._refresh()
+
+            if with_retries(settle, FINAL_DRAIN_DELAYS_S)[1] is not None:
+                self._finished, self._unfinished = set(), {}  # unknown: spool what finished
         self.pending.clear()
         for job, metrics in finished_trials:
             if f"{job['model']}|{job['task']}|{job['kind']}" not in self._finished:
                 self._accept(job, metrics)
         self.pending.clear()
+        left = len(Spool(spool_dir, self.plan.cfg.experiment)) if spool_dir else 0
+        if left:
+            raise WhichModelError(
+                f"MLflow at {_redact(self.uri)} did not take {left} pair result(s) by the end of "
+                f"the sweep; nothing is lost: they wait in "
+                f"{Spool(spool_dir, self.plan.cfg.experiment).dir} and the next 'whichmodel run "
+                f"{self.plan.path}' or 'whichmodel resume {self.plan.cfg.name}' logs them first "
+                f"(check the server: python -m mlflow_server.health {_redact(self.uri)})")
 
     def _accept(self, job: dict, metrics: dict) -> None:
         """Log a probe at once; a fine-tune pair once all its learning rates are in."""
         model, task = job["model"], job["task"]
         if job["kind"] == "probe":
+            # The features file is on the trial's node: an artifact when the driver can read it
+            # (one machine), else found through its copy in shared storage (features_uri tag).
             path = metrics.get("features_path")
+            readable = bool(path) and Path(path).is_file()
             self._log(model, task, "probe",
                       {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
-                      artifacts=[path] if path else None)
+                      artifacts=[path] if readable else None,
+                      features_uri=metrics.get("features_uri"))
             return
         by_lr = self.pending.setdefault((model, task), {})
         by_lr[float(job["lr"])] = metrics
@@ -297,10 +339,14 @@ class PairRecorder:
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
-             by_lr: dict[float, dict] | None = None, artifacts: list[str] | None = None) -> None:
+             by_lr: dict[float, dict] | None = None, artifacts: list[str] | None = None,
+             features_uri: str | None = None) -> None:
+
+        from sweeps.spool import Spool
+        from sweeps.tracking import is_server_problem, pair_record, spool_record
 
         key = f"{model}|{task}|{protocol}"
-        if self.is_finished(key):
+        if self._finished is not None and key in self._finished:
             return
         cfg, meta = self.plan.cfg, self.metas[model]
         params = {f"{protocol}/{k}": v for k, v in _flatten(cfg.protocol_settings(protocol)).items()}
@@ -312,12 +358,24 @@ class PairRecorder:
                 "pools": ",".join(model_pools(self.plan.pools, model))}
         if protocol == "finetune":
             tags.update(profile=cfg.finetune.profile, trainable=cfg.finetune.trainable)
-        self.tracker.log_pair(
-            model, task, protocol, self.hashes[protocol], tags, params, metrics,
-            resume_run_id=self._unfinished.get(key),
-            children=_child_runs(model, task, by_lr) if by_lr else None, artifacts=artifacts)
+        if features_uri:
+            tags["features_uri"] = features_uri
+        record = pair_record(model, task, protocol, self.hashes[protocol], tags, params, metrics,
+                             children=_child_runs(model, task, by_lr) if by_lr else None,
+                             artifacts=artifacts)
+        spool_dir = getattr(self, "spool_dir", None)
+        try:
+            if self.is_finished(key):
+                return
+            tracker = self.tracker
+        except Exception as exc:  # no server to ask: the record waits (replay skips what's done)
+            if spool_dir is None or not is_server_problem(exc):
+                raise
+            spool_record(Spool(spool_dir, cfg.experiment), self.uri, record, str(exc)[:160])
+            return
+        run_id = tracker.record_pair(record, resume_run_id=self._unfinished.get(key))
         self._finished.add(key)
-        self.logged += 1
+        self.logged += run_id is not None
 
 
 def _child_runs(model: str, task: str, by_lr: dict[float, dict]) -> list[dict]:
@@ -357,7 +415,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     uri = paths.tracking_uri(tracking_uri)
     protocols = [p for p in ("probe", "finetune") if getattr(cfg, p).enabled]
     hashes = {p: cfg.protocol_hash(p) for p in protocols}
-    tracker = Tracker(uri, cfg.experiment, artifact_root=_artifact_root(uri, paths))
+    tracker = Tracker(uri, cfg.experiment, artifact_root=_artifact_root(uri, paths),
+                      spool_dir=paths.home / "spool")  # preflight; replays an earlier spool
     finished, _ = tracker.runs_by_key(hashes)
 
     todo = [(m, t, p) for p in protocols for m in plan.models for t in plan.tasks
@@ -373,7 +432,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     jobs = expand_jobs(cfg, todo)
     n_probe = sum(j["kind"] == "probe" for j in jobs)
     recorder = PairRecorder(plan, metas, uri, _artifact_root(uri, paths),
-                            {"probe": n_probe, "finetune": len(jobs) - n_probe})
+                            {"probe": n_probe, "finetune": len(jobs) - n_probe},
+                            spool_dir=paths.home / "spool")
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = _write_state(paths, plan, name, uri)
     init_ray(cfg.resources.num_cpus)
@@ -389,22 +449,17 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
 
 def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
     """Continue the latest interrupted run of sweep ``name`` with Tune's restore."""
-    import json
-
     from sweeps.tune_runner import init_ray, restore_jobs
 
     stream = stream or sys.stderr
-    state_file = paths.home / "sweeps" / f"{name}.json"
-    try:
-        state = json.loads(state_file.read_text())
-    except FileNotFoundError:
-        raise WhichModelError(f"{state_file}: no run of sweep {name!r} to resume; start one "
-                              "with 'whichmodel run CONFIG'") from None
+    state = _read_state(paths, name)
     plan = plan_sweep(state["config"])
     metas = check_models(plan.models, paths, plan.zoo_path, plan.model_refs)
     cfg, uri = plan.cfg, state["tracking_uri"]
     recorder = PairRecorder(plan, metas, uri, _artifact_root(uri, paths),
-                            {"probe": 0, "finetune": 0})
+                            {"probe": 0, "finetune": 0}, spool_dir=paths.home / "spool")
+    Tracker(uri, cfg.experiment, artifact_root=_artifact_root(uri, paths),
+            spool_dir=paths.home / "spool")  # preflight; replays what a killed driver spooled
     print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
     init_ray(cfg.resources.num_cpus)
     try:
@@ -431,8 +486,9 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[dict
 
 
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
+    remote = f"{paths.storage}/features/{plan.cfg.name}" if paths.storage else None
     return TrialSettings(plan.cfg, str(plan.data_root(paths)), str(paths.zoo_root),
-                         str(paths.home / "features" / plan.cfg.name),
+                         str(paths.home / "features" / plan.cfg.name), remote,
                          model_refs=plan.model_refs, task_refs=plan.task_refs)
 
 
@@ -459,21 +515,39 @@ def remembered_config(paths: Paths, experiment: str) -> Path | None:
 
 
 def _write_state(paths: Paths, plan: Plan, name: str, uri: str) -> dict[str, str]:
-    """Remember the latest Tune experiment of a sweep, for ``whichmodel resume NAME``."""
+    """Remember the latest Tune experiment of a sweep, for ``whichmodel resume NAME``: under the
+    home folder, and in shared storage (``WHICHMODEL_STORAGE``) for a new head node."""
     import json
-    import os
 
+    from sweeps import storage
     from sweeps.tune_runner import experiment_path
 
     state = {"config": str(plan.path.resolve()), "tracking_uri": uri,
              "experiment": plan.cfg.experiment,
              "experiment_path": experiment_path(paths.tune_root, name)}
-    target = paths.home / "sweeps" / f"{plan.cfg.name}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, target)
+    text = json.dumps(state, indent=2)
+    storage.write_text(paths.state_root / f"{plan.cfg.name}.json", text)
+    if paths.storage:
+        storage.write_text(storage.join(paths.storage, "sweeps", f"{plan.cfg.name}.json"), text)
     return state
+
+
+def _read_state(paths: Paths, name: str) -> dict[str, str]:
+    """The sweep's state file: this home folder's, else the shared storage's (a new head node)."""
+    import json
+
+    from sweeps import storage
+
+    places: list[Any] = [paths.state_root / f"{name}.json"]
+    if paths.storage:
+        places.append(storage.join(paths.storage, "sweeps", f"{name}.json"))
+    for place in places:
+        try:
+            return json.loads(storage.read_text(place))
+        except FileNotFoundError:
+            continue
+    raise WhichModelError(f"{' or '.join(map(str, places))}: no run of sweep {name!r} to resume; "
+                          "start one with 'whichmodel run CONFIG'")
 
 
 def _artifact_root(uri: str, paths: Paths) -> Path | None:

@@ -4,7 +4,8 @@
 ``data/`` (the offline task suite and source families), ``zoo/`` (one folder per model:
 ``model.safetensors`` + ``meta.json``), ``tune/`` (Ray Tune experiment state), ``mlflow.db``
 and ``mlartifacts/`` (the local MLflow store). ``MLFLOW_TRACKING_URI`` or ``--tracking-uri``
-points tracking elsewhere.
+points tracking elsewhere; ``WHICHMODEL_STORAGE=s3://...`` puts Tune state, sweep state files and
+feature caches on S3 (:mod:`sweeps.storage`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,21 @@ class Paths:
         return self.home / "zoo"
 
     @property
-    def tune_root(self) -> Path:
-        return self.home / "tune"
+    def storage(self) -> str | None:
+        """``WHICHMODEL_STORAGE`` (s3://...): shared sweep state, see :mod:`sweeps.storage`."""
+        from sweeps.storage import storage_uri
+
+        return storage_uri()
+
+    @property
+    def tune_root(self) -> Path | str:
+        """Ray Tune's experiment state: ``<storage>/tune`` when shared, else under home."""
+        return f"{self.storage}/tune" if self.storage else self.home / "tune"
+
+    @property
+    def state_root(self) -> Path:
+        """Sweep state files (``<name>.json``), always kept here; mirrored to shared storage."""
+        return self.home / "sweeps"
 
     @property
     def artifacts_root(self) -> Path:

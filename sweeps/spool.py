@@ -1,0 +1,94 @@
+"""Pair results that MLflow could not take (the server was down), kept on disk until it can.
+
+One JSON file per (pair_key, protocol_hash) at ``$WHICHMODEL_HOME/spool/<experiment>/<hash>.json``,
+written atomically (a temporary file renamed over the target), holding everything
+``Tracker.log_pair`` writes: run name, tags, params, metrics, child runs with their curves, the
+paths of artifact files and the metrics' timestamp. ``Tracker.drain_spool`` replays the records
+through the same idempotent path keyed by ``pair_key`` (a finished run of the key: the record is
+dropped; an unfinished one: resumed by id; none: created), so a record replayed twice, or a pair
+that was logged in the meantime, never makes a second run. A record leaves the spool only once
+its run is FINISHED in MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SPOOL_FORMAT = 1
+
+
+def spool_root(home: str | os.PathLike) -> Path:
+    return Path(home) / "spool"
+
+
+def _folder_name(experiment: str) -> str:
+    """A folder per experiment; names with other characters get a hash suffix to stay unique."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)[:80]
+    if safe == experiment:
+        return safe
+    return f"{safe}-{hashlib.sha256(experiment.encode()).hexdigest()[:8]}"
+
+
+def record_file_name(pair_key: str, protocol_hash: str) -> str:
+    return hashlib.sha256(f"{pair_key}\n{protocol_hash}".encode()).hexdigest()[:24] + ".json"
+
+
+class Spool:
+    """The spooled pair records of one experiment."""
+
+    def __init__(self, root: str | os.PathLike, experiment: str):
+        self.experiment = experiment
+        self.dir = Path(root) / _folder_name(experiment)
+
+    def put(self, record: dict[str, Any]) -> Path:
+        """Write (or replace) the record of its (pair_key, protocol_hash), atomically."""
+        path = self.dir / record_file_name(record["pair_key"], record["protocol_hash"])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"format": SPOOL_FORMAT, "experiment": self.experiment, **record},
+                          indent=1, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Readable records, oldest first; an unreadable file is reported and left in place."""
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for path in self.dir.glob("*.json"):
+            if path.name.startswith(".tmp-"):
+                continue
+            try:
+                record = json.loads(path.read_text())
+                missing = {"pair_key", "protocol_hash", "model", "task", "protocol"} - set(record)
+                if missing:
+                    raise ValueError(f"no {', '.join(sorted(missing))}")
+            except (OSError, ValueError) as exc:
+                print(f"[whichmodel] spool: cannot read {path} ({exc}); left in place",
+                      file=sys.stderr)
+                continue
+            out.append((path, record))
+        return sorted(out, key=lambda item: (item[1].get("spooled_at", 0), item[0].name))
+
+    def discard(self, path: Path) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        if not self.dir.is_dir():
+            return 0
+        return sum(1 for p in self.dir.glob("*.json") if not p.name.startswith(".tmp-"))
