@@ -7,6 +7,8 @@
     whichmodel resume quickstart                     continue an interrupted sweep (Tune restore)
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
     whichmodel list models|tasks [--config FILE]
+    whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
+    whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
 Bad input (a malformed or misspelled sweep file, an unknown model or task, an unreadable
 checkpoint, accuracies out of range) ends with a one-line ``whichmodel: error: ...`` naming the
@@ -190,9 +192,15 @@ def cmd_list(args) -> int:
     if args.what == "tasks":
         from lightning_modules.tasks import get_task_info, list_tasks
 
+        from lightning_modules.vtab import get_vtab_task, list_vtab_tasks
+
         for name in list_tasks():
             info = get_task_info(name)
             print(f"{name:<22} {info.group:<12} {info.num_classes:>3} classes  {info.description}")
+        for name in list_vtab_tasks():  # VTAB-1k: torchvision's loader, or a prepared ImageFolder
+            task = get_vtab_task(name)
+            print(f"{'vtab:' + name:<22} {task.info.group:<12} {task.info.num_classes:>3} classes  "
+                  f"{task.loader}")
     else:
         from sweeps.config import load_zoo_config
 
@@ -200,6 +208,51 @@ def cmd_list(args) -> int:
         for m in zoo.models:
             print(f"{m.name:<26} {m.arch:<8} {m.objective:<10} {','.join(m.upstream) or '-'}")
     return 0
+
+
+def cmd_submit(args) -> int:
+    from sweeps.jobs import Cluster, describe_submission, plan_submission
+
+    sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
+                          no_report=args.no_report)
+    cluster = Cluster(args.address)
+    job_id = cluster.submit(sub)
+    print(describe_submission(sub, job_id, cluster.address), flush=True)
+    if args.no_wait:
+        return 0
+    try:
+        status = cluster.print_logs(job_id, follow=True)
+    except KeyboardInterrupt:
+        print(f"whichmodel: stopped following; job {job_id} goes on (whichmodel stop {job_id} "
+              f"--address {cluster.address} stops it)", file=sys.stderr)
+        return 130
+    print(f"[whichmodel] job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args) -> int:
+    from sweeps.jobs import Cluster, format_jobs
+
+    print(format_jobs(Cluster(args.address).jobs()))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from sweeps.jobs import Cluster
+
+    status = Cluster(args.address).print_logs(args.job, follow=args.follow)
+    if args.follow:
+        print(f"[whichmodel] job {args.job}: {status}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from sweeps.jobs import Cluster
+
+    was_running, status = Cluster(args.address).stop(args.job, timeout_s=args.timeout)
+    print(f"[whichmodel] job {args.job}: {status}"
+          + ("" if was_running else " (it was not running; nothing to stop)"))
+    return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +313,39 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["models", "tasks"])
     ls.add_argument("--config", type=Path, default=default_configs / "zoo.yaml")
     ls.set_defaults(func=cmd_list)
+
+    # Cluster mode (sweeps/jobs.py): Ray Jobs on a cluster started with `ray up cluster.yaml`.
+    address_help = ("the cluster's dashboard, e.g. http://127.0.0.1:8265 through 'ray dashboard "
+                    "cluster.yaml' (default $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)")
+    sb = sub.add_parser("submit", help="run a sweep as a Ray Job on a running Ray cluster")
+    sb.add_argument("config", type=Path, help="the sweep file, inside the working dir")
+    sb.add_argument("--address", help=address_help)
+    sb.add_argument("--env", action="append", metavar="NAME",
+                    help="also pass this variable of this environment to the job (repeatable; "
+                         "MLflow, AWS, HF, WHICHMODEL_* and TUNE_* variables pass by default)")
+    sb.add_argument("--working-dir", type=Path,
+                    help="the folder uploaded as the job's working dir (default: this project)")
+    sb.add_argument("--no-report", action="store_true", help="run the sweep without the report")
+    sb.add_argument("--no-wait", action="store_true",
+                    help="print the job id and return instead of following the job's log")
+    sb.set_defaults(func=cmd_submit)
+
+    js = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")
+    js.add_argument("--address", help=address_help)
+    js.set_defaults(func=cmd_jobs)
+
+    lg = sub.add_parser("logs", help="print a Ray Job's log")
+    lg.add_argument("job", help="the job's id (as 'whichmodel submit' or 'whichmodel jobs' print)")
+    lg.add_argument("--address", help=address_help)
+    lg.add_argument("--follow", action="store_true", help="follow the log until the job ends")
+    lg.set_defaults(func=cmd_logs)
+
+    st = sub.add_parser("stop", help="stop a Ray Job (its driver and trials)")
+    st.add_argument("job", help="the job's id")
+    st.add_argument("--address", help=address_help)
+    st.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait for the job to end (default 60)")
+    st.set_defaults(func=cmd_stop)
     return p
 
 
