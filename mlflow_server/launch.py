@@ -112,14 +112,14 @@ def run(environ: Mapping[str, str] | None = None, stream=None) -> int:
 
         def forward(signum, _frame):
             stopping.append(signum)
-            if _group_alive(proc.pid):
+            if group_alive(proc.pid):
                 os.killpg(proc.pid, signal.SIGTERM)
 
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             rc = proc.wait()
         finally:
-            _stop_group(proc)
+            stop_group(proc)
             for s, handler in old.items():
                 signal.signal(s, handler)
         return 0 if stopping else rc
@@ -127,7 +127,7 @@ def run(environ: Mapping[str, str] | None = None, stream=None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
@@ -135,14 +135,17 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM to the server's process group, a grace period, then SIGKILL."""
-    if _group_alive(proc.pid):
+def stop_group(proc: subprocess.Popen | None, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to a process group started with ``start_new_session``, a grace period, then
+    SIGKILL; waits for the leader."""
+    if proc is None:
+        return
+    if group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         proc.poll()
-        if not _group_alive(proc.pid):
+        if not group_alive(proc.pid):
             break
         time.sleep(0.1)
     else:

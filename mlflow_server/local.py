@@ -71,30 +71,12 @@ def _tail(path: Path, n: int = 20) -> str:
         return "(no log)"
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
 def _stop_process_group(proc: subprocess.Popen | None, grace_s: float = 20.0) -> None:
-    """SIGTERM to a process started with ``start_new_session``, then SIGKILL after ``grace_s``."""
-    if proc is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
-        time.sleep(0.1)
-    if proc.poll() is None or _group_alive(proc.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    from mlflow_server.launch import stop_group
+
+    stop_group(proc, grace_s)
 
 
-# --------------------------------------------------------------------------- PostgreSQL
 def pg_bin_dir() -> Path:
     """``PG_BIN``, else Debian's newest ``/usr/lib/postgresql/N/bin``, else ``initdb`` on PATH."""
     if os.environ.get("PG_BIN"):
