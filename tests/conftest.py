@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 
 import pytest
 
+# Every Ray of the test session -- the local one below, the loopback clusters of tests/cluster
+# (whose gRPC servers listen beyond loopback) -- requires Ray's token authentication: one random
+# token per session, in the environment that every Ray process and client of the tests inherits.
+# Set before anything imports Ray: its clients read the mode once per process.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 

@@ -60,7 +60,9 @@ def free_port() -> int:
 
 # Ray's gRPC servers listen on every interface whatever the flags: the test cluster requires
 # Ray's token authentication, one random token per test session, shared by its processes.
-AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+# tests/conftest.py puts the session's token in the environment before Ray is imported.
+AUTH = {"RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
 
 
 def node_env(**extra: str) -> dict[str, str]:
