@@ -29,21 +29,20 @@ from sweeps.paths import Paths
 VTAB_PREFIX = "vtab:"
 
 
-def _resolve(kind: str, requested: list[str] | str, known: list[str], source: Path) -> list[str]:
-    if requested == "all":
-        return list(known)
-    seen, out = set(), []
-    for i, name in enumerate(requested):
-        if name not in known:
-            raise ConfigError(f"{source}: key '{kind}[{i}]': unknown {kind[:-1]} {name!r}; "
-                              f"known: {', '.join(known)}")
-        if name in seen:
+def _collect(kind: str, items: list, resolve_one, source: Path
+             ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Names in order and a ref per name, from ``resolve_one(i, item) -> (name, ref)``; a name
+    listed twice or an empty list is a ConfigError naming the key."""
+    names, refs = [], {}
+    for i, item in enumerate(items):
+        name, ref = resolve_one(i, item)
+        if name in refs:
             raise ConfigError(f"{source}: key '{kind}[{i}]': {name!r} listed twice")
-        seen.add(name)
-        out.append(name)
-    if not out:
+        names.append(name)
+        refs[name] = ref
+    if not names:
         raise ConfigError(f"{source}: key '{kind}': empty list; name at least one or write 'all'")
-    return out
+    return names, refs
 
 
 def spec_name(spec: str) -> str:
@@ -87,26 +86,21 @@ def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
             raise ConfigError(f"{source}: key 'models': 'all' but there is no zoo file "
                               f"({base / cfg.zoo}); list the models")
         return list(known), known, catalog_pools
-    names, refs = [], {}
-    for i, item in enumerate(cfg.models):
+
+    def one(i: int, item) -> tuple[str, dict[str, Any]]:
         if isinstance(item, ModelEntry):
-            name, ref = item.name, _hub_ref(item, base)
-        elif item.startswith(HUB_PREFIXES):
+            return item.name, _hub_ref(item, base)
+        if item.startswith(HUB_PREFIXES):
             name = spec_name(item)
-            ref = _hub_ref(ModelEntry(name=_safe(name, source, i), spec=item), base)
-        elif item in known:
-            name, ref = item, known[item]
-        else:
-            hint = "" if zoo is not None else f" (no zoo file at {base / cfg.zoo})"
-            raise ConfigError(f"{source}: key 'models[{i}]': unknown model {item!r}{hint}; "
-                              f"known: {', '.join(known) or 'none'}; or write a hub spec "
-                              "timm:<name>, torchvision:<name>, local:<path>")
-        if name in refs:
-            raise ConfigError(f"{source}: key 'models[{i}]': {name!r} listed twice")
-        names.append(name)
-        refs[name] = ref
-    if not names:
-        raise ConfigError(f"{source}: key 'models': empty list; name at least one or write 'all'")
+            return name, _hub_ref(ModelEntry(name=_safe(name, source, i), spec=item), base)
+        if item in known:
+            return item, known[item]
+        hint = "" if zoo is not None else f" (no zoo file at {base / cfg.zoo})"
+        raise ConfigError(f"{source}: key 'models[{i}]': unknown model {item!r}{hint}; "
+                          f"known: {', '.join(known) or 'none'}; or write a hub spec "
+                          "timm:<name>, torchvision:<name>, local:<path>")
+
+    names, refs = _collect("models", cfg.models, one, source)
     return names, refs, catalog_pools
 
 
@@ -127,33 +121,25 @@ def resolve_task_refs(cfg: SweepConfig, source: Path
     offline = list_tasks()
     if cfg.tasks == "all":
         return offline, {t: {"source": "offline"} for t in offline}
-    names, refs = [], {}
-    for i, item in enumerate(cfg.tasks):
+    def one(i: int, item) -> tuple[str, dict[str, Any]]:
         if isinstance(item, TaskEntry):
-            name = item.name
-            ref = {"source": "imagefolder", "path": str((source.parent / item.path).resolve()),
-                   "group": item.group}
-        elif item.startswith(VTAB_PREFIX):
+            return item.name, {"source": "imagefolder", "group": item.group,
+                               "path": str((source.parent / item.path).resolve())}
+        if item.startswith(VTAB_PREFIX):
             from lightning_modules.vtab import list_vtab_tasks
 
             name = item[len(VTAB_PREFIX):]
             if name not in list_vtab_tasks():
                 raise ConfigError(f"{source}: key 'tasks[{i}]': unknown VTAB-1k task {name!r}; "
                                   f"known: {', '.join(list_vtab_tasks())}")
-            ref = {"source": "vtab"}
-        elif item in offline:
-            name, ref = item, {"source": "offline"}
-        else:
-            raise ConfigError(f"{source}: key 'tasks[{i}]': unknown task {item!r}; known: "
-                              f"{', '.join(offline)}, vtab:<name> for VTAB-1k, or an ImageFolder "
-                              "entry {name, path, group}")
-        if name in refs:
-            raise ConfigError(f"{source}: key 'tasks[{i}]': {name!r} listed twice")
-        names.append(name)
-        refs[name] = ref
-    if not names:
-        raise ConfigError(f"{source}: key 'tasks': empty list; name at least one or write 'all'")
-    return names, refs
+            return name, {"source": "vtab"}
+        if item in offline:
+            return item, {"source": "offline"}
+        raise ConfigError(f"{source}: key 'tasks[{i}]': unknown task {item!r}; known: "
+                          f"{', '.join(offline)}, vtab:<name> for VTAB-1k, or an ImageFolder "
+                          "entry {name, path, group}")
+
+    return _collect("tasks", cfg.tasks, one, source)
 
 
 def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
