@@ -25,8 +25,10 @@ Keys of the JSON line (targets in brackets):
     the bare call takes ~30 s; ``--quick``: ~10 s): the bare call runs the trial function in the
     driver; the Tune side is ``run_jobs`` with ``TrialResources({"finetune": (1, 0)})`` and a sink
     that logs an MLflow run (``Tracker.log_pair``, local SQLite), timed from just before
-    ``run_jobs`` to its return with Ray already started (``ray_init_s`` separately). The
-    worker is cold (imports torch and Lightning), as in a sweep's first trial per actor.
+    ``run_jobs`` to its return with Ray already started (``ray_init_s`` separately) and its
+    prestarted workers done preloading torch, Lightning, timm and Tune
+    (``WORKER_SYSTEM_CONFIG``), as a sweep's first trial finds them: a new actor, a warm
+    process.
     ``orchestration`` breaks it down: ``start_latency_s`` (run_jobs call -> trial function
     starts; of which ``tune_until_worker_imports_s`` until the worker starts importing this
     module, and ``worker_torch_import_s``), ``worker_lightning_import_s`` (first Lightning import
@@ -38,7 +40,8 @@ Keys of the JSON line (targets in brackets):
     Wall time of 8 CPU-bound trials (torch matmuls, 1 thread, ~3.5 s each; ``--quick`` ~2 s) on
     a 1-node, 1-CPU ``ray.cluster_utils.Cluster`` over the same sweep on a 2-node cluster (1 CPU
     each), ``run_jobs`` with ``TrialResources({"work": (1, 0)})``, timed around ``run_jobs``
-    (3 s after the cluster is up). ``two_node.machine_parallel_capacity_before_after`` is how
+    (once every node's prestarted workers have finished preloading: a warm cluster, as a
+    long-running one is). ``two_node.machine_parallel_capacity_before_after`` is how
     many cores the (shared) machine actually offered: the speed-up cannot exceed it;
     ``one_node_overhead_s`` / ``two_node_overhead_s``: wall minus the trials' own work per node
     (Tune start-up, one cold actor per node, scheduling), a fixed cost that does not parallelise.
@@ -339,7 +342,7 @@ def local_cluster(root: Path, nodes: int):
         # As cluster.yaml starts its nodes: prestarted workers preload torch and Lightning.
         cluster = Cluster(initialize_head=True,
                           head_node_args={**common, "temp_dir": str(root / f"c{nodes}h"),
-                                          "_system_config": WORKER_SYSTEM_CONFIG})
+                                          "_system_config": dict(WORKER_SYSTEM_CONFIG)})
         for i in range(nodes - 1):
             cluster.add_node(**common, temp_dir=str(root / f"c{nodes}w{i}"))
         cluster.wait_for_nodes()
@@ -393,7 +396,13 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
         start = time.perf_counter()
         bare = finetune_trial(job, None)
         bare_s = time.perf_counter() - start
+    from sweeps.tune_runner import settled_idle_workers
+
     sink = _make_sink(uri, "bench-orchestration", "finetune")
+    import ray
+
+    # The local Ray's prestarted workers (one per CPU) have finished preloading.
+    settled_idle_workers(int(ray.cluster_resources()["CPU"]))
     called_at = time.time()
     tune_s, done = _timed_sweep(finetune_trial, [job], root, "orchestration", sink, "finetune")
     returned_at = called_at + tune_s
@@ -458,8 +467,14 @@ def _parallel_capacity(iters: int) -> float:
 
 
 def _cluster_sweep(root: Path, nodes: int, jobs: list[dict]) -> tuple[float, set[str], float]:
+    import ray
+
+    from sweeps.tune_runner import settled_idle_workers
+
     with local_cluster(root, nodes):
-        time.sleep(3.0)  # let the nodes' agents finish starting (then idle Ray uses ~3% CPU)
+        # Timed on a warm cluster, as a long-running one is: every node's prestarted workers
+        # (one per CPU) have finished preloading torch and Lightning.
+        settled_idle_workers(int(ray.cluster_resources()["CPU"]))
         sink = BenchSink(None, "", "work")
         wall, done = _timed_sweep(work_trial, jobs, root, f"two-node-{nodes}", sink, "work")
     if len(done) != len(jobs):

@@ -10,6 +10,7 @@ single writer of MLflow.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -29,12 +30,26 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 
-# Ray prestarts idle workers when it starts; these import what every trial needs (torch and
-# Lightning: ~4 s on 2 cores) while they wait, so a trial's actor starts warm (measured: actor
-# creation + imports 4.5 s -> 0.4 s). Cluster nodes get the same through ``ray start
-# --system-config`` (cluster.yaml).
-PRELOAD_MODULES = ["torch", "pytorch_lightning", "timm"]
-WORKER_SYSTEM_CONFIG = {"preload_python_modules": PRELOAD_MODULES}
+# Every node prestarts one idle worker per CPU (``enable_worker_prestart``; without it only the
+# first driver's node does, and a second node's trial actors waited for a cold worker while Tune
+# handed the trials to the warm node's cached actors: 8 trials on 2 nodes all ran on one), and
+# each idle worker imports what every trial needs while it waits (torch, Lightning, timm, Tune:
+# ~5 s on 2 cores), so a trial's actor starts warm (measured: from Tuner.fit to the trial
+# function 5.5 s -> 0.13 s). Cluster nodes get the same through ``ray start --system-config``
+# (cluster.yaml). Each warm worker holds ~0.9 GB.
+PRELOAD_MODULES = ["torch", "pytorch_lightning", "timm", "ray.tune"]
+WORKER_SYSTEM_CONFIG = {"preload_python_modules": PRELOAD_MODULES, "enable_worker_prestart": True}
+
+# Tune gives every trial actor the runtime env {"env_vars": {"PL_DISABLE_FORK": "1"}}, and Ray
+# then refuses the prestarted (preloaded) workers, which have the default env: each experiment's
+# first actors waited for a fresh worker to start and import torch and Lightning. The variable
+# (Lightning then asks NVML, not CUDA, how many GPUs there are, which is safe in a forked
+# process) is set in the node's environment instead, which every worker inherits: here before a
+# local Ray starts, and by the cluster files before `ray start`.
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+from ray.tune.execution import class_cache as _tune_class_cache  # noqa: E402
+
+_tune_class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -52,7 +67,35 @@ def init_ray(num_cpus: int | None = None) -> None:
                                                                              dir="/tmp")
     os.makedirs(temp_dir, exist_ok=True)
     ray.init(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir,
-             _system_config=WORKER_SYSTEM_CONFIG, **kwargs)
+             _system_config=dict(WORKER_SYSTEM_CONFIG), **kwargs)  # Ray adds to it
+
+
+def settled_idle_workers(min_workers: int = 1, timeout_s: float = 120.0,
+                         poll_s: float = 1.0) -> set[int]:
+    """Pids of the idle Ray workers (``ray::IDLE``) that this process started, directly or
+    through its local nodes, once there are ``min_workers`` of them (each node prestarts one per
+    CPU) and their CPU time has all but stopped growing: their preloading is done.
+
+    For benchmarks and tests that time a warm local Ray, as a long-running cluster is.
+    """
+    import psutil
+
+    deadline, last = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        now = {}
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if (p.cmdline() or [""])[0].startswith("ray::IDLE"):
+                    now[p.pid] = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                continue
+        # Preloading burns about a core; an idle worker's heartbeats a few ms a second.
+        if len(now) >= min_workers and all(pid in last and cpu - last[pid] < 0.1 * poll_s
+                                           for pid, cpu in now.items()):
+            return set(now)
+        last = now
+        time.sleep(poll_s)
+    raise TimeoutError(f"Ray's idle workers were still busy after {timeout_s:.0f} s")
 
 
 def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings: Any,
@@ -121,16 +164,85 @@ class ResultSink(Protocol):
     def on_error(self, job: dict, error: str) -> None: ...
 
 
+def lost_its_worker(error: BaseException | None) -> bool:
+    """Whether a trial failed because its worker process or node died, not because of its code.
+
+    Such a trial is worth running again elsewhere; a trial whose own code raised is not.
+    """
+    from ray.exceptions import (LocalRayletDiedError, NodeDiedError, ObjectLostError,
+                                RayActorError, RayTaskError, WorkerCrashedError)
+
+    if isinstance(error, RayTaskError):
+        error = error.cause if isinstance(error.cause, BaseException) else None
+    return isinstance(error, (RayActorError, NodeDiedError, WorkerCrashedError, ObjectLostError,
+                              LocalRayletDiedError))
+
+
+def job_key(job: dict) -> str:
+    import json
+
+    return json.dumps(job, sort_keys=True, default=str)
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The exception a trial failed with, from its local error file (storage may lag)."""
+    import ray.cloudpickle as cloudpickle
+
+    path = trial.pickled_error_file
+    try:
+        if path and Path(path).is_file():
+            return cloudpickle.loads(Path(path).read_bytes())
+        return trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable error is not a lost worker
+        return None
+
+
 class _Forward(tune.Callback):
-    def __init__(self, sink: ResultSink):
-        self.sink = sink
+    """Hands finished and failed trials to the sink; keeps back, for another round, the trials
+    that lost their node or worker while they still had retries left.
+
+    Tune retries a failed trial by itself (``FailureConfig.max_failures``), but when a node dies
+    mid-trial its dead actor can fail twice at once and Tune then gives up with retries unspent
+    (seen with Ray 2.60: ERROR after 2 of 3 failures). ``attempts`` is None in the first round
+    (the budget is ``max_failures + 1`` attempts less the trial's failures) and maps job keys to
+    the attempts left in later rounds, which run with no in-round retries.
+    """
+
+    def __init__(self, sink: ResultSink, attempts: dict[str, float] | None = None,
+                 stream=None):
+        self.sink, self.attempts, self.stream = sink, attempts, stream
+        self.lost: list[tuple[dict, float]] = []  # (job, attempts left) to run again
+        self.keep_back = True
+
+    def __getstate__(self):
+        # The copy pickled with the experiment comes back on ``Tuner.restore``, where no round
+        # follows: there it reports every failed trial to the sink.
+        return {**self.__dict__, "stream": None, "lost": [], "keep_back": False}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.sink.on_result(trial.config["job"], dict(trial.last_result or {}))
 
+    def _attempts_left(self, trial) -> float:
+        if self.attempts is not None:
+            return self.attempts.get(job_key(trial.config["job"]), 0)
+        if trial.max_failures < 0:
+            return math.inf
+        return trial.max_failures + 1 - trial.num_failures
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.sink.on_error(trial.config["job"],
-                           str(getattr(trial, "error_file", "") or "trial failed"))
+        job = trial.config["job"]
+        left = self._attempts_left(trial)
+        error = _trial_error(trial)
+        if self.keep_back and left > 0 and lost_its_worker(error):
+            self.lost.append((job, left))
+            print(f"[whichmodel] {_describe(job)} lost its worker ({type(error).__name__}); "
+                  "it runs again after this round", file=self.stream or sys.stderr, flush=True)
+            return
+        self.sink.on_error(job, str(getattr(trial, "error_file", "") or "trial failed"))
+
+
+def _describe(job: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in job.items())
 
 
 @dataclass(frozen=True)
@@ -179,11 +291,38 @@ def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: An
              max_failures: int = 1) -> list[tuple[dict, dict]]:
     """Run ``fn(job, settings)`` for every job as one Tune trial each, in list order.
 
+    Trials that lost their node or worker with retries left (see ``_Forward``) run again in
+    further experiments ``NAME-retryN`` once this one ends, each with no in-round retries, until
+    they finish or their ``max_failures + 1`` attempts are spent.
+
     Returns (job, metrics) of every finished trial, for the caller to reconcile with what the
     sink already recorded.
     """
     if not jobs:
         return []
+    forward = _Forward(sink)
+    results = _fit(fn, jobs, settings, name=name, storage_path=storage_path,
+                   resources=resources, max_concurrent_trials=max_concurrent_trials,
+                   max_failures=max_failures, callback=forward)
+    finished = _finished(results)
+    round_ = 0
+    while forward.lost:
+        # The nodes that died are gone by now: the rest of the sweep ran, Ray has marked them dead.
+        round_ += 1
+        lost = forward.lost
+        print(f"[whichmodel] running {len(lost)} trial(s) that lost their worker again "
+              f"({name}-retry{round_})", file=sys.stderr, flush=True)
+        forward = _Forward(sink, attempts={job_key(job): left - 1 for job, left in lost})
+        results = _fit(fn, [job for job, _ in lost], settings, name=f"{name}-retry{round_}",
+                       storage_path=storage_path, resources=resources,
+                       max_concurrent_trials=max_concurrent_trials, max_failures=0,
+                       callback=forward)
+        finished += _finished(results)
+    return finished
+
+
+def _fit(fn, jobs, settings, *, name, storage_path, resources, max_concurrent_trials,
+         max_failures, callback):
     path = experiment_path(storage_path, name)
     tuner = tune.Tuner(
         wrap_trainable(fn, settings, resources),
@@ -191,10 +330,10 @@ def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: An
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0,
-                                  callbacks=[_Forward(sink)],
+                                  callbacks=[callback],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
-    return _finished(tuner.fit())
+    return tuner.fit()
 
 
 def restore_jobs(fn: Callable[[dict, Any], dict], settings: Any, *, path: str,

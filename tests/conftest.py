@@ -28,7 +28,7 @@ def ray_session():
     from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             logging_level=logging.WARNING, _system_config=WORKER_SYSTEM_CONFIG)
+             logging_level=logging.WARNING, _system_config=dict(WORKER_SYSTEM_CONFIG))
     yield ray
     ray.shutdown()
 

@@ -69,6 +69,7 @@ def node_env(**extra: str) -> dict[str, str]:
     """The environment of every Ray process of these tests (nodes, drivers, clients)."""
     env = dict(os.environ)
     env.update(AUTH)
+    env["PL_DISABLE_FORK"] = "1"  # as cluster.yaml's nodes export it (see sweeps/tune_runner.py)
     # A job's entrypoint runs `python ...` from the node's PATH: this interpreter's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):

@@ -68,7 +68,24 @@ def test_no_secret_tracking_uri_or_bucket_in_the_file(name):
 def test_every_node_starts_ray_with_token_authentication(name):
     cfg = _load(name)
     for kind in ("head", "worker"):
-        assert "export RAY_AUTH_MODE=token;" in _start_commands(cfg, kind)
+        assert "export RAY_AUTH_MODE=token " in _start_commands(cfg, kind)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_workers_start_warm_as_the_local_ray_does(name):
+    """The head's system config (cluster-wide) preloads what tune_runner's local Ray preloads,
+    and every node exports PL_DISABLE_FORK, which Tune would otherwise put in a runtime env that
+    keeps trials off the preloaded workers."""
+    import json
+
+    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+
+    cfg = _load(name)
+    head = _start_commands(cfg, "head")
+    (config,) = re.findall(r"--system-config='([^']*)'", head)
+    assert json.loads(config) == WORKER_SYSTEM_CONFIG
+    for kind in ("head", "worker"):
+        assert re.search(r"export [^;]*\bPL_DISABLE_FORK=1\b", _start_commands(cfg, kind))
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -51,7 +51,7 @@ def cluster_env(tmp_path_factory):
     from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
 
     # The cluster.yaml shape: a head that runs drivers only ({"CPU": 0}), a worker for trials.
-    cluster = LocalCluster(head_cpus=0, workers=1, system_config=WORKER_SYSTEM_CONFIG)
+    cluster = LocalCluster(head_cpus=0, workers=1, system_config=dict(WORKER_SYSTEM_CONFIG))
     try:
         cluster.start()
         # The zoo, built on the cluster into the shared home folder.
