@@ -399,10 +399,7 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
     from sweeps.tune_runner import settled_idle_workers
 
     sink = _make_sink(uri, "bench-orchestration", "finetune")
-    import ray
-
-    # The local Ray's prestarted workers (one per CPU) have finished preloading.
-    settled_idle_workers(int(ray.cluster_resources()["CPU"]))
+    settled_idle_workers()  # the local Ray's prestarted workers have finished preloading
     called_at = time.time()
     tune_s, done = _timed_sweep(finetune_trial, [job], root, "orchestration", sink, "finetune")
     returned_at = called_at + tune_s
@@ -467,14 +464,12 @@ def _parallel_capacity(iters: int) -> float:
 
 
 def _cluster_sweep(root: Path, nodes: int, jobs: list[dict]) -> tuple[float, set[str], float]:
-    import ray
-
     from sweeps.tune_runner import settled_idle_workers
 
     with local_cluster(root, nodes):
         # Timed on a warm cluster, as a long-running one is: every node's prestarted workers
-        # (one per CPU) have finished preloading torch and Lightning.
-        settled_idle_workers(int(ray.cluster_resources()["CPU"]))
+        # have finished preloading torch and Lightning.
+        settled_idle_workers()
         sink = BenchSink(None, "", "work")
         wall, done = _timed_sweep(work_trial, jobs, root, f"two-node-{nodes}", sink, "work")
     if len(done) != len(jobs):

@@ -70,11 +70,10 @@ def init_ray(num_cpus: int | None = None) -> None:
              _system_config=dict(WORKER_SYSTEM_CONFIG), **kwargs)  # Ray adds to it
 
 
-def settled_idle_workers(min_workers: int = 1, timeout_s: float = 120.0,
-                         poll_s: float = 1.0) -> set[int]:
-    """Pids of the idle Ray workers (``ray::IDLE``) that this process started, directly or
-    through its local nodes, once there are ``min_workers`` of them (each node prestarts one per
-    CPU) and their CPU time has all but stopped growing: their preloading is done.
+def settled_idle_workers(timeout_s: float = 120.0, poll_s: float = 1.0) -> set[int]:
+    """Pids of the idle Ray workers (``ray::IDLE``) of the local nodes this process started,
+    once every node (raylet) has one and their CPU time has all but stopped growing: their
+    preloading is done.
 
     For benchmarks and tests that time a warm local Ray, as a long-running cluster is.
     """
@@ -82,16 +81,20 @@ def settled_idle_workers(min_workers: int = 1, timeout_s: float = 120.0,
 
     deadline, last = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
-        now = {}
+        now, raylets = {}, set()
         for p in psutil.Process().children(recursive=True):
             try:
-                if (p.cmdline() or [""])[0].startswith("ray::IDLE"):
-                    now[p.pid] = sum(p.cpu_times()[:2])
+                cmd = (p.cmdline() or [""])[0]
+                if cmd.endswith("/raylet"):
+                    raylets.add(p.pid)
+                elif cmd.startswith("ray::IDLE"):
+                    now[p.pid] = (p.ppid(), sum(p.cpu_times()[:2]))
             except psutil.Error:
                 continue
         # Preloading burns about a core; an idle worker's heartbeats a few ms a second.
-        if len(now) >= min_workers and all(pid in last and cpu - last[pid] < 0.1 * poll_s
-                                           for pid, cpu in now.items()):
+        if (raylets and raylets <= {parent for parent, _ in now.values()}
+                and all(pid in last and cpu - last[pid][1] < 0.1 * poll_s
+                        for pid, (_, cpu) in now.items())):
             return set(now)
         last = now
         time.sleep(poll_s)
