@@ -211,16 +211,15 @@ class _Forward(tune.Callback):
     the attempts left in later rounds, which run with no in-round retries.
     """
 
-    def __init__(self, sink: ResultSink, attempts: dict[str, float] | None = None,
-                 stream=None):
-        self.sink, self.attempts, self.stream = sink, attempts, stream
+    def __init__(self, sink: ResultSink, attempts: dict[str, float] | None = None):
+        self.sink, self.attempts = sink, attempts
         self.lost: list[tuple[dict, float]] = []  # (job, attempts left) to run again
         self.keep_back = True
 
     def __getstate__(self):
         # The copy pickled with the experiment comes back on ``Tuner.restore``, where no round
         # follows: there it reports every failed trial to the sink.
-        return {**self.__dict__, "stream": None, "lost": [], "keep_back": False}
+        return {**self.__dict__, "lost": [], "keep_back": False}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.sink.on_result(trial.config["job"], dict(trial.last_result or {}))
@@ -239,7 +238,7 @@ class _Forward(tune.Callback):
         if self.keep_back and left > 0 and lost_its_worker(error):
             self.lost.append((job, left))
             print(f"[whichmodel] {_describe(job)} lost its worker ({type(error).__name__}); "
-                  "it runs again after this round", file=self.stream or sys.stderr, flush=True)
+                  "it runs again after this round", file=sys.stderr, flush=True)
             return
         self.sink.on_error(job, str(getattr(trial, "error_file", "") or "trial failed"))
 

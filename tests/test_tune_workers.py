@@ -3,17 +3,36 @@
 Tune would give every trial actor a runtime env (``PL_DISABLE_FORK``) that Ray's idle workers
 lack, so each experiment's first trials waited for a new worker to start and import torch and
 Lightning (5.5 s here). ``sweeps.tune_runner`` moves the variable into the nodes' environment.
+
+The check runs as ``whichmodel run`` does, in a process of its own that starts a fresh local Ray
+(``init_ray``): the session's Ray has had its prestarted workers used up by earlier tests.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from sweeps.tune_runner import PRELOAD_MODULES, TrialResources, run_jobs, settled_idle_workers
+REPO = Path(__file__).resolve().parents[1]
 
 
-class Sink:
+def worker_facts(job, settings):
+    import psutil
+
+    from sweeps.tune_runner import PRELOAD_MODULES
+
+    return {"pid": os.getpid(), "created": psutil.Process().create_time(),
+            "preloaded": all(m in sys.modules for m in PRELOAD_MODULES),
+            "pl_disable_fork": os.environ.get("PL_DISABLE_FORK")}
+
+
+class _Sink:
     def __init__(self):
         self.errors = []
 
@@ -24,30 +43,37 @@ class Sink:
         self.errors.append(error)
 
 
-def worker_facts(job, settings):
-    import os
+def _driver(out: Path) -> None:
+    """A sweep's driver: a fresh local Ray, its workers warm, then one trial."""
+    from sweeps.tune_runner import TrialResources, init_ray, run_jobs, settled_idle_workers
 
-    import psutil
-
-    return {"pid": os.getpid(), "created": psutil.Process().create_time(),
-            "preloaded": all(m in sys.modules for m in PRELOAD_MODULES),
-            "pl_disable_fork": os.environ.get("PL_DISABLE_FORK")}
-
-
-def test_trial_actor_runs_on_an_idle_preloaded_worker_with_pl_disable_fork(ray_session,
-                                                                           tmp_path):
-    import ray.cloudpickle as cloudpickle
-
+    init_ray(2)
     idle = settled_idle_workers()
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    called, sink = time.time(), _Sink()
+    done = run_jobs(worker_facts, [{"kind": "x"}], None, name="warm",
+                    storage_path=out.parent / "tune", sink=sink,
+                    resources=TrialResources({"x": (1, 0)}))
+    out.write_text(json.dumps({"idle": sorted(idle), "called": called, "errors": sink.errors,
+                               "facts": [m for _, m in done]}))
+
+
+def test_trial_actor_runs_on_an_idle_preloaded_worker_with_pl_disable_fork(tmp_path):
+    out = tmp_path / "facts.json"
+    ray_dir = tempfile.mkdtemp(prefix="wmw-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WHICHMODEL_RAY_TEMP_DIR": ray_dir}
+    env.pop("RAY_ADDRESS", None)
     try:
-        called = time.time()
-        sink = Sink()
-        done = run_jobs(worker_facts, [{"kind": "x"}], None, name="warm",
-                        storage_path=tmp_path, sink=sink, resources=TrialResources({"x": (1, 0)}))
+        proc = subprocess.run([sys.executable, "-m", "tests.test_tune_workers", str(out)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert sink.errors == [] and len(done) == 1
-    facts = done[0][1]
-    assert facts["pid"] in idle and facts["created"] < called
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["errors"] == [] and len(got["facts"]) == 1
+    facts = got["facts"][0]
+    assert facts["pid"] in got["idle"] and facts["created"] < got["called"]
     assert facts["preloaded"] and facts["pl_disable_fork"] == "1"
+
+
+if __name__ == "__main__":
+    _driver(Path(sys.argv[1]))
