@@ -27,7 +27,7 @@ Keys of the JSON line (targets in brackets):
     that logs an MLflow run (``Tracker.log_pair``, local SQLite), timed from just before
     ``run_jobs`` to its return with Ray already started (``ray_init_s`` separately) and its
     prestarted workers done preloading torch, Lightning, timm and Tune
-    (``WORKER_SYSTEM_CONFIG``), as a sweep's first trial finds them: a new actor, a warm
+    (``worker_system_config``), as a sweep's first trial finds them: a new actor, a warm
     process.
     ``orchestration`` breaks it down: ``start_latency_s`` (run_jobs call -> trial function
     starts; of which ``tune_until_worker_imports_s`` until the worker starts importing this
@@ -337,12 +337,13 @@ def local_cluster(root: Path, nodes: int):
     common = {"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
     cluster = None
     try:
-        from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+        from sweeps.tune_runner import worker_system_config
 
-        # As cluster.yaml starts its nodes: prestarted workers preload torch and Lightning.
+        # As cluster.yaml starts its nodes: every node prestarts workers that preload torch,
+        # Lightning, timm and Tune.
         cluster = Cluster(initialize_head=True,
                           head_node_args={**common, "temp_dir": str(root / f"c{nodes}h"),
-                                          "_system_config": dict(WORKER_SYSTEM_CONFIG)})
+                                          "_system_config": worker_system_config()})
         for i in range(nodes - 1):
             cluster.add_node(**common, temp_dir=str(root / f"c{nodes}w{i}"))
         cluster.wait_for_nodes()

@@ -38,7 +38,11 @@ from ray import tune  # noqa: E402
 # function 5.5 s -> 0.13 s). Cluster nodes get the same through ``ray start --system-config``
 # (cluster.yaml). Each warm worker holds ~0.9 GB.
 PRELOAD_MODULES = ["torch", "pytorch_lightning", "timm", "ray.tune"]
-WORKER_SYSTEM_CONFIG = {"preload_python_modules": PRELOAD_MODULES, "enable_worker_prestart": True}
+
+
+def worker_system_config() -> dict[str, Any]:
+    """Ray's ``_system_config`` for warm workers, a new dict each call (Ray adds keys to it)."""
+    return {"preload_python_modules": list(PRELOAD_MODULES), "enable_worker_prestart": True}
 
 # Tune gives every trial actor the runtime env {"env_vars": {"PL_DISABLE_FORK": "1"}}, and Ray
 # then refuses the prestarted (preloaded) workers, which have the default env: each experiment's
@@ -67,7 +71,7 @@ def init_ray(num_cpus: int | None = None) -> None:
                                                                              dir="/tmp")
     os.makedirs(temp_dir, exist_ok=True)
     ray.init(num_cpus=num_cpus or os.cpu_count(), _temp_dir=temp_dir,
-             _system_config=dict(WORKER_SYSTEM_CONFIG), **kwargs)  # Ray adds to it
+             _system_config=worker_system_config(), **kwargs)
 
 
 def settled_idle_workers(timeout_s: float = 120.0, poll_s: float = 1.0) -> set[int]:

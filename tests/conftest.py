@@ -25,10 +25,10 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="wmt-", dir="/tmp")
-    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+    from sweeps.tune_runner import worker_system_config
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             logging_level=logging.WARNING, _system_config=dict(WORKER_SYSTEM_CONFIG))
+             logging_level=logging.WARNING, _system_config=worker_system_config())
     yield ray
     ray.shutdown()
 

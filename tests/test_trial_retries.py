@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import tune_runner
-from sweeps.tune_runner import TrialResources, job_key, lost_its_worker, run_jobs
+from sweeps.tune_runner import TrialResources, lost_its_worker, run_jobs
 
 
 class Sink:
@@ -51,6 +51,14 @@ def by_value():
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def _grant_first_round(monkeypatch, extra: int) -> None:
+    """``extra`` attempts beyond Tune's budget for the first experiment's failed trials."""
+    real = tune_runner._Forward._attempts_left
+    monkeypatch.setattr(tune_runner._Forward, "_attempts_left",
+                        lambda self, trial: real(self, trial) + (extra if self.attempts is None
+                                                                 else 0))
+
+
 def _run(tmp_path, jobs, max_failures):
     sink = Sink()
     finished = run_jobs(die_until, jobs, str(tmp_path), name="retries",
@@ -77,9 +85,7 @@ def test_lost_worker_errors_are_told_apart_from_the_trials_own_errors():
 def test_trial_that_lost_its_worker_after_tune_gave_up_runs_again_in_a_retry_round(
         ray_session, by_value, tmp_path, monkeypatch, capfd):
     # Tune's budget is spent (max_failures=0); one attempt more stands in for Tune giving up early.
-    monkeypatch.setattr(tune_runner._Forward, "_attempts_left",
-                        lambda self, trial: 2 - trial.num_failures if self.attempts is None
-                        else self.attempts.get(job_key(trial.config["job"]), 0))
+    _grant_first_round(monkeypatch, 1)
     jobs = [{"kind": "x", "name": "dies-once", "deaths": 1},
             {"kind": "x", "name": "healthy", "deaths": 0}]
     sink, finished = _run(tmp_path, jobs, max_failures=0)
@@ -95,9 +101,7 @@ def test_trial_that_lost_its_worker_after_tune_gave_up_runs_again_in_a_retry_rou
 
 def test_retry_rounds_stop_when_the_attempts_are_spent(ray_session, by_value, tmp_path,
                                                        monkeypatch):
-    monkeypatch.setattr(tune_runner._Forward, "_attempts_left",
-                        lambda self, trial: 3 - trial.num_failures if self.attempts is None
-                        else self.attempts.get(job_key(trial.config["job"]), 0))
+    _grant_first_round(monkeypatch, 2)
     sink, finished = _run(tmp_path, [{"kind": "x", "name": "always", "deaths": 99}],
                           max_failures=0)
     # Three attempts in all: the first experiment's and two retry rounds, each dying.

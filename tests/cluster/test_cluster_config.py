@@ -78,12 +78,12 @@ def test_workers_start_warm_as_the_local_ray_does(name):
     keeps trials off the preloaded workers."""
     import json
 
-    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+    from sweeps.tune_runner import worker_system_config
 
     cfg = _load(name)
     head = _start_commands(cfg, "head")
     (config,) = re.findall(r"--system-config='([^']*)'", head)
-    assert json.loads(config) == WORKER_SYSTEM_CONFIG
+    assert json.loads(config) == worker_system_config()
     for kind in ("head", "worker"):
         assert re.search(r"export [^;]*\bPL_DISABLE_FORK=1\b", _start_commands(cfg, kind))
 

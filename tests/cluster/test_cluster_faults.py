@@ -48,10 +48,10 @@ def test_worker_node_killed_mid_sweep_leaves_one_finished_run_per_key(tmp_path, 
     monkeypatch.setenv("WHICHMODEL_HOME", str(home))
     from ray.job_submission import JobSubmissionClient
 
-    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+    from sweeps.tune_runner import worker_system_config
 
-    with LocalCluster(head_cpus=0, workers=1,
-                      system_config={**WORKER_SYSTEM_CONFIG, **FAST_FAILURE_DETECTION}) as cluster:
+    system_config = {**worker_system_config(), **FAST_FAILURE_DETECTION}
+    with LocalCluster(head_cpus=0, workers=1, system_config=system_config) as cluster:
         url, first = cluster.dashboard_url, cluster.workers[0]
         build = subprocess.run(
             [sys.executable, "-m", "sweeps.cli", "zoo", "build",

@@ -48,10 +48,10 @@ def cluster_env(tmp_path_factory):
         mp.setenv(name, value)
     mp.setenv("WHICHMODEL_HOME", str(home))
     mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    from sweeps.tune_runner import WORKER_SYSTEM_CONFIG
+    from sweeps.tune_runner import worker_system_config
 
     # The cluster.yaml shape: a head that runs drivers only ({"CPU": 0}), a worker for trials.
-    cluster = LocalCluster(head_cpus=0, workers=1, system_config=dict(WORKER_SYSTEM_CONFIG))
+    cluster = LocalCluster(head_cpus=0, workers=1, system_config=worker_system_config())
     try:
         cluster.start()
         # The zoo, built on the cluster into the shared home folder.
