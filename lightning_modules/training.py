@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -330,21 +330,16 @@ def median_over_repeats(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
 
-def early_stop_proxy(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                     num_classes: int, lrs: Sequence[float], steps: int, repeats: int,
-                     batch_size: int, seed: int = 0) -> float:
-    """The paper's early-stop proxy (Appendix I): validation accuracy after a few fine-tune steps.
-
-    Zero-initialised head trained together with the network from the first step (no head stage,
-    no warm-up); per repetition the best learning rate's validation accuracy; median over
-    repetitions. Test data is never touched.
-    """
+def short_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                   num_classes: int) -> Callable[..., float]:
+    """``finetune(lr, steps, batch_size, seed) -> validation accuracy``: a few steps of fine-tuning
+    a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up (the training of
+    the early-stop proxy, :mod:`selection.early_stop`). The test split is never touched."""
     import copy
 
-    best = []
-    for rep in range(repeats):
-        accs = [run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
-                             head_steps=0, batch_size=batch_size, seed=seed + rep,
-                             warmup_steps=0, evaluate_test=False)["val_acc"] for lr in lrs]
-        best.append(max(accs))
-    return median_over_repeats(best)
+    def finetune(lr: float, steps: int, batch_size: int, seed: int) -> float:
+        return run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
+                            head_steps=0, batch_size=batch_size, seed=seed, warmup_steps=0,
+                            evaluate_test=False)["val_acc"]
+
+    return finetune

@@ -14,7 +14,8 @@ Repeated rows of one (model, task, metric) -- e.g. the 5 repetitions of a fine-t
 aggregated by their median (:func:`aggregate_records`).
 
 Model metadata (for task-agnostic ranking and named pools) is a second CSV with a ``model``
-column and any of ``imagenet_acc``, ``upstream_size``, ``params`` and ``pools``
+column and any of ``imagenet_acc`` (a fraction in [0, 1]), ``upstream_size``, ``params``,
+``feature_dim`` and ``pools``
 (``;``-separated pool names), read by :func:`read_models_csv`.
 
 Errors are :class:`RecordsError` and name the source, the CSV line (data row i, counted from 0,
@@ -29,11 +30,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from selection.checks import ACCURACY_RULE, accuracy_out_of_range
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "task", "metric", "value")
 GROUND_TRUTH = "finetune_test_acc"
 VALIDATION_ACC = "finetune_val_acc"
 PROXY_PREFIX = "proxy/"
-METADATA_NUMERIC: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params")
+METADATA_NUMERIC: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params", "feature_dim")
 METADATA_POOLS = "pools"
 POOL_ALL = "all"
 
@@ -108,9 +111,9 @@ def _validate(df: pd.DataFrame, source: str, lines: Sequence[int]) -> pd.DataFra
         found.append((i, f"line {lines[i]} {where(i)}: value {raw[i]!r} is not a finite number; "
                          "every value must be a finite number (no empty field, NaN, inf or text)"))
     is_acc = np.array([is_accuracy_metric(m) for m in out["metric"]], dtype=bool)
-    for i in np.flatnonzero(is_acc & ((values < 0.0) | (values > 1.0))):
+    for i in np.flatnonzero(is_acc & accuracy_out_of_range(values)):
         found.append((i, f"line {lines[i]} {where(i)}: accuracy {raw[i]!r} is outside [0, 1]; "
-                         "accuracies must be fractions in [0, 1]; divide percentages by 100"))
+                         f"{ACCURACY_RULE}"))
     _raise_problems(source, [msg for _, msg in sorted(found)], "value(s)")
 
     out["value"] = values
@@ -131,25 +134,32 @@ def validate_records(df: pd.DataFrame, source: str = "records") -> pd.DataFrame:
     return _validate(df, source, [i + 2 for i in range(len(df))])
 
 
+def read_csv_rows(path: str | Path, what: str, header_hint: str) -> tuple[pd.DataFrame, list[int]]:
+    """The one CSV preamble of records and models files: the rows as strings (wholly blank lines
+    dropped) and each row's line number in the file; :class:`RecordsError` naming the file and
+    the expected header when it is missing, empty or not a readable CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordsError(f"{path}: no such {what} file; pass a CSV with {header_hint}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise RecordsError(f"{path}: the file is empty; expected {header_hint}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise RecordsError(f"{path}: not a readable CSV ({exc}); expected {header_hint}") from exc
+    lines = np.arange(len(df)) + 2
+    blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
+    return df.loc[~blank].reset_index(drop=True), lines[~blank].tolist()
+
+
 def read_records_csv(path: str | Path) -> pd.DataFrame:
     """Read and validate a long records CSV (header ``model,task,metric,value``).
 
     Line numbers in errors are the file's own line numbers; wholly blank lines are ignored.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RecordsError(f"{path}: no such records file; pass a CSV with header model,task,metric,value")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise RecordsError(f"{path}: the file is empty; expected the header line model,task,metric,value") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise RecordsError(f"{path}: not a readable CSV ({exc}); expected columns model,task,metric,value") from exc
+    df, lines = read_csv_rows(path, "records", "the header line model,task,metric,value")
     _require_columns(df, str(path))
-    lines = np.arange(len(df)) + 2
-    blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
-    df, lines = df.loc[~blank], lines[~blank]
-    return _validate(df, str(path), lines.tolist())
+    return _validate(df, str(path), lines)
 
 
 def aggregate_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -200,24 +210,14 @@ def read_models_csv(path: str | Path) -> pd.DataFrame:
     Other columns are kept as strings. Raises :class:`RecordsError` for a missing ``model``
     column, an empty or duplicate model name, or a non-numeric value, naming the line.
     """
-    path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise RecordsError(f"{path}: no such model metadata file; pass a CSV with a 'model' column")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise RecordsError(f"{path}: the file is empty; expected a header line starting with 'model'") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise RecordsError(f"{path}: not a readable CSV ({exc})") from exc
+    df, lines = read_csv_rows(path, "model metadata",
+                              "a header line starting with 'model' (a 'model' column)")
     if "model" not in df.columns:
         raise RecordsError(
             f"{source}: no 'model' column; model metadata needs a 'model' column and any of "
             f"{', '.join(METADATA_NUMERIC)}, {METADATA_POOLS}; found columns {list(df.columns)}"
         )
-    lines = np.arange(len(df)) + 2
-    blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
-    df, lines = df.loc[~blank].reset_index(drop=True), lines[~blank].tolist()
 
     problems: list[str] = []
     first_line: dict[str, int] = {}
@@ -245,6 +245,10 @@ def read_models_csv(path: str | Path) -> pd.DataFrame:
                 f"line {lines[i]} (model={out['model'].iloc[i]!r}): {col} {raw.iloc[i]!r} is not a "
                 "finite number; leave the field empty when unknown"
             )
+        if is_accuracy_metric(col):
+            for i in np.flatnonzero(accuracy_out_of_range(values.to_numpy())):
+                problems.append(f"line {lines[i]} (model={out['model'].iloc[i]!r}): {col} "
+                                f"{raw.iloc[i]!r} is outside [0, 1]; {ACCURACY_RULE}")
         out[col] = values
     _raise_problems(source, problems, "metadata value(s)")
     if METADATA_POOLS in out.columns:

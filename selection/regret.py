@@ -23,20 +23,14 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from selection.checks import check_accuracies
+
 ArrayLike = float | np.ndarray
 ZERO_TOLERANCE = 1e-12
 
 
 def _as_fractions(name: str, value: object) -> np.ndarray:
-    arr = np.asarray(value, dtype=float)
-    finite = arr[np.isfinite(arr)]
-    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
-        bad = finite[(finite < 0.0) | (finite > 1.0)][0]
-        raise ValueError(
-            f"{name}: accuracy {bad!r} is outside [0, 1]; accuracies must be fractions in [0, 1]; "
-            "divide percentages by 100"
-        )
-    return arr
+    return check_accuracies(value, name)
 
 
 def _scalar_or_array(arr: np.ndarray) -> ArrayLike:

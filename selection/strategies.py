@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
+from whichmodel.registry import Registry
 
 TASK_AGNOSTIC = "task_agnostic"
 ORACLE = "oracle"
@@ -50,7 +51,6 @@ CHOICENET_V2 = "choicenet_v2"
 TASK_AGNOSTIC_KEYS: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params")
 
 Scores = Mapping[str, pd.DataFrame]
-Factory = Callable[[Scores, "pd.DataFrame | None"], "Strategy"]
 
 
 @runtime_checkable
@@ -170,28 +170,84 @@ class RandomStrategy:
         )
 
 
-_REGISTRY: dict[str, Factory] = {}
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy factory may read: the score tables and the model metadata.
 
-
-def register_strategy(name: str, factory: Factory) -> None:
-    """Add a named strategy: ``factory(scores, metadata) -> Strategy``.
-
-    Registered names are listed by :func:`list_strategies` after the hybrids.
+    ``scores`` maps a metric to its pivot table (index model, columns task): proxy tables
+    (``proxy/...``), the ground truth ``finetune_test_acc`` and predicted-accuracy tables
+    (``choicenet_v1`` ...); ``name`` is the strategy asked for (a family's factory reads it).
     """
-    reserved = {TASK_AGNOSTIC, ORACLE, RANDOM}
-    if name in reserved or name.startswith((PROXY_PREFIX, HYBRID_PREFIX)):
+
+    name: str
+    scores: Scores
+    metadata: pd.DataFrame | None = None
+
+    def table(self, metric: str) -> pd.DataFrame:
+        if metric not in self.scores:
+            raise UnknownStrategyError(f"strategy {self.name!r} needs scores for metric {metric!r}; "
+                                       f"scores given: {sorted(self.scores)}")
+        return self.scores[metric]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy, or a family of them (``offers`` lists its names).
+
+    ``offers(proxies, predicted)`` gives the names a family provides for these proxy metrics and
+    predicted tables (None: the spec's own name only); ``uses_task_results``: it reads the task's
+    own fine-tune results (a bound, not a strategy anyone can use on a new task); ``order``
+    places it in :func:`list_strategies` (built-ins 0-30 and 90+, others 50 by default).
+    """
+
+    name: str
+    factory: Callable[[StrategyContext], Strategy]
+    offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None
+    uses_task_results: bool = False
+    order: int = 50
+
+    def names(self, proxies: Sequence[str], predicted: Sequence[str]) -> list[str]:
+        return [self.name] if self.offers is None else list(self.offers(proxies, predicted))
+
+
+STRATEGIES: Registry[StrategySpec] = Registry("strategy")
+
+
+def register_strategy(name: str, factory: Callable[[StrategyContext], Strategy] | None = None, *,
+                      offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None,
+                      uses_task_results: bool = False, order: int = 50):
+    """Register ``factory(ctx) -> Strategy`` as ``name`` (or, with ``offers``, as a family named
+    ``name``); a decorator when ``factory`` is omitted. Names of the built-in strategies and
+    families are refused."""
+    taken = {spec.name for _, spec in STRATEGIES.items()} | {GROUND_TRUTH}
+    if name in taken or (offers is None and name.startswith((PROXY_PREFIX, HYBRID_PREFIX))):
         raise ValueError(f"register_strategy: {name!r} is built in or reserved; choose another name")
-    if name in _REGISTRY:
-        raise ValueError(f"register_strategy: {name!r} is already registered")
-    _REGISTRY[name] = factory
+
+    def add(fn: Callable[[StrategyContext], Strategy]) -> Callable[[StrategyContext], Strategy]:
+        STRATEGIES.register(name, StrategySpec(name, fn, offers, uses_task_results, order))
+        return fn
+
+    return add if factory is None else add(factory)
+
+
+def _specs() -> list[StrategySpec]:
+    return sorted((spec for _, spec in STRATEGIES.items()), key=lambda spec: spec.order)
 
 
 def list_strategies(proxies: Sequence[str], predicted: Sequence[str] = ()) -> list[str]:
     """Strategy names for these proxy metrics and predicted-accuracy tables (e.g. ChoiceNet's):
     ``["task_agnostic", *proxies, *("hybrid:" + p), *predicted, *registered, "oracle", "random"]``."""
-    proxies = list(proxies)
-    return [TASK_AGNOSTIC, *proxies, *(HYBRID_PREFIX + p for p in proxies), *predicted, *_REGISTRY,
-            ORACLE, RANDOM]
+    return [n for spec in _specs() for n in spec.names(list(proxies), list(predicted))]
+
+
+def get_strategy_spec(name: str, proxies: Sequence[str] = (), predicted: Sequence[str] = ()
+                      ) -> StrategySpec:
+    """The spec that provides ``name`` for these proxies and predicted tables."""
+    for spec in _specs():
+        if name in spec.names(list(proxies), list(predicted)):
+            return spec
+    raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these scores: "
+                               f"{list_strategies(proxies, predicted)}")
 
 
 def check_predicted_name(name: object) -> str:
@@ -200,19 +256,19 @@ def check_predicted_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise ValueError(f"predictions: name {name!r} must be a non-empty string without surrounding "
                          "whitespace, e.g. 'choicenet_v1'")
-    if name in {TASK_AGNOSTIC, ORACLE, RANDOM, GROUND_TRUTH} or name in _REGISTRY or \
-            name.startswith((PROXY_PREFIX, HYBRID_PREFIX)):
+    fixed = {spec.name for spec in _specs() if spec.offers is None}
+    if name in fixed or name == GROUND_TRUTH or name.startswith((PROXY_PREFIX, HYBRID_PREFIX)):
         raise ValueError(f"predictions: name {name!r} is a built-in, registered or proxy strategy "
                          f"name; call predicted accuracies e.g. {CHOICENET_V1!r} or {CHOICENET_V2!r}")
     return name
 
 
-def _table(scores: Scores, metric: str, wanted_by: str) -> pd.DataFrame:
-    if metric not in scores:
-        raise UnknownStrategyError(
-            f"strategy {wanted_by!r} needs scores for metric {metric!r}; scores given: {sorted(scores)}"
-        )
-    return scores[metric]
+def _proxies_of(scores: Scores) -> list[str]:
+    return sorted(m for m in scores if m.startswith(PROXY_PREFIX))
+
+
+def _predicted_of(scores: Scores) -> list[str]:
+    return sorted(m for m in scores if m != GROUND_TRUTH and not m.startswith(PROXY_PREFIX))
 
 
 def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = None) -> Strategy:
@@ -223,28 +279,49 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
     name; ``metadata``: model metadata for ``task_agnostic`` and hybrids (or None).
     Raises :class:`UnknownStrategyError` (a KeyError) listing the known names.
     """
-    if name == TASK_AGNOSTIC:
-        return TaskAgnosticStrategy(metadata)
-    if name == ORACLE:
-        return ScoreStrategy(ORACLE, _table(scores, GROUND_TRUTH, name))
-    if name == RANDOM:
-        return RandomStrategy()
-    if name in _REGISTRY:
-        return _REGISTRY[name](scores, metadata)
-    proxies = sorted(m for m in scores if m.startswith(PROXY_PREFIX))
-    if name.startswith(HYBRID_PREFIX) and name[len(HYBRID_PREFIX):] in proxies:
-        proxy = name[len(HYBRID_PREFIX):]
-        return HybridStrategy(name, TaskAgnosticStrategy(metadata), ScoreStrategy(proxy, scores[proxy]))
-    if name in proxies:
-        return ScoreStrategy(name, scores[name])
-    predicted = sorted(m for m in scores if m != GROUND_TRUTH and not m.startswith(PROXY_PREFIX))
-    if name in predicted:
-        return ScoreStrategy(name, scores[name])
-    hint = ""
-    if name in (CHOICENET_V1, CHOICENET_V2):
-        hint = (f"; {name!r} ranks by ChoiceNet's predicted accuracy: pass "
-                f"predictions={{{name!r}: table}} (lightning_modules.choicenet.predict_choicenet)")
-    raise UnknownStrategyError(
-        f"unknown strategy {name!r}; known strategies for these scores: "
-        f"{list_strategies(proxies, predicted)}{hint}"
-    )
+    proxies, predicted = _proxies_of(scores), _predicted_of(scores)
+    try:
+        spec = get_strategy_spec(name, proxies, predicted)
+    except UnknownStrategyError:
+        hint = ""
+        if name in (CHOICENET_V1, CHOICENET_V2):
+            hint = (f"; {name!r} ranks by ChoiceNet's predicted accuracy: pass "
+                    f"predictions={{{name!r}: table}} (lightning_modules.choicenet.predict_choicenet)")
+        raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these "
+                                   f"scores: {list_strategies(proxies, predicted)}{hint}") from None
+    return spec.factory(StrategyContext(name, scores, metadata))
+
+
+# ------------------------------------------------------------------------ the built-in strategies
+@register_strategy(TASK_AGNOSTIC, order=0)
+def _task_agnostic(ctx: StrategyContext) -> Strategy:
+    return TaskAgnosticStrategy(ctx.metadata)
+
+
+@register_strategy("proxy/<name>", offers=lambda proxies, predicted: list(proxies), order=10)
+def _proxy(ctx: StrategyContext) -> Strategy:
+    return ScoreStrategy(ctx.name, ctx.table(ctx.name))
+
+
+@register_strategy("hybrid:<proxy>", order=20,
+                   offers=lambda proxies, predicted: [HYBRID_PREFIX + p for p in proxies])
+def _hybrid(ctx: StrategyContext) -> Strategy:
+    proxy = ctx.name[len(HYBRID_PREFIX):]
+    return HybridStrategy(ctx.name, TaskAgnosticStrategy(ctx.metadata),
+                          ScoreStrategy(proxy, ctx.table(proxy)))
+
+
+@register_strategy("<predicted table>", offers=lambda proxies, predicted: list(predicted),
+                   order=30)
+def _predicted(ctx: StrategyContext) -> Strategy:
+    return ScoreStrategy(ctx.name, ctx.table(ctx.name))
+
+
+@register_strategy(ORACLE, order=90, uses_task_results=True)
+def _oracle(ctx: StrategyContext) -> Strategy:
+    return ScoreStrategy(ORACLE, ctx.table(GROUND_TRUTH))
+
+
+@register_strategy(RANDOM, order=99)
+def _random(ctx: StrategyContext) -> Strategy:
+    return RandomStrategy()

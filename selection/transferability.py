@@ -9,7 +9,7 @@ device), a float out, higher is better. Everything is computed in float64 on CPU
 Cost: every score reduces to an eigendecomposition of the N x N Gram matrix when N <= D (VTAB-1k:
 N = 800, D = 512..4096), else to a thin SVD of the N x D matrix; nothing of size D x D is formed.
 :func:`selection.proxies.compute_proxies` shares these decompositions between the scores of one
-probe trial (:class:`TaskFeatures`). Input checks are :mod:`selection.proxies`' (``ValueError``
+probe trial (:class:`TaskFeatures`). Input checks are :mod:`selection.checks`' (``ValueError``
 naming the array and the fix: NaN/inf, a class without examples, a single class, labels that are
 not 0..C-1).
 
@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from selection.proxies import _check_classes, _check_features, _check_labels
+from selection.checks import check_classes, check_features, check_labels
+from selection.proxy_registry import ProxyInputs, register_proxy
 
 __all__ = [
     "TaskFeatures",
@@ -70,13 +71,13 @@ def _to_numpy64(x: Any) -> np.ndarray:
 
 
 def _check_task_labels(labels: Any, n_rows: int, rows_of: str) -> tuple[np.ndarray, int]:
-    y = _check_labels(labels, "labels")
+    y = check_labels(labels, "labels")
     if len(y) != n_rows:
         raise ValueError(
             f"{rows_of} has {n_rows} rows but labels has {len(y)} entries; pass one label per "
             f"example, in the same order."
         )
-    return y, _check_classes(y, "labels")
+    return y, check_classes(y, "labels")
 
 
 class _Spectrum(NamedTuple):
@@ -116,7 +117,7 @@ class TaskFeatures:
 
     @classmethod
     def from_arrays(cls, features: Any, labels: Any) -> TaskFeatures:
-        x = _check_features(features, "features")
+        x = check_features(features, "features")
         y, n_classes = _check_task_labels(labels, x.shape[0], "features")
         return cls(x, y, n_classes)
 
@@ -281,7 +282,7 @@ def logme_fit(
 
 def check_source_probs(source_probs: Any, name: str = "source_probs") -> np.ndarray:
     """``source_probs`` as float64 (N, Z); ValueError unless 2-D, finite, >= 0, rows sum to 1."""
-    p = _to_numpy64(_check_features(source_probs, name))
+    p = _to_numpy64(check_features(source_probs, name))
     if p.min() < 0:
         r, c = (int(v) for v in np.argwhere(p < 0)[0])
         raise ValueError(
@@ -338,7 +339,7 @@ def nce(source_labels: Any, labels: Any) -> float:
 
     NCE <= 0 (0: the target label is a function of the source label); higher is better.
     """
-    z = _check_labels(source_labels, "source_labels")
+    z = check_labels(source_labels, "source_labels")
     y, n_classes = _check_task_labels(labels, len(z), "source_labels")
     return nce_score(z, y, n_classes)
 
@@ -468,3 +469,50 @@ def transrate_score(tf: TaskFeatures, *, eps: float = 1e-4) -> float:
             block = zc @ zc.T if len(rows) <= d else zc.T @ zc
         class_rate += _half_logdet_eye_plus(block, 1.0 / (len(rows) * eps))
     return rate - class_rate / tf.n_classes
+
+
+# --------------------------------------------------------------------------------------------
+# Registered proxies: one probe trial's scores share one TaskFeatures
+# --------------------------------------------------------------------------------------------
+
+
+def task_features(inputs: ProxyInputs) -> TaskFeatures:
+    """The trial's shared :class:`TaskFeatures` of the training split (built on first use)."""
+    return inputs.cached("task_features",
+                         lambda: TaskFeatures(inputs.train_x, inputs.train_y, inputs.n_classes))
+
+
+@register_proxy("logme")
+def logme_proxy(inputs: ProxyInputs) -> float:
+    """LogME (You et al., ICML 2021): maximum log evidence of linear models on the features."""
+    return logme_score(task_features(inputs))
+
+
+@register_proxy("leep", needs=("source_probs",))
+def leep_proxy(inputs: ProxyInputs) -> float:
+    """LEEP (Nguyen et al., ICML 2020): log expected empirical prediction of the source head."""
+    return leep_score(inputs.source_probs_train, inputs.train_y, inputs.n_classes)
+
+
+@register_proxy("nce", needs=("source_probs",))
+def nce_proxy(inputs: ProxyInputs) -> float:
+    """NCE (Tran et al., ICCV 2019): negative conditional entropy given the source labels."""
+    return nce_score(inputs.source_probs_train.argmax(axis=1), inputs.train_y, inputs.n_classes)
+
+
+@register_proxy("hscore")
+def hscore_proxy(inputs: ProxyInputs) -> float:
+    """H-score (Bao et al., ICIP 2019)."""
+    return hscore_score(task_features(inputs))
+
+
+@register_proxy("hscore_lw")
+def hscore_lw_proxy(inputs: ProxyInputs) -> float:
+    """H-score with Ledoit-Wolf shrinkage (Ibrahim et al., ECML-PKDD 2022)."""
+    return hscore_score(task_features(inputs), regularized=True)
+
+
+@register_proxy("transrate")
+def transrate_proxy(inputs: ProxyInputs) -> float:
+    """TransRate (Huang et al., ICML 2022): coding rate minus the rate given the labels."""
+    return transrate_score(task_features(inputs))

@@ -10,23 +10,18 @@ from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from selection import knn as knn_module
+from selection import linear_probe as lp
 from selection import proxies, transferability
-from selection.proxies import (
-    NEEDS_SOURCE,
-    PROXY_NAMES,
-    TaskFeatures,
-    check_inputs,
-    compute_proxies,
-    hscore,
-    knn_accuracy,
-    knn_predict,
-    leep,
-    linear_probe,
-    linear_probe_runs,
-    logme,
-    nce,
-    transrate,
-)
+from selection.checks import check_inputs
+from selection.knn import knn_accuracy, knn_predict
+from selection.linear_probe import linear_probe, linear_probe_runs
+from selection.proxies import compute_proxies, list_proxies
+from selection.transferability import TaskFeatures, hscore, leep, logme, nce, transrate
+
+#: The proxies that read one forward pass's features (early_stop fine-tunes instead).
+PROXY_NAMES = tuple(n for n in list_proxies() if "finetune" not in proxies.get_proxy(n).needs)
+NEEDS_SOURCE = frozenset(list_proxies("source_probs"))
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +129,7 @@ def test_knn_tie_rules_documented():
 def test_knn_blocks_bounded_and_result_unchanged(monkeypatch):
     x, y, xe, ye = _knn_data(5)
     full = knn_predict(x, y, xe, k=3)
-    monkeypatch.setattr(proxies, "_KNN_MAX_BLOCK_ELEMENTS", len(x) * 3)  # 3 eval rows a block
+    monkeypatch.setattr(knn_module, "_KNN_MAX_BLOCK_ELEMENTS", len(x) * 3)  # 3 eval rows a block
     np.testing.assert_array_equal(knn_predict(x, y, xe, k=3), full)
 
 
@@ -148,7 +143,7 @@ def test_knn_argmin_and_argpartition_paths_agree_on_ties(monkeypatch, k):
     y[:4] = np.arange(4)
     q = np.concatenate([base[:20], rng.normal(size=(20, 4))])
     iterative = knn_predict(x, y, q, k=k)
-    monkeypatch.setattr(proxies, "_KNN_ITERATIVE_MAX_K", 0)
+    monkeypatch.setattr(knn_module, "_KNN_ITERATIVE_MAX_K", 0)
     np.testing.assert_array_equal(knn_predict(x, y, q, k=k), iterative)
     # Reference: a stable sort of the (exactly computed) distances, then the vote.
     d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
@@ -189,7 +184,7 @@ def test_knn_bad_arguments():
 
 def _reference_head(x, y, n_classes, lr, steps, batch_size, seed):
     """One head alone, unbatched: plain SGD on the mean cross-entropy, float32."""
-    idx = proxies._minibatch_indices(len(x), steps, batch_size, seed)
+    idx = lp._minibatch_indices(len(x), steps, batch_size, seed)
     w = torch.zeros(x.shape[1], n_classes)
     b = torch.zeros(n_classes)
     for t in range(steps):
@@ -204,9 +199,9 @@ def _reference_head(x, y, n_classes, lr, steps, batch_size, seed):
 def test_batched_heads_equal_unbatched_reference():
     xtr, ytr, xva, yva = _blobs(3, n_train=120, n_val=80, dim=7, n_classes=3, spread=0.5)
     lrs, steps, repeats, bsz, seed = (0.5, 0.1, 0.01), 40, 3, 16, 11
-    xs, xv = proxies._standardise(torch.from_numpy(xtr), torch.from_numpy(xva))
+    xs, xv = lp._standardise(torch.from_numpy(xtr), torch.from_numpy(xva))
     yt, yv = torch.from_numpy(ytr), torch.from_numpy(yva)
-    w, b = proxies._train_heads(xs, yt, 3, lrs, steps, repeats, bsz, seed)
+    w, b = lp._train_heads(xs, yt, 3, lrs, steps, repeats, bsz, seed)
     runs = linear_probe_runs(xtr, ytr, xva, yva, lrs=lrs, steps=steps, repeats=repeats,
                              batch_size=bsz, seed=seed)
     assert runs.shape == (repeats, len(lrs))
@@ -221,15 +216,15 @@ def test_batched_heads_equal_unbatched_reference():
 
 
 def test_minibatches_are_shuffled_epochs():
-    idx = proxies._minibatch_indices(10, steps=7, batch_size=4, seed=3)
+    idx = lp._minibatch_indices(10, steps=7, batch_size=4, seed=3)
     assert idx.shape == (7, 4)
     stream = idx.flatten()
     for e in range(2):  # 28 indices: two full epochs, then a partial one
         assert sorted(stream[10 * e : 10 * (e + 1)].tolist()) == list(range(10))
-    assert torch.equal(idx, proxies._minibatch_indices(10, 7, 4, 3))
-    assert not torch.equal(idx, proxies._minibatch_indices(10, 7, 4, 4))
+    assert torch.equal(idx, lp._minibatch_indices(10, 7, 4, 3))
+    assert not torch.equal(idx, lp._minibatch_indices(10, 7, 4, 4))
     # batch_size > n: full-batch steps
-    assert proxies._minibatch_indices(5, 2, 64, 0).shape == (2, 5)
+    assert lp._minibatch_indices(5, 2, 64, 0).shape == (2, 5)
 
 
 def test_linear_probe_separable_blobs():
@@ -390,12 +385,12 @@ def test_row_space_heads_equal_plain_heads_when_d_exceeds_n():
     # twice): the dual (row-space) SGD must still follow the plain iterates.
     xtr, ytr, xva, yva = _blobs(8, n_train=30, n_val=50, dim=70, n_classes=3, spread=0.8)
     lrs, steps, repeats, bsz, seed = (0.1, 0.01), 60, 3, 16, 5
-    x64, v64 = proxies._standardise64(torch.from_numpy(xtr), torch.from_numpy(xva))
+    x64, v64 = lp._standardise64(torch.from_numpy(xtr), torch.from_numpy(xva))
     yt = torch.from_numpy(ytr)
-    w, b = proxies._train_heads(x64.float(), yt, 3, lrs, steps, repeats, bsz, seed)
-    a, bd = proxies._train_heads_dual((x64 @ x64.T).float(), yt, 3, lrs, steps, repeats, bsz,
+    w, b = lp._train_heads(x64.float(), yt, 3, lrs, steps, repeats, bsz, seed)
+    a, bd = lp._train_heads_dual((x64 @ x64.T).float(), yt, 3, lrs, steps, repeats, bsz,
                                       seed)
-    wd, bd = proxies._dual_to_weights(x64, a, bd, len(lrs))
+    wd, bd = lp._dual_to_weights(x64, a, bd, len(lrs))
     assert wd.shape == w.shape and bd.shape == b.shape
     xv = v64.float()
     logits = torch.einsum("md,rldc->rlmc", xv, w) + b[:, :, None]
@@ -403,7 +398,7 @@ def test_row_space_heads_equal_plain_heads_when_d_exceeds_n():
     torch.testing.assert_close(logits_dual, logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bd, b, atol=1e-6, rtol=0)
     # linear_probe_runs takes the dual path here (D > N): same accuracies as the plain heads.
-    plain = proxies._head_accuracies(w, b, xv, torch.from_numpy(yva)).numpy()
+    plain = lp._head_accuracies(w, b, xv, torch.from_numpy(yva)).numpy()
     runs = linear_probe_runs(xtr, ytr, xva, yva, lrs=lrs, steps=steps, repeats=repeats,
                              batch_size=bsz, seed=seed)
     np.testing.assert_array_equal(runs, plain)
@@ -616,8 +611,8 @@ def test_transrate_equals_dxd_reference(n, d):
 def test_knn_float32_screen_keeps_tie_rules(monkeypatch, k):
     # Force the screen onto the tie-heavy low-dimensional data (duplicates with conflicting
     # labels, zero distances): ruled-out columns must never change a prediction.
-    monkeypatch.setattr(proxies, "_KNN_SCREEN_MIN_DIM", 1)
-    monkeypatch.setattr(proxies, "_KNN_SCREEN_MAX_FRACTION", 1.0)
+    monkeypatch.setattr(knn_module, "_KNN_SCREEN_MIN_DIM", 1)
+    monkeypatch.setattr(knn_module, "_KNN_SCREEN_MAX_FRACTION", 1.0)
     for seed in range(2):
         x, y, xe, _ = _knn_data(seed)
         if k > 1:
@@ -635,14 +630,14 @@ def test_knn_float32_screen_prunes_and_matches_sklearn(monkeypatch):
     y[:5] = np.arange(5)
     xe = rng.normal(size=(150, 96))
     xe[:20] = x[:20] * (1 + 1e-7)  # near-ties
-    assert proxies._Float32Screen.usable(96, 1e4)
-    screen = proxies._Float32Screen(x, np.einsum("ij,ij->i", x, x), 1e4)
+    assert knn_module._Float32Screen.usable(96, 1e4)
+    screen = knn_module._Float32Screen(x, np.einsum("ij,ij->i", x, x), 1e4)
     kept = screen.candidates(xe, np.einsum("ij,ij->i", xe, xe), 1).sum(axis=1)
     assert kept.min() >= 1 and kept.max() < 40  # most of the training set is ruled out
     for k in (1, 3):
         ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(x, y).predict(xe)
         np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref)
-        monkeypatch.setattr(proxies, "_KNN_SCREEN_MIN_DIM", 10**9)  # the exact path only
+        monkeypatch.setattr(knn_module, "_KNN_SCREEN_MIN_DIM", 10**9)  # the exact path only
         np.testing.assert_array_equal(knn_predict(x, y, xe, k=k), ref)
         monkeypatch.undo()
 
@@ -661,7 +656,7 @@ def test_compute_proxies_every_name_with_individual_values():
     xtr, ytr, xva, yva, probs = _trial_data()
     lin = {"steps": 30, "repeats": 2}
     out = compute_proxies(PROXY_NAMES, xtr, ytr, xva, yva, source_probs_train=probs,
-                          linear_kwargs=lin, knn_kwargs={"k": 3})
+                          settings={"linear": lin, "knn": {"k": 3}})
     assert list(out) == list(PROXY_NAMES)
     assert all(isinstance(v, float) and s >= 0 for v, s in out.values())
     want = {
@@ -690,13 +685,15 @@ def test_compute_proxies_skips_source_proxies_without_probs_and_keeps_order():
 
 def test_compute_proxies_rejects_unknown_names_keys_and_bad_inputs():
     xtr, ytr, xva, yva, probs = _trial_data(2)
-    with pytest.raises(ValueError, match=r"unknown proxy name\(s\) \['logme2'\]; known proxies: "
-                                         r"linear, knn, logme, leep, nce, hscore, hscore_lw"):
+    with pytest.raises(ValueError, match=r"unknown proxy 'logme2'; known: linear, knn, logme, "
+                                         r"leep, nce, hscore, hscore_lw"):
         compute_proxies(["logme", "logme2"], xtr, ytr, xva, yva)
-    with pytest.raises(ValueError, match=r"linear_kwargs has unknown key\(s\) \['step'\]"):
-        compute_proxies(["linear"], xtr, ytr, xva, yva, linear_kwargs={"step": 3})
-    with pytest.raises(ValueError, match=r"knn_kwargs has unknown key\(s\) \['n_neighbors'\]"):
-        compute_proxies(["knn"], xtr, ytr, xva, yva, knn_kwargs={"n_neighbors": 3})
+    with pytest.raises(ValueError, match=r"settings of proxy 'linear' have unknown key\(s\) "
+                                         r"\['step'\]"):
+        compute_proxies(["linear"], xtr, ytr, xva, yva, settings={"linear": {"step": 3}})
+    with pytest.raises(ValueError, match=r"settings of proxy 'knn' have unknown key\(s\) "
+                                         r"\['n_neighbors'\]"):
+        compute_proxies(["knn"], xtr, ytr, xva, yva, settings={"knn": {"n_neighbors": 3}})
     with pytest.raises(ValueError, match=r"source_probs_train has 59 rows but train_x has 60"):
         compute_proxies(["leep"], xtr, ytr, xva, yva, source_probs_train=probs[:-1])
     bad = xtr.copy()
@@ -758,7 +755,8 @@ def test_source_scores_reject_bad_inputs():
         nce(p.argmax(1)[:-1], y)
 
 
-def test_proxies_module_reexports_the_closed_form_scores():
-    for name in ("logme", "leep", "nce", "hscore", "transrate", "TaskFeatures"):
-        assert getattr(proxies, name) is getattr(transferability, name)
-    assert proxies.list_proxies() == list(PROXY_NAMES)
+def test_the_registry_lists_every_proxy_once_with_what_it_needs():
+    assert set(list_proxies()) == {"linear", "knn", "logme", "leep", "nce", "hscore", "hscore_lw",
+                                   "transrate", "early_stop"}
+    assert list_proxies("finetune") == ["early_stop"]
+    assert proxies.get_proxy("logme").score is transferability.logme_proxy

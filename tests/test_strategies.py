@@ -144,13 +144,15 @@ def test_oracle_without_ground_truth_says_what_is_missing():
         create_strategy("oracle", {}, None)
 
 
-def test_register_strategy_adds_a_named_factory(scores, monkeypatch):
-    monkeypatch.setattr(strategies_module, "_REGISTRY", {})
-    register_strategy("choicenet", lambda sc, meta: ScoreStrategy("choicenet", sc["proxy/knn"]))
-    assert list_strategies(["proxy/knn"])[-3:] == ["choicenet", "oracle", "random"]
-    assert create_strategy("choicenet", scores, None).rank("t2", MODELS) == ["d", "c", "b", "a"]
+def test_register_strategy_adds_a_named_factory(scores):
+    register_strategy("choicenet", lambda ctx: ScoreStrategy("choicenet", ctx.scores["proxy/knn"]))
+    try:
+        assert list_strategies(["proxy/knn"])[-3:] == ["choicenet", "oracle", "random"]
+        assert create_strategy("choicenet", scores, None).rank("t2", MODELS) == ["d", "c", "b", "a"]
+    finally:
+        strategies_module.STRATEGIES.unregister("choicenet")
     with pytest.raises(ValueError, match="reserved"):
-        register_strategy("oracle", lambda sc, meta: None)
+        register_strategy("oracle", lambda ctx: None)
 
 
 def test_choicenet_strategies_rank_by_predicted_accuracy(scores):
