@@ -142,7 +142,8 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None) -
     from sweeps.reporting import results_table, write_and_log
 
     if fmt and output == "-":
-        from selection.report import format_markdown, write_report
+        from selection.report_files import write_report
+        from selection.report_text import format_markdown
 
         write_report(report, out_dir)
         text = {"json": lambda: json.dumps(report, indent=2, sort_keys=True),

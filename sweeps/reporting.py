@@ -90,7 +90,8 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
 
 def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None,
                   stream=None) -> dict[str, Path]:
-    from selection.report import format_table, write_report
+    from selection.report_files import write_report
+    from selection.report_text import format_table
 
     stream = stream or sys.stdout
     files = write_report(report, out_dir)

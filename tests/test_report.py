@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selection import report as report_module
+from selection import report_plots
 from selection.records import (
     RecordsError,
     aggregate_records,
@@ -24,7 +24,9 @@ from selection.records import (
 from scipy.stats import pearsonr, weightedtau
 
 from selection.pools import list_pools, resolve_pool
-from selection.report import compute_report, format_markdown, format_table, write_report
+from selection.report import compute_report
+from selection.report_files import write_report
+from selection.report_text import format_markdown, format_table
 
 ACC = {  # finetune_test_acc; c has no value on t3 (a missing pair); t4 is all 1.0
     "t1": {"a": 0.9, "b": 0.8, "c": 0.7},
@@ -317,7 +319,7 @@ def test_write_report_failure_leaves_no_partial_file(report, tmp_path, monkeypat
     def broken_png(_report):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(report_module, "_render_png", broken_png)
+    monkeypatch.setattr(report_plots, "render_png", broken_png)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(report, tmp_path)
     assert os.listdir(tmp_path) == []

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selection.report import compute_report, format_table, write_report
+from selection.report import compute_report
+from selection.report_files import write_report
+from selection.report_text import format_table
 
 N_MODELS, N_TASKS, N_PROXIES = 200, 15, 10
 BUDGET_S = 10.0

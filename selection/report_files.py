@@ -1,0 +1,59 @@
+"""The regret report's files: ``regret.md``, ``regret.csv``, ``regret.json`` and four PNG figures.
+
+:func:`write_report` renders every file in memory first (:mod:`selection.report_text`,
+:mod:`selection.report_plots`), then publishes each one through
+:func:`whichmodel.files.atomic_write`, so a failure while rendering writes nothing and a failure
+while writing leaves no partial or temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from selection import report_plots
+from selection.report_text import format_markdown, render_csv
+from whichmodel.files import atomic_write
+
+REPORT_FILES = {"md": "regret.md", "csv": "regret.csv", "json": "regret.json", "png": "regret.png",
+                "png_b2": "regret_b2.png", "png_zero": "zero_regret.png", "png_proxies": "proxies.png"}
+
+
+def _render_json(report: Mapping[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+# Looked up on the modules at call time, not bound here, so a renderer can be replaced in tests.
+_RENDERERS = {
+    "md": lambda r: format_markdown(r).encode("utf-8"),
+    "csv": lambda r: render_csv(r).encode("utf-8"),
+    "json": lambda r: _render_json(r).encode("utf-8"),
+    "png": lambda r: report_plots.render_png(r),
+    "png_b2": lambda r: report_plots.render_png_b2(r),
+    "png_zero": lambda r: report_plots.render_zero_png(r),
+    "png_proxies": lambda r: report_plots.render_proxies_png(r),
+}
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write the report's files into ``out_dir`` (created as needed) and return their paths by kind:
+
+    - ``md``: ``regret.md`` (:func:`selection.report_text.format_markdown`);
+    - ``csv``: ``regret.csv``, long ``strategy,budget,task,group,relative_regret,log_odds_regret``
+      with task ``mean`` rows for each group (group = its name) and overall (group empty);
+    - ``json``: ``regret.json``, ``json.dumps(report, indent=2, sort_keys=True)``;
+    - ``png``: ``regret.png``, regret per task and strategy at B = 1 and the mean against B;
+    - ``png_b2``: ``regret_b2.png``, the same at B = 2 (a note when B = 2 is not reported);
+    - ``png_zero``: ``zero_regret.png``, fraction of tasks at zero regret against B (Figure 7)
+      and the smallest zero-regret budget per task and strategy (Appendix G);
+    - ``png_proxies``: ``proxies.png``, proxy score against fine-tune accuracy, one panel per task.
+    """
+    rendered = {kind: render(report) for kind, render in _RENDERERS.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / REPORT_FILES[kind] for kind in REPORT_FILES}
+    for kind, data in rendered.items():
+        atomic_write(paths[kind], data)
+    return paths

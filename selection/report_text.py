@@ -1,0 +1,255 @@
+"""The regret report as text: terminal tables, Markdown and CSV.
+
+Each function reads the dict of :func:`selection.report.compute_report` (documented there) and
+returns a string: :func:`format_table` for a terminal, :func:`format_markdown` for ``regret.md``,
+:func:`render_csv` for ``regret.csv``. Rows are the tasks grouped by task group, each group
+followed by its ``mean`` row, then the ungrouped tasks and the overall ``mean``
+(:func:`report_rows`); columns follow :func:`strategy_order`. The figures read the same order
+(:mod:`selection.report_plots`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from selection.records import GROUND_TRUTH
+
+CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "log_odds_regret")
+MEAN_ROW = "mean"
+
+
+def strategy_order(report: Mapping[str, Any]) -> list[str]:
+    """The report's strategies in reporting order (``strategy_order``, else the ``strategies`` keys)."""
+    return list(report.get("strategy_order") or report["strategies"])
+
+
+def _check_budget(report: Mapping[str, Any], budget: int | None) -> list[int]:
+    budgets = [int(b) for b in report["budgets"]]
+    if budget is None:
+        return budgets
+    if int(budget) not in budgets:
+        raise ValueError(f"budget {budget!r} is not in the report; budgets reported: {budgets}")
+    return [int(budget)]
+
+
+def report_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str, str, str | None]]:
+    """Rows as (group label, task label, kind, key): kind is task / group / mean; each group's
+    tasks then its mean, the ungrouped tasks, the overall mean."""
+    groups: Mapping[str, str | None] = report.get("task_groups") or {}
+    tasks = list(report["tasks"])
+    for group in sorted({g for g in groups.values() if g is not None}):
+        for task in tasks:
+            if groups.get(task) == group:
+                yield group, task, "task", task
+        yield group, MEAN_ROW, "group", group
+    for task in tasks:
+        if groups.get(task) is None:
+            yield "", task, "task", task
+    yield "", MEAN_ROW, "mean", None
+
+
+def _cell(block: Mapping[str, Any], kind: str, key: str | None) -> float | None:
+    if kind == "task":
+        return block["per_task"].get(key)
+    if kind == "group":
+        return block["per_group"].get(key)
+    return block["mean"]
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not _finite(value) else f"{value:.{digits}f}"
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _has_groups(report: Mapping[str, Any]) -> bool:
+    return any(g is not None for g in (report.get("task_groups") or {}).values())
+
+
+def _regret_rows(report: Mapping[str, Any], budget: int, which: str = "strategies") -> tuple[list[str], list[list[str]]]:
+    names = strategy_order(report)
+    grouped = _has_groups(report)
+    header = (["group"] if grouped else []) + ["task"] + names
+    rows = []
+    for group, task, kind, key in report_rows(report):
+        values = [_fmt(_cell(report[which][n][str(budget)], kind, key)) for n in names]
+        rows.append(([group] if grouped else []) + [task] + values)
+    return header, rows
+
+
+def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
+    """Plain-text tables of relative regret: rows = tasks (grouped, with group means) and a
+    ``mean`` row; columns = strategies; one table per budget, or only ``budget``."""
+    out = []
+    for b in _check_budget(report, budget):
+        header, rows = _regret_rows(report, b)
+        n_labels = len(header) - len(strategy_order(report))
+        title = f"relative regret, pool '{report['pool']}', B = {b}"
+        if "random" in report["strategies"]:
+            title += " (random: exact expected regret)"
+        out.append(title + "\n" + _plain_table(header, rows, n_labels))
+    summary = _summary_rows(report)
+    if summary:
+        header = ["score", "mean weighted tau", "mean pearson", "tasks", "mse"]
+        out.append(f"rank agreement with {GROUND_TRUTH} (mean over tasks where defined)\n"
+                   + _plain_table(header, summary, 1))
+    skipped = report.get("skipped_tasks") or []
+    if skipped:
+        out.append(f"skipped tasks (no {GROUND_TRUTH} in the pool): {', '.join(skipped)}")
+    return "\n\n".join(out) + "\n"
+
+
+def _plain_table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < n_labels else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _defined_mean(values: Mapping[str, float | None]) -> tuple[float | None, int]:
+    defined = [v for v in values.values() if v is not None]
+    return (float(np.mean(defined)) if defined else None), len(defined)
+
+
+def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """Per proxy and per ChoiceNet version with predictions: mean weighted tau, mean Pearson,
+    tasks where tau is defined, and (ChoiceNet) the MSE."""
+    rows = []
+    for proxy, by_task in (report.get("weighted_tau") or {}).items():
+        tau, n = _defined_mean(by_task)
+        r, _ = _defined_mean(report["pearson"][proxy])
+        rows.append([proxy, _fmt(tau), _fmt(r), str(n), "-"])
+    for version, block in (report.get("choicenet") or {}).items():
+        if not block or block.get("mse") is None:
+            continue
+        tau, n = _defined_mean(block["weighted_tau"])
+        r, _ = _defined_mean(block["pearson"])
+        rows.append([f"choicenet {version}", _fmt(tau), _fmt(r), str(n), _fmt(block["mse"], 5)])
+    return rows
+
+
+def _md_escape(text: object) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _md_table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
+    align = ["---" if i < n_labels else "---:" for i in range(len(header))]
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(_md_escape(c) if j != 1 else c for c in cells) + " |"
+                     for j, cells in enumerate(lines))
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    """The report as Markdown: relative-regret tables per budget, the smallest zero-regret budget
+    per task, and the fine-tune test accuracies (models x tasks, best per task in bold)."""
+    names = strategy_order(report)
+    parts = [
+        f"# Regret report: pool `{report['pool']}`",
+        f"{len(report['models'])} models, {len(report['tasks'])} tasks, budgets "
+        f"{', '.join(map(str, report['budgets']))}.",
+        "Relative regret r = (s* - s(S)) / (1 - min(s*, s(S))): s(S) is the best fine-tune test "
+        "accuracy among a strategy's top B models, s* the best in the task's pool. "
+        "`random` is the exact expected regret over uniformly random size-B subsets.",
+    ]
+    if report.get("skipped_tasks"):
+        parts.append(f"Skipped tasks (no `{GROUND_TRUTH}` in the pool): {', '.join(report['skipped_tasks'])}.")
+    for b in _check_budget(report, None):
+        header, rows = _regret_rows(report, b)
+        parts += [f"## Relative regret, B = {b}", _md_table(header, rows, len(header) - len(names))]
+
+    parts.append("## Smallest budget with zero regret (`-`: not within the budgets reported)")
+    header = ["task", *names]
+    rows = [[t, *[("-" if report["zero_regret_budget"][n][t] is None else str(report["zero_regret_budget"][n][t]))
+                  for n in names]] for t in report["tasks"]]
+    parts.append(_md_table(header, rows, 1))
+
+    full = report.get("zero_regret_budget_full")
+    if full:
+        parts.append("## Smallest budget with zero regret over the whole pool (Appendix G; "
+                     "`random`: expected regret)")
+        rows = [[t, *[str(full[n][t]) for n in names]] for t in report["tasks"]]
+        parts.append(_md_table(["task", *names], rows, 1))
+
+    fraction = report.get("zero_regret_fraction")
+    if fraction:
+        parts.append("## Fraction of tasks at zero regret (Figure 7)")
+        budgets = [str(b) for b in report["budgets"]]
+        rows = [[n, *[_fmt(fraction[n][b], 3) for b in budgets]] for n in names]
+        parts.append(_md_table(["strategy", *(f"B = {b}" for b in budgets)], rows, 1))
+
+    for key, title in (("weighted_tau", "weighted Kendall tau (`scipy.stats.weightedtau(acc, score, "
+                                         "rank=None)`)"), ("pearson", "Pearson r")):
+        table = report.get(key) or {}
+        if not table:
+            continue
+        parts.append(f"## Rank agreement with `{GROUND_TRUTH}`: {title}; `-`: undefined "
+                     "(< 2 models or constant values)")
+        proxies = list(table)
+        rows = [[t, *[_fmt(table[p][t]) for p in proxies]] for t in report["tasks"]]
+        rows.append([MEAN_ROW, *[_fmt(_defined_mean(table[p])[0]) for p in proxies]])
+        parts.append(_md_table(["task", *proxies], rows, 1))
+
+    cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("mse") is not None}
+    if cn:
+        parts.append("## ChoiceNet, leave-one-task-out (predicted vs fine-tune test accuracy)")
+        rows = []
+        for version, block in cn.items():
+            tau, n = _defined_mean(block["weighted_tau"])
+            rows.append([version, _fmt(block["mse"], 5), str(block["n_pairs"]), _fmt(tau),
+                         _fmt(_defined_mean(block["pearson"])[0])])
+        parts.append(_md_table(["version", "MSE", "pairs", "mean weighted tau", "mean pearson"], rows, 1))
+
+    parts.append(f"## Fine-tune test accuracy (`{GROUND_TRUTH}`; best per task in bold)")
+    acc = report["finetune_test_acc"]
+    tasks = list(report["tasks"])
+    models = sorted({m for t in tasks for m in acc[t]} | set(report["models"]))
+    rows = []
+    for m in models:
+        row = [m]
+        for t in tasks:
+            v = acc[t].get(m)
+            text = _fmt(v)
+            if v is not None and v == max(acc[t].values()):
+                text = f"**{text}**"
+            row.append(text)
+        rows.append(row)
+    parts.append(_md_table(["model", *tasks], rows, 1))
+    return "\n\n".join(parts) + "\n"
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def render_csv(report: Mapping[str, Any]) -> str:
+    """Long CSV (``CSV_COLUMNS``): one row per strategy, budget and :func:`report_rows` row; group
+    ``mean`` rows carry the group's name, the overall ``mean`` an empty group."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for name in strategy_order(report):
+        for b in report["budgets"]:
+            rel = report["strategies"][name][str(b)]
+            lo = report["log_odds"][name][str(b)]
+            for group, task, kind, key in report_rows(report):
+                writer.writerow([name, b, task, group, _csv_number(_cell(rel, kind, key)),
+                                 _csv_number(_cell(lo, kind, key))])
+    return buf.getvalue()
+
+
+def ordered_tasks(report: Mapping[str, Any]) -> list[str]:
+    """The reported tasks in the order of :func:`report_rows` (grouped first)."""
+    return [key for _, _, kind, key in report_rows(report) if kind == "task"]
