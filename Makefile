@@ -1,6 +1,6 @@
 # whichmodel: the two commands.
 #   make quickstart   venv + install + offline zoo + quickstart sweep + regret report
-#   make test         venv + install with test extras + the whole test suite (CI runs this)
+#   make test         venv + install with test extras + the linter + the whole test suite (CI runs this)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -46,6 +46,7 @@ quickstart: install
 	$(BIN)/whichmodel run sweeps/configs/quickstart.yaml
 
 test: install-test system-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

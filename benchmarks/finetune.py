@@ -67,8 +67,8 @@ The machine may be shared: timings are noisy, compare runs with ``machine.loadav
 from __future__ import annotations
 
 import argparse
-import cProfile
 import contextlib
+import cProfile
 import json
 import logging
 import math
@@ -82,11 +82,13 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Before Ray is imported anywhere: loopback addresses only (Ray otherwise resolves 127.0.0.1 to
-# the host's routable IP), and the many-small-trials settings of PLATFORM.md.
+# the host's routable IP), and the many-small-trials settings of Ray Tune's own guide
+# (TUNE_MAX_PENDING_TRIALS_PG and friends).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "2")

@@ -48,7 +48,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,7 +261,7 @@ def _logme_direct(f: np.ndarray, y: np.ndarray, tol: float = 1e-12,
     gamma, m2, res, ev = at(a, b)
     steps = 0
     with np.errstate(all="ignore"):
-        for steps in range(1, max_iter + 1):
+        for steps in range(1, max_iter + 1):  # noqa: B007 - the count is read after the loop
             a, b = np.clip(gamma / m2, 1e-150, 1e150), np.clip((n - gamma) / res, 1e-150, 1e150)
             prev = ev
             gamma, m2, res, ev = at(a, b)

@@ -1,4 +1,4 @@
-"""Backbones behind one contract, for zoo models today and hub models (timm, torchvision) tomorrow.
+"""Backbones behind one contract, for zoo models and hub models (timm, torchvision, local folders).
 
 Every model that whichmodel scores or fine-tunes is a :class:`Backbone`:
 
@@ -11,22 +11,26 @@ Every model that whichmodel scores or fine-tunes is a :class:`Backbone`:
 - ``block_groups()``: the network cut into ``first``, ``middle`` and ``last`` blocks, for
   surgical fine-tuning (Lee et al. 2022).
 
-Zoo architectures are registered in :data:`ARCHITECTURES` (name -> factory), like timm's
-registry; a checkpoint is ``model.safetensors`` (backbone and optional ``source_head.*``
-tensors) plus ``meta.json`` next to it.
+Zoo architectures register themselves in :data:`ARCHITECTURES` where they are defined, like
+timm's ``@register_model``; a checkpoint is ``model.safetensors`` (backbone and optional
+``source_head.*`` tensors) plus ``meta.json`` next to it. Hub models become the same
+:class:`Backbone` in :mod:`lightning_modules.hub`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from whichmodel.files import atomic_path, atomic_write_json
+from whichmodel.registry import Registry
 
 # Zoo images are rendered at 32 px; the statistics below are the usual ImageNet ones, which the
 # hub models use too, so that one preprocessing code path serves both.
@@ -85,11 +89,15 @@ class Backbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- architectures
+ARCHITECTURES: Registry[Callable[..., Backbone]] = Registry("architecture")
+
+
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
 
+@ARCHITECTURES.register("cnn")
 def build_cnn(width: int = 32, input_size: int = 32, source_classes: int = 0) -> Backbone:
     """A small VGG-style CNN: four stride-2 conv blocks and global pooling."""
     body = nn.Sequential()
@@ -102,7 +110,7 @@ def build_cnn(width: int = 32, input_size: int = 32, source_classes: int = 0) ->
     return Backbone(body, 4 * width, _prep(input_size), groups, source_classes)
 
 
-class _TimmBody(nn.Module):
+class TimmBody(nn.Module):
     """A timm model with its classifier removed: pooled pre-logits features."""
 
     def __init__(self, model: nn.Module):
@@ -113,6 +121,7 @@ class _TimmBody(nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
+@ARCHITECTURES.register("resnet")
 def build_resnet(width: int = 16, input_size: int = 32, source_classes: int = 0) -> Backbone:
     """A narrow ResNet-10 from timm (BasicBlock, one block per stage), random initialisation.
 
@@ -133,15 +142,12 @@ def build_resnet(width: int = 16, input_size: int = 32, source_classes: int = 0)
     model.maxpool = nn.Identity()
     groups = {"first": ["model.conv1", "model.bn1", "model.layer1"],
               "middle": ["model.layer2", "model.layer3"], "last": ["model.layer4"]}
-    return Backbone(_TimmBody(model), model.num_features, _prep(input_size), groups,
+    return Backbone(TimmBody(model), model.num_features, _prep(input_size), groups,
                     source_classes)
 
 
 def _prep(input_size: int) -> dict[str, Any]:
     return {"input_size": int(input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-ARCHITECTURES: dict[str, Callable[..., Backbone]] = {"cnn": build_cnn, "resnet": build_resnet}
 
 
 def list_architectures() -> list[str]:
@@ -150,9 +156,7 @@ def list_architectures() -> list[str]:
 
 def create_backbone(arch: str, source_classes: int = 0, **kwargs: Any) -> Backbone:
     """Build a zoo architecture with random weights (``arch`` from :data:`ARCHITECTURES`)."""
-    if arch not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(list_architectures())}")
-    return ARCHITECTURES[arch](source_classes=source_classes, **kwargs)
+    return ARCHITECTURES.get(arch)(source_classes=source_classes, **kwargs)
 
 
 def count_parameters(backbone: Backbone) -> int:
@@ -166,22 +170,11 @@ def save_checkpoint(backbone: Backbone, directory: str | os.PathLike, meta: dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    weights = directory / "model.safetensors"
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    save_file(tensors, str(tmp_path), metadata={"arch": str(meta.get("arch", ""))})
-    os.replace(tmp_path, weights)
-    _write_json_atomic(directory / "meta.json", meta)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"arch": str(meta.get("arch", ""))})
+    atomic_write_json(directory / "meta.json", meta)
     return directory
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(obj, tmp, indent=2, sort_keys=True)
-        tmp_path = Path(tmp.name)
-    os.replace(tmp_path, path)
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """ChoiceNet: predict a model's fine-tune accuracy on a task from a model and a task embedding.
 
-The meta-learned strategy of DESIGN.md: a small net maps (model embedding, task embedding) to the
-predicted fine-tune test accuracy s(m, t) (sigmoid output, MSE loss), trained on the results of
+The meta-learned strategy of the ChoiceNet study (a Stanford CS330 project, 2022; the README's
+"ChoiceNet" section): a small net maps (model embedding, task embedding) to the predicted
+fine-tune test accuracy s(m, t) (sigmoid output, MSE loss), trained on the results of
 *other* tasks and used to rank the pool for a new one. Evaluated leave-one-task-out
 (:func:`fit_predict_leave_one_task_out`): the column of task t is predicted by a net that never
 saw a target of t. The predictions go into the regret report as the strategies ``choicenet_v1``
@@ -57,8 +58,9 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,9 +78,9 @@ SPECTRUM_POINTS = 32     # resampled singular-value spectrum of the last conv la
 NORM_QUANTILES = 16      # quantiles of its per-filter norms
 N_MOMENTS = 7            # log RMS, skew, kurtosis, fraction > 0, effective-rank ratio, log2 out, log2 fan-in
 V1_MODEL_DIM = SPECTRUM_POINTS + NORM_QUANTILES + N_MOMENTS
-V1_TASK_DIM = 256        # DESIGN.md: PCA-256 of the images
+V1_TASK_DIM = 256        # the ChoiceNet study: PCA-256 of the images
 V1_IMAGE_SIZE = 16       # images resized before PCA: 768 pixels keep the PCA fast and size-independent
-V2_TASK_CLASSES = 10     # DESIGN.md: the 10 classes of largest mean |activation|
+V2_TASK_CLASSES = 10     # the ChoiceNet study: the 10 classes of largest mean |activation|
 DEFAULT_STEPS = 500
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric")
@@ -227,7 +229,7 @@ class ChoiceNetEmbeddings:
 
 
 def _task_split(task: Any) -> tuple[np.ndarray, np.ndarray]:
-    if hasattr(task, "train"):  # lightning_modules.tasks.TaskData: its train800 split
+    if hasattr(task, "train"):  # lightning_modules.task_data.TaskData: its train800 split
         return task.train
     images, labels = task
     return images, labels
@@ -260,7 +262,7 @@ def load_probe_set(root: Any, image_size: int = 32, seed: int = 0,
     """A fixed labelled probe set: the first ``per_class`` held-out (val) images of every class of
     every source family (labels offset per family, families sorted). No downstream task shares an
     image with the source families."""
-    from lightning_modules.tasks import list_source_families, load_source
+    from lightning_modules.sources import list_source_families, load_source
 
     images, labels, offset = [], [], 0
     for family in list_source_families():
@@ -393,13 +395,11 @@ def _standardise(x: np.ndarray, rows: np.ndarray, per_feature: bool) -> np.ndarr
 def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(targets, pd.DataFrame):
         raise TypeError(f"targets must be a DataFrame (index model, columns task), got {type(targets).__name__}")
+    from selection.checks import check_accuracies
+
     y = targets.apply(pd.to_numeric, errors="coerce").astype(float)
-    values = y.to_numpy()
-    bad = np.argwhere(np.isfinite(values) & ((values < 0) | (values > 1)))
-    if bad.size:
-        i, j = bad[0]
-        raise ValueError(f"targets: model {y.index[i]!r}, task {y.columns[j]!r}: accuracy {values[i, j]!r} "
-                         "is outside [0, 1]; accuracies must be fractions in [0, 1]; divide percentages by 100")
+    check_accuracies(y.to_numpy(), "targets",
+                     lambda ij: f": model {y.index[ij[0]]!r}, task {y.columns[ij[1]]!r}")
     y.index, y.columns = y.index.astype(str), y.columns.astype(str)
     return y
 

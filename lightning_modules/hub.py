@@ -29,17 +29,8 @@ gives its globally pooled ``features`` module instead, and no source head. Prepr
 weights' own: timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``), torchvision's
 ``weights.transforms()`` (crop size, mean, std). Models come back in eval mode, on the CPU.
 
-Block groups (surgical fine-tuning), over the network without its classifier:
-
-- ResNets (``layer1`` .. ``layer4``, timm and torchvision): the stem (every parameterised child
-  before ``layer1``) and ``layer1`` first, ``layer2`` + ``layer3`` middle, ``layer4`` (and anything
-  parameterised after it) last;
-- otherwise the network is cut into ordered *units*: its parameterised top-level children, where
-  a unit holding more than half of all parameters is replaced by its parameterised children,
-  repeatedly (so ViT ``blocks``, EfficientNet stages, torchvision ``features`` become units);
-  then the units split into thirds by count (cuts at ``round(n/3)`` and ``round(2n/3)``).
-  Parameters owned directly by the root (ViT ``cls_token``, ``pos_embed``) belong to no module
-  and so to no group: they stay frozen when one group trains.
+Block groups (surgical fine-tuning): ResNet stages, else thirds of the network's units
+(:mod:`lightning_modules.hub_blocks`).
 
 Metadata (second return value of :func:`load_model`): ``arch`` (the spec; for ``local:`` the
 checkpoint's own ``arch``), ``spec``, ``source`` (timm, torchvision, zoo), ``weights`` (file, hub
@@ -76,11 +67,19 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from lightning_modules.backbones import (IMAGENET_MEAN, IMAGENET_STD, Backbone, CheckpointError,
-                                         _TimmBody, load_checkpoint)
+from lightning_modules.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    CheckpointError,
+    TimmBody,
+    load_checkpoint,
+)
+from lightning_modules.hub_blocks import hub_block_groups, parameter_count
+from lightning_modules.state_dicts import first_line, first_mismatch, load_state_dict_strict, read_state_dict
+from selection.checks import check_accuracy
 
-__all__ = ["ModelSpecError", "WeightsUnavailableError", "parse_model_spec", "load_model",
-           "hub_block_groups"]
+__all__ = ["ModelSpecError", "WeightsUnavailableError", "parse_model_spec", "load_model"]
 
 SPEC_FORMS = "timm:<name>[.<tag>], torchvision:<name> or local:<path>"
 HUB_KINDS = ("timm", "torchvision")
@@ -168,12 +167,9 @@ def load_model(spec: str, weights: str | os.PathLike | None = None,
 def _check_imagenet_acc(spec: str, acc: Any) -> None:
     """Strategies rank fractions: a percentage (76.1) from meta= or meta.json would win them all."""
     try:
-        ok = acc is None or 0.0 <= float(acc) <= 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ModelSpecError(f"model spec {spec!r}: metadata imagenet_acc={acc!r}; write a "
-                             "fraction in [0, 1] (e.g. 0.761, not 76.1)")
+        check_accuracy(acc, f"model spec {spec!r}: metadata imagenet_acc")
+    except ValueError as exc:
+        raise ModelSpecError(f"{exc} (e.g. 0.761, not 76.1)") from None
 
 
 def _existing_file(spec: str, weights: str | os.PathLike) -> Path:
@@ -215,7 +211,7 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
         where = str(weights) if weights is not None else _timm_hub_id(name)
         raise _weights_error(exc, spec, where) from None
     cfg = model.pretrained_cfg
-    info = {"source": "timm", "params": _n_params(model),
+    info = {"source": "timm", "params": parameter_count(model),
             "weights": str(weights) if weights is not None else
             (f"hf-hub:{cfg.get('hf_hub_id')}" if load else None)}
     if load:
@@ -230,7 +226,7 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
     model.reset_classifier(0)
     prep = {"input_size": int(cfg["input_size"][-1]), "mean": [float(v) for v in cfg["mean"]],
             "std": [float(v) for v in cfg["std"]]}
-    body = _TimmBody(model)
+    body = TimmBody(model)
     backbone = _backbone(body, feature_dim, prep, hub_block_groups(model, "model."), source_head)
     return backbone, info
 
@@ -290,7 +286,7 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     default = get_model_weights(name).DEFAULT
     if weights is not None:
         model = get_model(name, weights=None)
-        _load_state_dict_strict(model, _read_state_dict(weights), str(weights), spec)
+        load_state_dict_strict(model, read_state_dict(weights), str(weights), spec)
         source = str(weights)
     elif pretrained:
         file = os.path.basename(urlparse(default.url).path)
@@ -309,7 +305,7 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     else:
         model = get_model(name, weights=None)
         source = None
-    info = {"source": "torchvision", "params": _n_params(model), "weights": source}
+    info = {"source": "torchvision", "params": parameter_count(model), "weights": source}
     if source is not None:
         info.update(_torchvision_meta(default))
     else:
@@ -355,34 +351,6 @@ def _torchvision_backbone(model: nn.Module, prep: dict[str, Any], trained: bool)
     return _backbone(body, feature_dim, prep, hub_block_groups(body), None)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- safetensors and torch.load raise many types
-        raise CheckpointError(f"{path}: unreadable weights ({_first_line(exc)})") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def _load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str,
-                            spec: str) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{where}: does not fit {spec} ({_first_mismatch(exc)})") from None
-
-
 # --------------------------------------------------------------------------- local folders
 def _load_local(spec: str, directory: Path) -> tuple[Backbone, dict[str, Any]]:
     if not directory.is_dir():
@@ -410,10 +378,10 @@ def _load_local(spec: str, directory: Path) -> tuple[Backbone, dict[str, Any]]:
     weights = _existing_file(spec, weights)
     if _is_backbone_state(weights):  # a saved hub Backbone (save_checkpoint after a fine-tune)
         backbone, info = _load_hub(arch, kind, name, None, pretrained=False)
-        state = _read_state_dict(weights)
+        state = read_state_dict(weights)
         head = state.get("source_head.weight")
         backbone.source_head = nn.Linear(head.shape[1], head.shape[0]) if head is not None else None
-        _load_state_dict_strict(backbone, state, str(weights), arch)
+        load_state_dict_strict(backbone, state, str(weights), arch)
         info.update(upstream=[], upstream_size=None)  # unknown unless meta.json says
     else:  # the hub model's own state dict, as a weights= file
         backbone, info = _load_hub(arch, kind, name, weights, pretrained=True)
@@ -429,7 +397,7 @@ def _is_backbone_state(path: Path) -> bool:
         with safe_open(str(path), framework="pt") as f:
             return any(k.startswith("body.") for k in f.keys())
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -448,43 +416,6 @@ def _copy_linear(layer: nn.Linear) -> nn.Linear:
     return copy
 
 
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
-
-
-def hub_block_groups(model: nn.Module, prefix: str = "") -> dict[str, list[str]]:
-    """``first`` / ``middle`` / ``last`` module names (``prefix`` + name) by the rule of the module
-    docstring: ResNet stages when there are ``layer1`` .. ``layer4``, else thirds of the units."""
-    children = [(n, m) for n, m in model.named_children() if _has_params(m)]
-    names = [n for n, _ in children]
-    if all(f"layer{i}" in names for i in range(1, 5)):
-        i1, i4 = names.index("layer1"), names.index("layer4")
-        groups = {"first": names[:i1 + 1], "middle": ["layer2", "layer3"], "last": names[i4:]}
-    else:
-        units = _units(model, children)
-        n = len(units)
-        a, b = (round(n / 3), round(2 * n / 3)) if n >= 3 else (min(n, 1), min(n, 1))
-        groups = {"first": units[:a], "middle": units[a:b], "last": units[b:]}
-    return {g: [prefix + n for n in names] for g, names in groups.items()}
-
-
-def _units(model: nn.Module, children: list[tuple[str, nn.Module]]) -> list[str]:
-    total = _n_params(model)
-    units = list(children)
-    while True:
-        for i, (name, module) in enumerate(units):
-            kids = [(f"{name}.{k}", c) for k, c in module.named_children() if _has_params(c)]
-            if kids and _n_params(module) > total / 2:
-                units[i:i + 1] = kids
-                break
-        else:
-            return [n for n, _ in units]
-
-
 def _offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub read it at import, or as the environment says now."""
     from huggingface_hub import constants
@@ -493,43 +424,17 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-_MISSING = re.compile(r'(Missing|Unexpected) key\(s\) in state_dict: ((?:"[^"]*"(?:, )?)+)')
-_SIZE = re.compile(r"size mismatch for ([^:\s]+): (.*)")
-
-
-def _first_mismatch(exc: BaseException) -> str:
-    """The first mismatching key of a ``load_state_dict`` error, and how many more there are."""
-    text = str(exc)
-    parts = []
-    for kind, keys in _MISSING.findall(text):
-        keys = re.findall(r'"([^"]*)"', keys)
-        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
-        parts.append(f"{kind.lower()} key {keys[0]!r}{more}")
-    sizes = _SIZE.findall(text)
-    if sizes:
-        key, detail = sizes[0]
-        more = f"; {len(sizes) - 1} more size mismatches" if len(sizes) > 1 else ""
-        parts.append(f"size mismatch for {key!r}: {detail.strip().rstrip('.')}{more}")
-    return "; ".join(parts) if parts else _first_line(exc)
-
-
 def _weights_error(exc: Exception, spec: str, where: str) -> Exception:
     """Turn an exception raised while loading pretrained weights into a named, actionable one."""
     from urllib.error import URLError
 
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled)
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, URLError,
                         ConnectionError, TimeoutError)):
         return WeightsUnavailableError(
             f"{spec}: pretrained weights {where} are not in the local cache and could not be "
-            f"downloaded ({_first_line(exc)}); pre-download them on a connected machine with the "
+            f"downloaded ({first_line(exc)}); pre-download them on a connected machine with the "
             "same HF_HOME / TORCH_HOME, or pass a local file as weights:")
     if isinstance(exc, FileNotFoundError):
         return CheckpointError(f"{where}: weights file for {spec!r} not found")
@@ -538,8 +443,8 @@ def _weights_error(exc: Exception, spec: str, where: str) -> Exception:
         return CheckpointError(f"{spec}: the library has no pretrained weights for this model; "
                                "write pretrained: false or pass a local file as weights:")
     if isinstance(exc, RuntimeError) and ("state_dict" in text or text.startswith("Pretrained ")):
-        return CheckpointError(f"{where}: does not fit {spec} ({_first_mismatch(exc)})")
+        return CheckpointError(f"{where}: does not fit {spec} ({first_mismatch(exc)})")
     if isinstance(exc, (RuntimeError, EOFError, OSError)) or type(exc).__name__ in (
             "SafetensorError", "UnpicklingError"):
-        return CheckpointError(f"{where}: cannot load weights for {spec} ({_first_line(exc)})")
+        return CheckpointError(f"{where}: cannot load weights for {spec} ({first_line(exc)})")
     return exc

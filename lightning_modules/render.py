@@ -1,4 +1,4 @@
-"""Procedural image rendering for the offline task suite (:mod:`lightning_modules.tasks`).
+"""Procedural image rendering for the offline task suite (:mod:`lightning_modules.offline`).
 
 Everything here draws at a fixed native resolution (:data:`NATIVE` pixels, square) with PIL and
 numpy; :func:`resize_batch` brings a batch to the requested ``image_size``. Every function that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -235,7 +235,7 @@ def render_depth_scene(rng: np.random.Generator, depths: Sequence[float]) -> np.
 # ---------------------------------------------------------------- glyphs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 

@@ -1,6 +1,7 @@
 """LightningModules that train: upstream pre-training of the zoo, and the fine-tune protocol.
 
-Fine-tune protocol (DESIGN.md, Renggli et al. 2022; CS330 "linear head first"):
+Fine-tune protocol (Renggli et al. 2022, Sec. 4.3; the "linear head first" practice of Kumar et al.
+2022, "Fine-Tuning can Distort Pretrained Features"):
 stage 1 trains a new zero-initialised linear head on the frozen backbone; stage 2 fine-tunes the
 whole network with SGD (momentum 0.9), linear warm-up then cosine decay. Stage 1 runs on features
 computed once by a frozen forward pass: with the backbone frozen and in eval mode this is the same
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_modules.backbones import Backbone, extract_features
 
@@ -260,7 +262,7 @@ def _accuracy(features: torch.Tensor, labels: np.ndarray, head: nn.Module) -> fl
 
 
 @torch.no_grad()
-def evaluate(module: "FineTuneModule", images: np.ndarray, labels: np.ndarray) -> float:
+def evaluate(module: FineTuneModule, images: np.ndarray, labels: np.ndarray) -> float:
     """Accuracy of a fine-tune in progress (eval mode for the pass, training modes restored)."""
     device = next(module.parameters()).device
     feats, _ = extract_features(module.backbone, images, device=device)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
+
+from whichmodel.uri import redact_uri
 
 TIMEOUT_S = 5.0
 
@@ -26,42 +27,40 @@ class Health:
     message: str
 
 
-def redact_url(url: str) -> str:
-    """Drop ``user:password@`` from a URL."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def check(url: str, username: str | None = None, password: str | None = None,
-          timeout: float = TIMEOUT_S) -> Health:
-    base, shown = url.rstrip("/"), redact_url(url.rstrip("/"))
+          timeout: float = TIMEOUT_S, token: str | None = None) -> Health:
+    """The server answers ``/health`` and accepts the credentials (basic auth, else a bearer
+    ``token``): two requests, no retries. The message names the server (credentials redacted)
+    and what to check; the password never appears in it."""
+    base, shown = url.rstrip("/"), redact_uri(url.rstrip("/"))
     try:
         r = requests.get(f"{base}/health", timeout=timeout)
     except requests.RequestException as exc:
-        return Health(False, f"MLflow at {shown}: unreachable ({type(exc).__name__}): is the "
-                             "server up, and is this its address and port?")
+        return Health(False, f"MLflow tracking server {shown} unreachable ({type(exc).__name__}):"
+                             f" is the server up? try python -m mlflow_server.health {shown}")
     if r.status_code != 200:
-        return Health(False, f"MLflow at {shown}: /health answered HTTP {r.status_code}: not an "
-                             "MLflow server, or not healthy (see its log)")
+        return Health(False, f"MLflow tracking server {shown}: /health answered HTTP "
+                             f"{r.status_code}: is this an MLflow server? (see its log)")
     auth = (username, password) if username and password else None
+    headers = {"Authorization": f"Bearer {token}"} if token and not auth else {}
     try:
         r = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
-                         params={"max_results": 1}, auth=auth, timeout=timeout)
+                         params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
-        return Health(False, f"MLflow at {shown}: REST API unreachable ({type(exc).__name__})")
+        return Health(False, f"MLflow tracking server {shown}: REST API unreachable "
+                             f"({type(exc).__name__})")
     if r.status_code == 401:
-        hint = ("not set" if auth is None else f"rejected for user {username!r}")
-        return Health(False, f"MLflow at {shown}: 401 Unauthorized: check "
-                             f"MLFLOW_TRACKING_USERNAME/PASSWORD (credentials {hint})")
+        given = f"rejected for user {username!r}" if auth else "not set"
+        return Health(False, f"MLflow tracking server {shown}: 401: check "
+                             f"MLFLOW_TRACKING_USERNAME/PASSWORD (credentials {given})")
     if r.status_code == 403:
-        return Health(False, f"MLflow at {shown}: 403 Forbidden for user {username!r}")
+        return Health(False, f"MLflow tracking server {shown}: 403: user {username!r} may not "
+                             "read experiments; ask the server's admin for permission")
     if r.status_code != 200:
-        return Health(False, f"MLflow at {shown}: REST API answered HTTP {r.status_code}: "
-                             f"{r.text[:200]}")
+        return Health(False, f"MLflow tracking server {shown}: REST API answered HTTP "
+                             f"{r.status_code}: {r.text[:200]}")
     who = f"authenticated as {username!r}" if auth else "no credentials needed"
-    return Health(True, f"MLflow at {shown}: ok (/health, REST API {who})")
+    return Health(True, f"MLflow tracking server {shown}: ok (/health, REST API {who})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
               "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)", file=sys.stderr)
         return 2
     health = check(url, os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                   os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+                   os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+                   token=os.environ.get("MLFLOW_TRACKING_TOKEN"))
     print(health.message, file=sys.stdout if health.ok else sys.stderr)
     return 0 if health.ok else 1
 

@@ -20,10 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from mlflow_server.settings import ConfigError, ServerConfig, load_settings, redact_uri
+from mlflow_server.settings import ConfigError, ServerConfig, load_settings
+from whichmodel.uri import redact_uri
 
 STOP_GRACE_S = 15.0
 
@@ -85,7 +86,7 @@ def describe(cfg: ServerConfig, auth_config: Path) -> str:
             f"{cfg.admin_username!r}")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """A child gets SIGTERM when its parent dies, even when the parent is killed outright.
 
     (Linux ties this to the thread that started the child: start servers from a thread that
@@ -107,7 +108,7 @@ def run(environ: Mapping[str, str] | None = None, stream=None) -> int:
         auth_config = write_auth_config(cfg, folder)
         print(describe(cfg, auth_config), file=stream, flush=True)
         proc = subprocess.Popen(server_command(cfg), env=server_env(cfg, auth_config, environ),
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
         stopping = []
 
         def forward(signum, _frame):

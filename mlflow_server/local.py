@@ -34,13 +34,13 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import requests
 
-from mlflow_server.launch import _die_with_parent
+from mlflow_server.launch import die_with_parent
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # so that `python -m mlflow_server` imports
 PG_USER = "mlflow"
@@ -236,7 +236,7 @@ class MotoS3:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -350,7 +350,7 @@ class LocalStack:
             self.mlflow_proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow_server"], env=self.server_env(), cwd=self.root,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         while time.monotonic() < deadline:
             if self.mlflow_proc.poll() is not None:
                 raise StackError(f"the MLflow server exited ({self.mlflow_proc.returncode}):\n"

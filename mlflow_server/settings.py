@@ -7,9 +7,11 @@ at once and names every missing or invalid variable in one error; nothing here p
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from whichmodel.uri import redact_uri
 
 MIN_ADMIN_PASSWORD = 12  # MLflow's basic auth refuses shorter admin passwords
 
@@ -135,17 +137,6 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: list[str],
     except ValueError:
         problems.append(f"{name} must be an integer >= {minimum}, got {raw!r}")
         return default
-
-
-def redact_uri(uri: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db``."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def settings_table() -> str:

@@ -12,13 +12,14 @@ This module imports nothing else of the project.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Integral
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-ACCURACY_RULE = "accuracies are fractions in [0, 1]; divide percentages by 100"
+ACCURACY_RULE = "accuracies must be fractions in [0, 1]; divide percentages by 100"
 
 
 def accuracy_out_of_range(values: Any) -> np.ndarray:
@@ -230,3 +231,19 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
     return int(value)
+
+
+def to_numpy64(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def check_task_labels(labels: Any, n_rows: int, rows_of: str) -> tuple[np.ndarray, int]:
+    y = check_labels(labels, "labels")
+    if len(y) != n_rows:
+        raise ValueError(
+            f"{rows_of} has {n_rows} rows but labels has {len(y)} entries; pass one label per "
+            f"example, in the same order."
+        )
+    return y, check_classes(y, "labels")

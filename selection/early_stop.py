@@ -13,7 +13,7 @@ module needs no Lightning.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,8 +31,9 @@ PAPER_REPEATS = 5
 def early_stop_proxy(inputs: ProxyInputs, lrs: Sequence[float] = PAPER_LRS,
                      steps: int = PAPER_STEPS, repeats: int = PAPER_REPEATS,
                      batch_size: int = PAPER_BATCH_SIZE, seed: int = 0) -> float:
-    """Median over repetitions of the best learning rate's validation accuracy after a few
-    fine-tune steps from a zero head (Appendix I)."""
+    """A few fine-tune steps from a zero head: median of the best lr's val accuracy (App. I).
+
+    Per repetition the best learning rate's validation accuracy; the median over repetitions."""
     if inputs.finetune is None:
         raise ValueError("early_stop needs a finetune callable (a short fine-tune of the backbone)")
     steps, repeats = check_int(steps, "steps", 1), check_int(repeats, "repeats", 1)

@@ -37,8 +37,9 @@ Labels are integers 0..C-1 with C = max(train labels) + 1 and every class presen
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -276,9 +277,8 @@ def linear_probe_runs(
     the number of torch intra-op threads for this call, set with ``torch.set_num_threads`` and
     restored afterwards; ``None`` keeps torch's setting.
     The default 1 is deliberate: the per-step matmuls are too small to gain much from more
-    threads (about 10-20 % with 2 idle cores), while more threads than free cores make OpenMP
-    barriers stall on every op (on a loaded 2-core machine: 78 s with 2 threads instead of
-    1.1 s with 1, D=128, N=800, C=10, 10 heads, 2500 steps).
+    threads, while more threads than free cores make OpenMP barriers stall on every op (the
+    README's "Benchmarks" section has the measurements).
     """
     chk = check_inputs(train_x, train_y, val_x, val_y, eval_name="val")
     steps = check_int(steps, "steps", 1)
@@ -353,7 +353,7 @@ def linear_probe(
 def linear_proxy(inputs: ProxyInputs, lrs: Sequence[float] = (0.1, 0.01), steps: int = 2500,
                  repeats: int = 5, batch_size: int = 256, seed: int = 0,
                  num_threads: int | None = 1) -> float:
-    """Median over repetitions of the best learning rate's validation accuracy (paper protocol)."""
+    """SGD logistic regression on the features: median of the best lr's val accuracy (paper)."""
     return linear_probe(inputs.train_x, inputs.train_y, inputs.val_x, inputs.val_y, lrs=lrs,
                         steps=steps, repeats=repeats, batch_size=batch_size, seed=seed,
                         num_threads=num_threads)

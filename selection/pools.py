@@ -1,4 +1,4 @@
-"""Named pools: the subsets of models a regret report ranges over (DESIGN.md, "Pool").
+"""Named pools: the subsets of models a regret report ranges over (Renggli et al. 2022, Sec. 4.2; README, "Pools").
 
 A pool is named in one of three ways, looked up in this order:
 
@@ -13,11 +13,11 @@ Per task, the report then keeps the pool's models that have a ``finetune_test_ac
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from selection.records import METADATA_POOLS, POOL_ALL, _parse_pools, index_metadata, models_in_pool
+from selection.records import METADATA_POOLS, POOL_ALL, index_metadata, models_in_pool, parse_pools
 
 Pools = Mapping[str, Sequence[str]]
 
@@ -54,7 +54,7 @@ def list_pools(metadata: pd.DataFrame | None = None, pools: Pools | None = None)
     meta = index_metadata(metadata)
     if meta is not None and METADATA_POOLS in meta.columns:
         for value in meta[METADATA_POOLS].tolist():
-            names.update(value if isinstance(value, (tuple, list)) else _parse_pools(value))
+            names.update(value if isinstance(value, (tuple, list)) else parse_pools(value))
     names.discard(POOL_ALL)
     return [POOL_ALL, *sorted(names)]
 

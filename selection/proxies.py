@@ -18,9 +18,10 @@ listing the known ones.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from selection import early_stop, knn, linear_probe, transferability  # noqa: F401 (they register)
+from selection import early_stop, knn, linear_probe, source_scores, transferability  # noqa: F401 (they register)
 from selection.checks import check_inputs, check_int
 from selection.proxy_registry import PROXIES, Proxy, ProxyInputs
 from whichmodel.registry import UnknownNameError
@@ -30,7 +31,7 @@ __all__ = ["compute_proxies", "get_proxy", "list_proxies", "make_inputs"]
 
 # The order proxies are listed in: by module (the paper's linear and kNN proxies first), then in
 # registration order within a module; proxies registered elsewhere follow.
-_MODULE_ORDER = [m.__name__ for m in (linear_probe, knn, transferability, early_stop)]
+_MODULE_ORDER = [m.__name__ for m in (linear_probe, knn, transferability, source_scores, early_stop)]
 
 
 def list_proxies(need: str | None = None) -> list[str]:
@@ -56,7 +57,7 @@ def make_inputs(train_x: Any, train_y: Any, val_x: Any, val_y: Any, *,
     chk = check_inputs(train_x, train_y, val_x, val_y, eval_name="val")
     probs = None
     if source_probs_train is not None:
-        probs = transferability.check_source_probs(source_probs_train, "source_probs_train")
+        probs = source_scores.check_source_probs(source_probs_train, "source_probs_train")
         if probs.shape[0] != len(chk.train_y):
             raise ValueError(
                 f"source_probs_train has {probs.shape[0]} rows but train_x has "

@@ -20,8 +20,9 @@ names, ``whichmodel list proxies``, the probe trial and the contract tests all r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """Records: the long table of measurements that every selection step reads.
 
-One measurement a row, columns ``model, task, metric, value`` (see DESIGN.md, "Records format"):
+One measurement a row, columns ``model, task, metric, value`` (README, "Records format"):
 
 - ``finetune_test_acc`` is the ground truth s(m, t): the fine-tuned model's test accuracy;
 - ``finetune_val_acc`` is also an accuracy (the validation accuracy that picked the run);
@@ -24,8 +24,8 @@ is line i + 2 because of the header), the offending value and how to fix it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -197,7 +197,7 @@ def list_proxy_metrics(df: pd.DataFrame) -> list[str]:
     return sorted(m for m in df["metric"].unique().tolist() if isinstance(m, str) and m.startswith(PROXY_PREFIX))
 
 
-def _parse_pools(value: object) -> tuple[str, ...]:
+def parse_pools(value: object) -> tuple[str, ...]:
     if not isinstance(value, str):
         return ()
     return tuple(p.strip() for p in value.split(";") if p.strip())
@@ -252,7 +252,7 @@ def read_models_csv(path: str | Path) -> pd.DataFrame:
         out[col] = values
     _raise_problems(source, problems, "metadata value(s)")
     if METADATA_POOLS in out.columns:
-        out[METADATA_POOLS] = [_parse_pools(v) for v in out[METADATA_POOLS].tolist()]
+        out[METADATA_POOLS] = [parse_pools(v) for v in out[METADATA_POOLS].tolist()]
     return out.set_index("model")
 
 
@@ -283,12 +283,12 @@ def models_in_pool(metadata: pd.DataFrame | None, pool: str) -> list[str]:
         )
     members = []
     for model, value in metadata[METADATA_POOLS].items():
-        pools = value if isinstance(value, (tuple, list)) else _parse_pools(value)
+        pools = value if isinstance(value, (tuple, list)) else parse_pools(value)
         if pool in pools:
             members.append(str(model))
     if not members:
         known = sorted({p for v in metadata[METADATA_POOLS].tolist()
-                        for p in (v if isinstance(v, (tuple, list)) else _parse_pools(v))})
+                        for p in (v if isinstance(v, (tuple, list)) else parse_pools(v))})
         raise RecordsError(f"pool {pool!r}: no model lists it in '{METADATA_POOLS}'; pools present: {known}")
     return sorted(members)
 

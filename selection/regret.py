@@ -18,8 +18,8 @@ All functions take accuracies as fractions in [0, 1] and work on floats and nump
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from math import comb
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -165,7 +165,8 @@ def expected_random_regret_by_budget(
     if a.size == 0:
         raise ValueError("expected_random_regret_by_budget: the pool has no accuracies; need at least one model")
     if not np.all(np.isfinite(a)):
-        raise ValueError("expected_random_regret_by_budget: accuracies must be finite; drop models without a value first")
+        raise ValueError("expected_random_regret_by_budget: accuracies must be finite; drop models without a "
+                         "value first")
     fns = regret_fns if regret_fns is not None else {"relative": relative_regret}
     p = random_max_probability_matrix(a.size, budgets)
     return {name: p @ np.asarray(fn(a[-1], a), dtype=float) for name, fn in fns.items()}

@@ -49,7 +49,8 @@ pairs that have a prediction.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,7 @@ def _check_predictions(predictions: Mapping[str, pd.DataFrame] | None) -> dict[s
                              "one column per task")
         values = table.apply(pd.to_numeric, errors="coerce").astype(float)
         check_accuracies(values.to_numpy(), f"predictions[{name!r}]",
-                         lambda ij: f": model {values.index[ij[0]]!r}, task {values.columns[ij[1]]!r}")
+                         lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
         values.index = values.index.astype(str)
         values.columns = values.columns.astype(str)
         out[name] = values

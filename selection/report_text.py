@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def _has_groups(report: Mapping[str, Any]) -> bool:
     return any(g is not None for g in (report.get("task_groups") or {}).values())
 
 
-def _regret_rows(report: Mapping[str, Any], budget: int, which: str = "strategies") -> tuple[list[str], list[list[str]]]:
+def _regret_rows(report: Mapping[str, Any], budget: int,
+                 which: str = "strategies") -> tuple[list[str], list[list[str]]]:
     names = strategy_order(report)
     grouped = _has_groups(report)
     header = (["group"] if grouped else []) + ["task"] + names

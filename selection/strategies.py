@@ -31,8 +31,9 @@ without a value rank after all that have one. Other strategies can be added with
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -295,17 +296,20 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
 # ------------------------------------------------------------------------ the built-in strategies
 @register_strategy(TASK_AGNOSTIC, order=0)
 def _task_agnostic(ctx: StrategyContext) -> Strategy:
+    """Upstream metadata only: ImageNet accuracy, then upstream data size, then parameters."""
     return TaskAgnosticStrategy(ctx.metadata)
 
 
 @register_strategy("proxy/<name>", offers=lambda proxies, predicted: list(proxies), order=10)
 def _proxy(ctx: StrategyContext) -> Strategy:
+    """One proxy score on the task, best first."""
     return ScoreStrategy(ctx.name, ctx.table(ctx.name))
 
 
 @register_strategy("hybrid:<proxy>", order=20,
                    offers=lambda proxies, predicted: [HYBRID_PREFIX + p for p in proxies])
 def _hybrid(ctx: StrategyContext) -> Strategy:
+    """The top-1 task-agnostic model, then the proxy's order of the rest."""
     proxy = ctx.name[len(HYBRID_PREFIX):]
     return HybridStrategy(ctx.name, TaskAgnosticStrategy(ctx.metadata),
                           ScoreStrategy(proxy, ctx.table(proxy)))
@@ -314,14 +318,17 @@ def _hybrid(ctx: StrategyContext) -> Strategy:
 @register_strategy("<predicted table>", offers=lambda proxies, predicted: list(predicted),
                    order=30)
 def _predicted(ctx: StrategyContext) -> Strategy:
+    """A predicted-accuracy table (ChoiceNet), leave-one-task-out, best first."""
     return ScoreStrategy(ctx.name, ctx.table(ctx.name))
 
 
 @register_strategy(ORACLE, order=90, uses_task_results=True)
 def _oracle(ctx: StrategyContext) -> Strategy:
+    """The fine-tune test accuracy itself: regret 0 (a lower bound)."""
     return ScoreStrategy(ORACLE, ctx.table(GROUND_TRUTH))
 
 
 @register_strategy(RANDOM, order=99)
 def _random(ctx: StrategyContext) -> Strategy:
+    """Uniformly random size-B subsets, scored by their exact expected regret."""
     return RandomStrategy()

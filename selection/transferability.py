@@ -1,9 +1,9 @@
-"""Closed-form transferability scores: LogME, LEEP, NCE, H-score (plain and shrunk), TransRate.
+"""Closed-form transferability scores of the features: LogME, H-score (plain and shrunk), TransRate.
 
 Each score rates how well a frozen backbone suits a labelled target task from one forward pass
 over the task's training split, without training a head: ``features`` (N x D, the backbone's
-penultimate activations) or ``source_probs`` (N x Z, the softmax of the backbone's own upstream
-classifier), and ``labels`` (N integer target classes 0..C-1). Arrays in (numpy or torch, any
+penultimate activations) and ``labels`` (N integer target classes 0..C-1). The scores of the
+source classifier's predictions (LEEP, NCE) are in :mod:`selection.source_scores`. Arrays in (numpy or torch, any
 device), a float out, higher is better. Everything is computed in float64 on CPU.
 
 Cost: every score reduces to an eigendecomposition of the N x N Gram matrix when N <= D (VTAB-1k:
@@ -14,9 +14,7 @@ naming the array and the fix: NaN/inf, a class without examples, a single class,
 not 0..C-1).
 
 References: You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer
-Learning", ICML 2021; Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned
-Representations", ICML 2020; Tran et al., "Transferability and Hardness of Supervised
-Classification Tasks", ICCV 2019 (NCE); Bao et al., "An Information-Theoretic Approach to
+Learning", ICML 2021; Bao et al., "An Information-Theoretic Approach to
 Transferability in Task Transfer Learning", ICIP 2019 (H-score); Ibrahim et al., "Newer is not
 always better: Rethinking transferability metrics, their peculiarities, stability and
 performance", ECML-PKDD 2022 (shrinkage H-score); Huang et al., "Frustratingly Easy
@@ -29,24 +27,18 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
-from selection.checks import check_classes, check_features, check_labels
+from selection.checks import check_features, check_task_labels, to_numpy64
 from selection.proxy_registry import ProxyInputs, register_proxy
 
 __all__ = [
     "TaskFeatures",
-    "check_source_probs",
     "hscore",
     "hscore_score",
     "ledoit_wolf_shrinkage",
-    "leep",
-    "leep_score",
     "logme",
     "logme_fit",
     "logme_score",
-    "nce",
-    "nce_score",
     "transrate",
     "transrate_score",
 ]
@@ -55,29 +47,12 @@ _EPS = np.finfo(np.float64).eps
 # LogME: alpha and beta stay within these bounds, so degenerate features (constant, or
 # orthogonal to a class indicator) still give a finite score instead of 0/0.
 _LOGME_BOUNDS = (1e-150, 1e150)
-# LEEP: rows of source_probs must sum to 1 within this tolerance (float16/32 softmax outputs).
-_PROBS_SUM_TOL = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs and shared decompositions
 # --------------------------------------------------------------------------------------------
 
-
-def _to_numpy64(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float64)
-
-
-def _check_task_labels(labels: Any, n_rows: int, rows_of: str) -> tuple[np.ndarray, int]:
-    y = check_labels(labels, "labels")
-    if len(y) != n_rows:
-        raise ValueError(
-            f"{rows_of} has {n_rows} rows but labels has {len(y)} entries; pass one label per "
-            f"example, in the same order."
-        )
-    return y, check_classes(y, "labels")
 
 
 class _Spectrum(NamedTuple):
@@ -110,7 +85,7 @@ class TaskFeatures:
     probe trial."""
 
     def __init__(self, x: Any, y: np.ndarray, n_classes: int) -> None:
-        self.x = _to_numpy64(x)
+        self.x = to_numpy64(x)
         self.y = y
         self.n_classes = n_classes
         self.n, self.d = self.x.shape
@@ -118,7 +93,7 @@ class TaskFeatures:
     @classmethod
     def from_arrays(cls, features: Any, labels: Any) -> TaskFeatures:
         x = check_features(features, "features")
-        y, n_classes = _check_task_labels(labels, x.shape[0], "features")
+        y, n_classes = check_task_labels(labels, x.shape[0], "features")
         return cls(x, y, n_classes)
 
     @cached_property
@@ -276,85 +251,6 @@ def logme_fit(
 
 
 # --------------------------------------------------------------------------------------------
-# LEEP and NCE: from the source classifier
-# --------------------------------------------------------------------------------------------
-
-
-def check_source_probs(source_probs: Any, name: str = "source_probs") -> np.ndarray:
-    """``source_probs`` as float64 (N, Z); ValueError unless 2-D, finite, >= 0, rows sum to 1."""
-    p = _to_numpy64(check_features(source_probs, name))
-    if p.min() < 0:
-        r, c = (int(v) for v in np.argwhere(p < 0)[0])
-        raise ValueError(
-            f"{name} holds a negative value at row {r}, column {c}; pass probabilities (the "
-            f"softmax of the source classifier's logits), not logits."
-        )
-    sums = p.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _PROBS_SUM_TOL)
-    if bad.size:
-        raise ValueError(
-            f"{name} row {int(bad[0])} sums to {sums[bad[0]]:.6g} ({bad.size} row(s) are not "
-            f"within {_PROBS_SUM_TOL} of 1); pass the softmax of the source logits, e.g. "
-            f"torch.softmax(logits, dim=1)."
-        )
-    return p
-
-
-def leep(source_probs: Any, labels: Any) -> float:
-    r"""LEEP (Nguyen et al., ICML 2020): log expected empirical prediction of the source model.
-
-    With theta_i = source_probs[i] (the source classifier's softmax over its Z classes for
-    target example i) and y_i its target label:
-
-        P(y, z) = 1/N sum_{i: y_i = y} theta_iz,   P(y | z) = P(y, z) / sum_y' P(y', z),
-        LEEP = 1/N sum_i log sum_z P(y_i | z) theta_iz.
-
-    LEEP <= 0; higher is better. Source classes with no probability mass on the target data
-    (sum_y P(y, z) = 0) contribute nothing. Rows of ``source_probs`` must be probabilities (>= 0,
-    summing to 1 within 1e-3). Float64.
-    """
-    p = check_source_probs(source_probs)
-    y, n_classes = _check_task_labels(labels, p.shape[0], "source_probs")
-    return leep_score(p, y, n_classes)
-
-
-def leep_score(p: np.ndarray, y: np.ndarray, n_classes: int) -> float:
-    onehot = np.zeros((len(y), n_classes))
-    onehot[np.arange(len(y)), y] = 1.0
-    joint = onehot.T @ p / len(y)  # (C, Z)
-    marginal = joint.sum(axis=0)
-    cond = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
-    eep = np.einsum("iz,iz->i", p, cond[y])  # expected empirical prediction of y_i
-    return float(np.mean(np.log(eep)))
-
-
-def nce(source_labels: Any, labels: Any) -> float:
-    r"""NCE (Tran et al., ICCV 2019): negative conditional entropy of target given source labels.
-
-    ``source_labels`` are the source model's hard predictions z_i (any integers >= 0, e.g. the
-    argmax of its softmax), ``labels`` the target labels y_i. With the empirical joint
-    P(y, z) = #{i: y_i = y, z_i = z} / N and P(z) = sum_y P(y, z):
-
-        NCE = -H(Y | Z) = sum_{y, z} P(y, z) log(P(y, z) / P(z)).
-
-    NCE <= 0 (0: the target label is a function of the source label); higher is better.
-    """
-    z = check_labels(source_labels, "source_labels")
-    y, n_classes = _check_task_labels(labels, len(z), "source_labels")
-    return nce_score(z, y, n_classes)
-
-
-def nce_score(z: np.ndarray, y: np.ndarray, n_classes: int) -> float:
-    _, z = np.unique(z, return_inverse=True)
-    n_source = int(z.max()) + 1
-    joint = np.bincount(z * n_classes + y, minlength=n_source * n_classes)
-    joint = joint.reshape(n_source, n_classes).astype(np.float64) / len(y)
-    marginal = joint.sum(axis=1, keepdims=True)
-    nz = joint > 0
-    return float(np.sum(joint[nz] * np.log((joint / marginal)[nz])))
-
-
-# --------------------------------------------------------------------------------------------
 # H-score
 # --------------------------------------------------------------------------------------------
 
@@ -486,18 +382,6 @@ def task_features(inputs: ProxyInputs) -> TaskFeatures:
 def logme_proxy(inputs: ProxyInputs) -> float:
     """LogME (You et al., ICML 2021): maximum log evidence of linear models on the features."""
     return logme_score(task_features(inputs))
-
-
-@register_proxy("leep", needs=("source_probs",))
-def leep_proxy(inputs: ProxyInputs) -> float:
-    """LEEP (Nguyen et al., ICML 2020): log expected empirical prediction of the source head."""
-    return leep_score(inputs.source_probs_train, inputs.train_y, inputs.n_classes)
-
-
-@register_proxy("nce", needs=("source_probs",))
-def nce_proxy(inputs: ProxyInputs) -> float:
-    """NCE (Tran et al., ICCV 2019): negative conditional entropy given the source labels."""
-    return nce_score(inputs.source_probs_train.argmax(axis=1), inputs.train_y, inputs.n_classes)
 
 
 @register_proxy("hscore")

@@ -6,7 +6,7 @@
     whichmodel run sweeps/configs/quickstart.yaml    probes + fine-tunes, then the regret report
     whichmodel resume quickstart                     continue an interrupted sweep (Tune restore)
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
-    whichmodel list models|tasks [--config FILE]
+    whichmodel list models|tasks|proxies|strategies|architectures [--config FILE]
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
@@ -45,12 +45,14 @@ def cmd_zoo_build(args) -> int:
 
 
 def cmd_tasks_build(args) -> int:
-    from lightning_modules.tasks import build_suite, list_tasks
+    from lightning_modules.offline import build_suite
+    from lightning_modules.tasks import list_tasks
 
-    names = args.tasks or list_tasks()
+    offline = list_tasks(kind="offline")
+    names = args.tasks or offline
     for name in names:
-        if name not in list_tasks():
-            raise WhichModelError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+        if name not in offline:
+            raise WhichModelError(f"unknown task {name!r}; known: {', '.join(offline)}")
     for path in build_suite(_paths(args).data_root, names, image_size=args.image_size,
                             seed=args.seed):
         print(path)
@@ -58,9 +60,13 @@ def cmd_tasks_build(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from sweeps.driver import plan_sweep
+    from sweeps.plan import check_plan, plan_sweep
+    from sweeps.tracking import preflight
 
     plan = plan_sweep(args.config)
+    paths = _paths(args)
+    check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
+    preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
     n_pairs = len(plan.models) * len(plan.tasks)
     trials = (n_pairs if cfg.probe.enabled else 0) + (
@@ -72,7 +78,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from sweeps.driver import plan_sweep, run_sweep
+    from sweeps.driver import run_sweep
+    from sweeps.plan import plan_sweep
 
     plan = plan_sweep(args.config)
     paths = _paths(args)
@@ -91,9 +98,10 @@ def cmd_resume(args) -> int:
 def _after_sweep(args, paths, plan, outcome) -> int:
     uri = outcome.tracking_uri or None
     if outcome.failures:
-        print(f"whichmodel: error: {len(outcome.failures)} trial(s) failed: "
-              + "; ".join(outcome.failures[:10]) + " (re-run to retry them; finished pairs are "
-              "kept)", file=sys.stderr)
+        shown = "; ".join(outcome.failures[:10])
+        more = f"; and {len(outcome.failures) - 10} more" if len(outcome.failures) > 10 else ""
+        print(f"whichmodel: error: {len(outcome.failures)} failure(s): {shown}{more} (re-run to "
+              "retry them; finished pairs are kept)", file=sys.stderr)
         return 1
     if plan.cfg.search.enabled:
         from sweeps.search import run_search
@@ -179,7 +187,8 @@ def cmd_report(args) -> int:
         return _emit(report, out_dir, None, args.format, args.output)
     if not args.experiment:
         raise WhichModelError("report: give --experiment NAME (MLflow) or --records FILE.csv")
-    from sweeps.driver import plan_sweep, remembered_config
+    from sweeps.driver import remembered_config
+    from sweeps.plan import plan_sweep
 
     # The sweep file gives pools, budgets, strategies and what ChoiceNet needs; by default the
     # one the experiment's last run used.
@@ -190,24 +199,41 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """Every entry of a registry (tasks, proxies, strategies, architectures), or a zoo's models."""
+    rows: list[tuple[str, ...]] = []
     if args.what == "tasks":
-        from lightning_modules.tasks import get_task_info, list_tasks
+        from lightning_modules.tasks import get_task, list_tasks
 
-        from lightning_modules.vtab import get_vtab_task, list_vtab_tasks
+        for name in list_tasks():  # VTAB-1k: torchvision's loader or imagefolder, and the layout
+            task = get_task(name)
+            rows.append((name, task.info.group, f"{task.info.num_classes:>3} classes",
+                         task.summary))
+    elif args.what == "proxies":
+        from selection.proxies import get_proxy, list_proxies
 
-        for name in list_tasks():
-            info = get_task_info(name)
-            print(f"{name:<22} {info.group:<12} {info.num_classes:>3} classes  {info.description}")
-        for name in list_vtab_tasks():  # VTAB-1k: torchvision's loader, or a prepared ImageFolder
-            task = get_vtab_task(name)
-            print(f"{'vtab:' + name:<22} {task.info.group:<12} {task.info.num_classes:>3} classes  "
-                  f"{task.loader}")
+        for name in list_proxies():
+            proxy = get_proxy(name)
+            rows.append((name, "needs " + "+".join(proxy.needs), proxy.description))
+    elif args.what == "strategies":
+        from selection.strategies import STRATEGIES
+
+        for name, spec in STRATEGIES.items():
+            kind = "bound: uses the task's results" if spec.uses_task_results else "strategy"
+            rows.append((name, kind, (spec.factory.__doc__ or "").strip().split("\n")[0]))
+    elif args.what == "architectures":
+        from lightning_modules.backbones import ARCHITECTURES
+
+        for name, build in ARCHITECTURES.items():
+            rows.append((name, (build.__doc__ or "").strip().split("\n")[0]))
     else:
         from sweeps.config import load_zoo_config
 
         zoo = load_zoo_config(args.config)
         for m in zoo.models:
-            print(f"{m.name:<26} {m.arch:<8} {m.objective:<10} {','.join(m.upstream) or '-'}")
+            rows.append((m.name, m.arch, m.objective, ",".join(m.upstream) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    for row in rows:
+        print("  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]).rstrip())
     return 0
 
 
@@ -278,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--seed", type=int, default=0)
     tb.set_defaults(func=cmd_tasks_build)
 
-    v = sub.add_parser("validate", help="check a sweep file without running anything")
+    v = sub.add_parser("validate", help="check a sweep file and everything it names (models, "
+                                        "task data, the tracking server) without running or "
+                                        "writing anything")
     v.add_argument("config", type=Path)
+    v.add_argument("--tracking-uri", help="the MLflow tracking URI run would use")
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")
@@ -310,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--reports-dir", default="reports")
     rep.set_defaults(func=cmd_report)
 
-    ls = sub.add_parser("list", help="list registered models or tasks")
-    ls.add_argument("what", choices=["models", "tasks"])
+    ls = sub.add_parser("list", help="list a registry: tasks, proxies, strategies, "
+                                     "architectures, or a zoo file's models")
+    ls.add_argument("what", choices=["models", "tasks", "proxies", "strategies", "architectures"])
     ls.add_argument("--config", type=Path, default=default_configs / "zoo.yaml")
     ls.set_defaults(func=cmd_list)
 

@@ -29,7 +29,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def unique_grid(values: list[Any] | None) -> list[Any] | None:
+    """A grid (learning rates, names) lists each value once: a repeated value is a one-line error
+    naming it (pydantic adds the key), never a silently merged or lost trial."""
+    for i, v in enumerate(values or []):
+        if v in values[:i]:
+            raise ValueError(f"{v!r} listed twice; list each value once")
+    return values
+
+
 # --------------------------------------------------------------------------- zoo
+# Bump when the architectures or the pre-training code change what a recipe produces.
+ZOO_FORMAT = 2
+
+
 class ZooTraining(_Strict):
     steps: int = Field(400, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -91,13 +104,24 @@ class ZooConfig(_Strict):
                 "seed": self.seed, "image_size": self.image_size,
                 "source": self.source.model_dump()}
 
+    def recipe_hash(self, name: str) -> str:
+        """A short hash of the recipe, kept in the model's ``meta.json``: a model whose hash
+        matches is not built again."""
+        recipe = {"format": ZOO_FORMAT, **self.recipe(name)}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
 
 # --------------------------------------------------------------------------- sweep
 class LinearProbeSettings(_Strict):
+    """The linear proxy: the paper's lrs, steps and repetitions; batch 256 is this project's
+    choice (the paper does not give one), as is standardising the features."""
+
     lrs: list[float] = Field([0.1, 0.01], min_length=1)
     steps: int = Field(2500, ge=1)
     repeats: int = Field(5, ge=1)
     batch_size: int = Field(256, ge=1)
+
+    _unique = field_validator("lrs")(unique_grid)
 
 
 class KnnSettings(_Strict):
@@ -112,20 +136,45 @@ class EarlyStopSettings(_Strict):
     repeats: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
 
+    _unique = field_validator("lrs")(unique_grid)
 
-ProxyName = Literal["linear", "knn", "early_stop", "logme", "leep", "nce", "hscore", "hscore_lw",
-                    "transrate"]
+
+def known_proxy(names: list[str]) -> list[str]:
+    """Proxy names are the proxy registry's (``whichmodel list proxies``)."""
+    from selection.proxies import list_proxies
+
+    known = list_proxies()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown proxy {name!r}; known: {', '.join(known)}")
+    return unique_grid(names)
 
 
 class ProbeProtocol(_Strict):
     enabled: bool = True
-    proxies: list[ProxyName] = ["linear", "knn"]
+    proxies: list[str] = ["linear", "knn"]
     linear: LinearProbeSettings = LinearProbeSettings()
     knn: KnnSettings = KnnSettings()
     early_stop: EarlyStopSettings = EarlyStopSettings()
     # Keep each pair's features (train/val/test, float16 .npz) and log them as an artifact of
     # its probe run, for reuse (ChoiceNet v2, new proxies) without another forward pass.
     save_features: bool = False
+
+    _known = field_validator("proxies")(known_proxy)
+
+    def proxy_settings(self, seed: int) -> dict[str, dict[str, Any]]:
+        """Each named proxy's keyword arguments: its settings block here (``probe.<name>``),
+        and the sweep's seed where the proxy takes one."""
+        from selection.proxies import get_proxy
+
+        out = {}
+        for name in self.proxies:
+            block = getattr(self, name, None)
+            kwargs = block.model_dump() if isinstance(block, BaseModel) else {}
+            if "seed" in get_proxy(name).settings:
+                kwargs["seed"] = seed
+            out[name] = kwargs
+        return out
 
 
 class FinetuneProtocol(_Strict):
@@ -143,6 +192,8 @@ class FinetuneProtocol(_Strict):
     curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
     # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
+
+    _unique = field_validator("lrs")(unique_grid)
 
 
 class TrialResources(_Strict):
@@ -167,6 +218,8 @@ class BudgetedSearch(_Strict):
     rung_steps: int = Field(25, ge=1)  # fine-tune steps between two ASHA decisions
     reduction_factor: int = Field(3, ge=2)
     grace_rungs: int = Field(1, ge=1)
+
+    _unique = field_validator("lrs")(unique_grid)
 
 
 class ChoiceNetSettings(_Strict):
@@ -264,9 +317,10 @@ class SweepConfig(_Strict):
         data: dict[str, Any] = {"image_size": self.image_size, "seed": self.seed}
         if protocol == "probe":
             data["proxies"] = list(self.probe.proxies)
-            for name in ("linear", "knn", "early_stop"):
-                if name in self.probe.proxies:
-                    data[name] = getattr(self.probe, name).model_dump()
+            for name in self.probe.proxies:
+                block = getattr(self.probe, name, None)
+                if isinstance(block, BaseModel):
+                    data[name] = block.model_dump()
         elif protocol == "finetune":
             data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable",
                                                           "precision"}))

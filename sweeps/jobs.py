@@ -25,10 +25,10 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import urlparse
 
 from sweeps.config import WhichModelError
@@ -145,7 +145,7 @@ class Cluster:
         except Exception as exc:
             raise self._error(exc) from None
 
-    def submit(self, sub: "Submission") -> str:
+    def submit(self, sub: Submission) -> str:
         try:
             return self.client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
                                           submission_id=sub.submission_id, metadata=sub.metadata)
@@ -263,7 +263,7 @@ def plan_submission(config: str | Path, *, working_dir: str | Path | None = None
                     extra_env: Iterable[str] = (), no_report: bool = False,
                     environ: dict[str, str] | None = None) -> Submission:
     """Validate the sweep file here and build the job: nothing malformed reaches the cluster."""
-    from sweeps.driver import plan_sweep
+    from sweeps.plan import plan_sweep
 
     config = Path(config)
     if not config.is_file():

@@ -9,9 +9,8 @@ Models come from three places, all behind one backbone contract:
   ``m``) or as an entry ``{name, spec, weights, pretrained, meta}``;
 - a catalog file's entries (``catalog:``, e.g. ``pools/renggli2022.yaml``), by name.
 
-Tasks are the offline suite's (:mod:`lightning_modules.tasks`), VTAB-1k tasks written
-``vtab:<name>`` (:mod:`lightning_modules.vtab`, read from ``data.root``), or ImageFolder entries
-``{name, path, group}``.
+Tasks are the offline suite's, VTAB-1k tasks written ``vtab:<name>`` (read from ``data.root``),
+both looked up in :mod:`lightning_modules.tasks`, or ImageFolder entries ``{name, path, group}``.
 
 A resolved model or task is a plain dict (a *ref*) that travels to the Tune trials with the sweep's
 settings; :func:`load_model_ref` and :func:`load_task_ref` turn refs into backbones and task data.
@@ -22,8 +21,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import (HUB_PREFIXES, ConfigError, ModelEntry, SweepConfig, TaskEntry,
-                           WhichModelError, ZooConfig, load_catalog)
+from sweeps.config import (
+    HUB_PREFIXES,
+    ConfigError,
+    ModelEntry,
+    SweepConfig,
+    TaskEntry,
+    WhichModelError,
+    ZooConfig,
+    load_catalog,
+)
 from sweeps.paths import Paths
 
 VTAB_PREFIX = "vtab:"
@@ -118,7 +125,7 @@ def resolve_task_refs(cfg: SweepConfig, source: Path
     """The sweep's tasks in order and a ref per task."""
     from lightning_modules.tasks import list_tasks
 
-    offline = list_tasks()
+    offline = list_tasks(kind="offline")
     if cfg.tasks == "all":
         return offline, {t: {"source": "offline"} for t in offline}
     def one(i: int, item) -> tuple[str, dict[str, Any]]:
@@ -126,12 +133,11 @@ def resolve_task_refs(cfg: SweepConfig, source: Path
             return item.name, {"source": "imagefolder", "group": item.group,
                                "path": str((source.parent / item.path).resolve())}
         if item.startswith(VTAB_PREFIX):
-            from lightning_modules.vtab import list_vtab_tasks
-
             name = item[len(VTAB_PREFIX):]
-            if name not in list_vtab_tasks():
+            if item not in list_tasks(kind="vtab"):
+                known = [t[len(VTAB_PREFIX):] for t in list_tasks(kind="vtab")]
                 raise ConfigError(f"{source}: key 'tasks[{i}]': unknown VTAB-1k task {name!r}; "
-                                  f"known: {', '.join(list_vtab_tasks())}")
+                                  f"known: {', '.join(known)}")
             return name, {"source": "vtab"}
         if item in offline:
             return item, {"source": "offline"}
@@ -185,31 +191,33 @@ def load_model_ref(name: str, ref: dict[str, Any], zoo_root: str | Path):
 def load_task_ref(name: str, ref: dict[str, Any], data_root: str | Path, image_size: int,
                   seed: int, download: bool = False):
     """The splits of a resolved task (built and cached on first use)."""
+    return get_ref_task(name, ref).load(data_root, image_size=image_size, seed=seed,
+                                        download=download)
+
+
+def get_ref_task(name: str, ref: dict[str, Any]):
+    """The :class:`~lightning_modules.task_data.Task` of a resolved task (ImageFolders cached
+    under ``<data_root>/cache``)."""
+    from lightning_modules.tasks import get_task, imagefolder_task
+
     source = ref.get("source", "offline")
-    if source == "offline":
-        from lightning_modules.tasks import load_task
+    if source == "imagefolder":
+        return imagefolder_task(name, ref["path"], ref["group"])
+    return get_task(VTAB_PREFIX + name if source == "vtab" else name)
 
-        return load_task(name, data_root, image_size=image_size, seed=seed)
-    from lightning_modules import vtab
 
-    if source == "vtab":
-        return vtab.load_vtab_task(name, data_root, image_size=image_size, seed=seed,
-                                   download=download)
-    return vtab.load_imagefolder_task(name, ref["path"], ref["group"], image_size=image_size,
-                                      seed=seed, cache_root=Path(data_root) / "cache")
+def check_task_ref(name: str, ref: dict[str, Any], data_root: str | Path,
+                   download: bool = False) -> None:
+    """A WhichModelError naming the task, the path and the fix when a resolved task's data is not
+    there (``Task.check``: decodes nothing, writes nothing)."""
+    try:
+        get_ref_task(name, ref).check(data_root, download=download)
+    except (ValueError, OSError) as exc:  # DatasetError is a ValueError
+        raise WhichModelError(f"task {name!r}: {exc}") from None
 
 
 def task_group(name: str, ref: dict[str, Any]) -> str:
-    source = ref.get("source", "offline")
-    if source == "offline":
-        from lightning_modules.tasks import get_task_info
-
-        return get_task_info(name).group
-    if source == "vtab":
-        from lightning_modules.vtab import get_vtab_info
-
-        return get_vtab_info(name).group
-    return ref["group"]
+    return get_ref_task(name, ref).info.group
 
 
 def check_models(models: list[str], paths: Paths, zoo_file: Path,

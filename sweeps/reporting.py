@@ -60,8 +60,7 @@ def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
     :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
     set and probe model keep them comparable between reports.
     """
-    from lightning_modules.choicenet import (compute_embeddings, load_probe_set,
-                                             predict_choicenet, targets_from_records)
+    from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet, targets_from_records
     from sweeps.driver import trial_settings
 
     cfg = plan.cfg

@@ -15,53 +15,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sweeps.config import SweepConfig
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    trial: Any  # the sweep's driver.TrialSettings (loads models and tasks by name)
-
-    @property
-    def cfg(self) -> SweepConfig:
-        return self.trial.cfg
-
-
-def _rung_callback(xva, yva, rung_steps: int, head_steps: int):
-    import pytorch_lightning as pl
-    from ray import tune
-
-    from lightning_modules.training import evaluate
-
-    class ReportRung(pl.Callback):
-        """Reports validation accuracy to Tune every ``rung_steps`` steps (one ASHA time unit)."""
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = trainer.global_step
-            if step % rung_steps == 0:
-                tune.report({"val_acc": evaluate(module, xva, yva),
-                             "steps": head_steps + step})
-
-    return ReportRung()
-
-
-def search_trial(job: dict, settings: SearchSettings) -> None:
-    """One (model, task, lr) fine-tune that Tune may stop at any rung."""
-    from lightning_modules.training import run_finetune
-
-    cfg = settings.cfg
-    f, s = cfg.finetune, cfg.search
-    backbone, _ = settings.trial.load_model(job["model"])
-    data = settings.trial.load_task(job["task"])
-    xva, yva = data.splits["val200"]
-    run_finetune(backbone, data.splits, data.num_classes, lr=float(job["lr"]), steps=f.steps,
-                 head_steps=f.head_steps, batch_size=f.batch_size, seed=cfg.seed,
-                 trainable=f.trainable, evaluate_test=False, precision=f.precision,
-                 callbacks=[_rung_callback(xva, yva, s.rung_steps, f.head_steps)])
-    return None  # everything was reported rung by rung
+from sweeps.plan import Job
 
 
 def search_signature(cfg: SweepConfig) -> str:
@@ -87,7 +44,9 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps.driver import trial_settings
     from sweeps.tracking import Tracker
+    from sweeps.trials import search_trial
     from sweeps.tune_runner import TrialResources, experiment_path, init_ray, wrap_trainable
 
     stream = stream or sys.stderr
@@ -98,9 +57,7 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     n_rungs = max(1, f.steps // s.rung_steps)
     lrs = s.lrs or f.lrs
     exhaustive = len(plan.models) * len(f.lrs) * (f.head_steps + f.steps)
-    from sweeps.driver import trial_settings
-
-    settings = SearchSettings(trial_settings(plan, paths))
+    settings = trial_settings(plan, paths)
     out: dict[str, dict[str, Any]] = {}
     init_ray(cfg.resources.num_cpus)
     resources = TrialResources({"search": (cfg.resources.finetune.cpus,
@@ -110,13 +67,12 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
         if key in done:
             continue
         start = time.perf_counter()
-        jobs = [{"kind": "search", "model": m, "task": task, "lr": lr}
-                for m in plan.models for lr in lrs]
+        jobs = [Job("search", m, task, float(lr)) for m in plan.models for lr in lrs]
         trainable = wrap_trainable(search_trial, settings, resources)
         name = f"{cfg.name}-search-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = experiment_path(paths.tune_root, name)
         tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(jobs)},
+            trainable, param_space={"job": tune.grid_search([j.to_dict() for j in jobs])},
             tune_config=tune.TuneConfig(
                 scheduler=ASHAScheduler(time_attr="training_iteration", metric="val_acc",
                                         mode="max", max_t=n_rungs, grace_period=s.grace_rungs,

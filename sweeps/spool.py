@@ -1,7 +1,7 @@
 """Pair results that MLflow could not take (the server was down), kept on disk until it can.
 
 One JSON file per (pair_key, protocol_hash) at ``$WHICHMODEL_HOME/spool/<experiment>/<hash>.json``,
-written atomically (a temporary file renamed over the target), holding everything
+written atomically (``whichmodel.files``), holding everything
 ``Tracker.log_pair`` writes: run name, tags, params, metrics, child runs with their curves, the
 paths of artifact files and the metrics' timestamp. ``Tracker.drain_spool`` replays the records
 through the same idempotent path keyed by ``pair_key`` (a finished run of the key: the record is
@@ -17,9 +17,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from whichmodel.files import atomic_write_json
 
 SPOOL_FORMAT = 1
 
@@ -50,29 +51,15 @@ class Spool:
     def put(self, record: dict[str, Any]) -> Path:
         """Write (or replace) the record of its (pair_key, protocol_hash), atomically."""
         path = self.dir / record_file_name(record["pair_key"], record["protocol_hash"])
-        self.dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"format": SPOOL_FORMAT, "experiment": self.experiment, **record},
-                          indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(path, {"format": SPOOL_FORMAT, "experiment": self.experiment,
+                                        **record}, indent=1, mode=0o600)
 
     def pending(self) -> list[tuple[Path, dict[str, Any]]]:
         """Readable records, oldest first; an unreadable file is reported and left in place."""
         if not self.dir.is_dir():
             return []
         out = []
-        for path in self.dir.glob("*.json"):
-            if path.name.startswith(".tmp-"):
-                continue
+        for path in self.dir.glob("*.json"):  # not the writer's temporary files (.*.tmp)
             try:
                 record = json.loads(path.read_text())
                 missing = {"pair_key", "protocol_hash", "model", "task", "protocol"} - set(record)
@@ -91,4 +78,4 @@ class Spool:
     def __len__(self) -> int:
         if not self.dir.is_dir():
             return 0
-        return sum(1 for p in self.dir.glob("*.json") if not p.name.startswith(".tmp-"))
+        return sum(1 for _ in self.dir.glob("*.json"))

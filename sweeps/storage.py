@@ -12,10 +12,10 @@ node's instance role; none of them is ever written into the state.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from sweeps.config import WhichModelError
+from whichmodel.files import atomic_write
 
 ENV = "WHICHMODEL_STORAGE"
 
@@ -63,11 +63,7 @@ def read_text(location: str | os.PathLike) -> str:
 def write_text(location: str | os.PathLike, text: str) -> None:
     """Write atomically: a local rename, or one S3 PUT (readers see the old or the new)."""
     if not is_remote(location):
-        path = Path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
+        atomic_write(location, text)
         return
     bucket, key = _split(str(location))
     try:

@@ -4,7 +4,8 @@ Runs are named ``model@task:protocol`` and tagged ``pair_key=model|task|protocol
 ``protocol_hash`` (a hash of the protocol settings). Before a sweep the driver reads the finished
 keys and skips them; a run left unfinished by a crash is resumed by id rather than duplicated, so
 however often a sweep is re-run there is one finished run per key and settings. Ray's own MLflow
-callbacks duplicate runs on retries and restores (PLATFORM.md), hence this module.
+callbacks (``MLflowLoggerCallback``, ``setup_mlflow``) duplicate runs on trial retries and
+``Tuner.restore`` and leave orphans RUNNING (seen with Ray 2.60), hence this module.
 
 Against a tracking server (``http(s)://``), credentials come from ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` (MLflow reads them). ``Tracker(...)`` first runs a preflight
@@ -26,16 +27,19 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 
 from sweeps.config import WhichModelError
+from sweeps.plan import pair_key
 from sweeps.spool import Spool
+from whichmodel.uri import redact_uri
 
 # Finetune runs log val/acc and test/acc (and the same under the records format's names,
-# DESIGN.md), which the records use:
+# README, "Records format"), which the records use:
 RECORD_METRICS = {("finetune", "test/acc"): "finetune_test_acc",
                   ("finetune", "val/acc"): "finetune_val_acc"}
 MODEL_META_KEYS = ("imagenet_acc", "upstream_size", "params", "feature_dim", "upstream_acc")
@@ -51,10 +55,6 @@ _FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEO
 
 class TrackingUnavailable(WhichModelError):
     """The tracking server cannot be reached, or refuses the credentials."""
-
-
-def pair_key(model: str, task: str, protocol: str) -> str:
-    return f"{model}|{task}|{protocol}"
 
 
 def run_name(model: str, task: str, protocol: str) -> str:
@@ -86,14 +86,14 @@ class Tracker:
             exp, error = with_retries(lambda: self.client.get_experiment_by_name(experiment),
                                       (1.0, 2.0))
         except Exception as exc:  # an unreadable store
-            raise WhichModelError(f"MLflow tracking at {_redact(tracking_uri)}: {exc}") from None
+            raise WhichModelError(f"MLflow tracking at {redact_uri(tracking_uri)}: {exc}") from None
         if error is not None:  # the server went since the preflight, or a local store is locked
-            raise TrackingUnavailable(f"MLflow tracking at {_redact(tracking_uri)}: "
+            raise TrackingUnavailable(f"MLflow tracking at {redact_uri(tracking_uri)}: "
                                       f"{_short(error)}")
         if exp is None:
             if not create:
                 raise WhichModelError(
-                    f"no MLflow experiment {experiment!r} at {_redact(tracking_uri)}; "
+                    f"no MLflow experiment {experiment!r} at {redact_uri(tracking_uri)}; "
                     f"known: {', '.join(self.list_experiments()) or 'none'}")
             location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(experiment,
@@ -258,7 +258,7 @@ class Tracker:
         logged, delays = 0, tuple(delays)
         for path, record in self.spool.pending():
             try:
-                _, error = with_retries(lambda: self.log_record(record, lookup=True), delays)
+                _, error = with_retries(lambda r=record: self.log_record(r, lookup=True), delays)
             except Exception as exc:  # not the server: this record cannot be logged as it is
                 print(f"[whichmodel] spool: {path} ({record.get('pair_key')}) could not be "
                       f"logged: {_short(exc)}; left in the spool", file=sys.stderr)
@@ -279,7 +279,7 @@ class Tracker:
         self.replayed += logged
         left = len(self.spool)
         if logged:
-            print(f"[whichmodel] MLflow at {_redact(self.uri)} answers: {logged} spooled pair "
+            print(f"[whichmodel] MLflow at {redact_uri(self.uri)} answers: {logged} spooled pair "
                   f"result(s) logged" + (f", {left} still in {self.spool.dir}" if left else ""),
                   file=sys.stderr, flush=True)
         return left
@@ -366,7 +366,7 @@ def pair_record(model: str, task: str, protocol: str, protocol_hash: str, tags: 
 def spool_record(spool: Spool, uri: str, record: dict[str, Any], reason: str) -> None:
     """Keep a pair's record in the spool, and say so."""
     path = spool.put({**record, "spooled_at": time.time(), "reason": reason})
-    print(f"[whichmodel] MLflow at {_redact(uri)} unavailable ({reason}): {record['run_name']} "
+    print(f"[whichmodel] MLflow at {redact_uri(uri)} unavailable ({reason}): {record['run_name']} "
           f"kept in the spool ({path}; {len(spool)} waiting), logged once the server answers",
           file=sys.stderr, flush=True)
 
@@ -374,44 +374,19 @@ def spool_record(spool: Spool, uri: str, record: dict[str, Any], reason: str) ->
 def preflight(uri: str, timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
     """A tracking server answers ``/health`` and accepts the credentials; else a clear error.
 
-    Two requests without retries (at most ``2 * timeout`` seconds); other URIs pass through.
+    The server's own health check (:func:`mlflow_server.health.check`: two requests without
+    retries, at most ``2 * timeout`` seconds) with this environment's credentials; other URIs
+    pass through.
     """
     if not _is_http(uri):
         return
-    import requests
+    from mlflow_server.health import check
 
-    base, shown = uri.rstrip("/"), _redact(uri)
-    try:
-        r = requests.get(f"{base}/health", timeout=timeout)
-    except requests.RequestException as exc:
-        raise TrackingUnavailable(
-            f"MLflow tracking server {shown} unreachable ({type(exc).__name__}): is the server "
-            f"up? try python -m mlflow_server.health {shown}") from None
-    if r.status_code != 200:
-        raise TrackingUnavailable(
-            f"MLflow tracking server {shown}: /health answered HTTP {r.status_code}: is this an "
-            f"MLflow server? try python -m mlflow_server.health {shown}")
-    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    auth = (user, password) if user and password else None
-    headers = {"Authorization": f"Bearer {token}"} if token and not auth else {}
-    try:
-        r = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                         auth=auth, headers=headers, timeout=timeout)
-    except requests.RequestException as exc:
-        raise TrackingUnavailable(f"MLflow tracking server {shown}: REST API unreachable "
-                                  f"({type(exc).__name__})") from None
-    if r.status_code == 401:
-        given = f"rejected for user {user!r}" if auth else "not set"
-        raise TrackingUnavailable(f"MLflow tracking server {shown}: 401: check "
-                                  f"MLFLOW_TRACKING_USERNAME/PASSWORD (credentials {given})")
-    if r.status_code == 403:
-        raise TrackingUnavailable(f"MLflow tracking server {shown}: 403: user {user!r} may not "
-                                  "read experiments; ask the server's admin for permission")
-    if r.status_code != 200:
-        raise TrackingUnavailable(f"MLflow tracking server {shown}: REST API answered HTTP "
-                                  f"{r.status_code}: {r.text[:200]}")
+    health = check(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                   os.environ.get("MLFLOW_TRACKING_PASSWORD"), timeout=timeout,
+                   token=os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    if not health.ok:
+        raise TrackingUnavailable(health.message)
 
 
 def is_server_problem(exc: BaseException) -> bool:
@@ -472,11 +447,3 @@ def _num(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
-
-
-def _redact(uri: str) -> str:
-    """Hide credentials embedded in a URI (``scheme://user:pass@host``)."""
-    if "://" in uri and "@" in uri.split("://", 1)[1]:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri

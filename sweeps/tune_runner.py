@@ -1,10 +1,10 @@
 """Where things run: local or cluster Ray, and one Ray Tune experiment over a list of jobs.
 
-The zoo build and the sweep both hand this module a plain trial function ``fn(job, settings) ->
-metrics`` and a precomputed list of job dicts (uneven model x task x protocol sets go through
-``tune.grid_search`` of the list). Large constants travel through ``tune.with_parameters``, never
-inside the search space. Results reach the driver through Tune callbacks, so the driver is the
-single writer of MLflow.
+The zoo build and the sweep both hand this module a plain trial function ``fn(job, settings,
+report) -> metrics`` (:mod:`sweeps.trials`) and a precomputed list of :class:`~sweeps.plan.Job`
+(uneven model x task x protocol sets go through ``tune.grid_search`` of the list). Large
+constants travel through ``tune.with_parameters``, never inside the search space. Results reach
+the driver through Tune callbacks, so the driver is the single writer of MLflow.
 """
 
 from __future__ import annotations
@@ -15,49 +15,67 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
-# Per-trial CSV/JSON/TensorBoard loggers are noise for thousands of small trials; MLflow is the
-# record. Must be set before Tune builds its callbacks.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# Experiment state (what resume restores) is saved at most this often.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "30")
+import ray
+from ray import tune
 
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
+from sweeps.plan import Job
 
+#: A trial body: ``fn(job, settings, report) -> metrics or None`` (see :mod:`sweeps.trials`).
+TrialFn = Callable[[Job, Any, Callable[[dict], None]], "dict | None"]
 
 # Every node prestarts one idle worker per CPU (``enable_worker_prestart``; without it only the
 # first driver's node does, and a second node's trial actors waited for a cold worker while Tune
 # handed the trials to the warm node's cached actors: 8 trials on 2 nodes all ran on one), and
-# each idle worker imports what every trial needs while it waits (torch, Lightning, timm, Tune:
-# ~5 s on 2 cores), so a trial's actor starts warm (measured: from Tuner.fit to the trial
-# function 5.5 s -> 0.13 s). Cluster nodes get the same through ``ray start --system-config``
-# (cluster.yaml). Each warm worker holds ~0.9 GB.
+# each idle worker imports what every trial needs while it waits (torch, Lightning, timm, Tune),
+# so a trial's actor starts warm (README, "Benchmarks"). Cluster nodes get the same through
+# ``ray start --system-config`` (cluster.yaml).
 PRELOAD_MODULES = ["torch", "pytorch_lightning", "timm", "ray.tune"]
+
+# Environment every whichmodel Ray process needs (set unless the user set them):
+RAY_ENV = {
+    # Per-trial CSV/JSON/TensorBoard loggers are noise for thousands of small trials; MLflow is
+    # the record. Read when Tune builds its callbacks.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Experiment state (what resume restores) is saved at most this often.
+    "TUNE_GLOBAL_CHECKPOINT_S": "30",
+    # See prepare_ray: in the nodes' environment instead of each trial actor's runtime env.
+    "PL_DISABLE_FORK": "1",
+}
 
 
 def worker_system_config() -> dict[str, Any]:
     """Ray's ``_system_config`` for warm workers, a new dict each call (Ray adds keys to it)."""
     return {"preload_python_modules": list(PRELOAD_MODULES), "enable_worker_prestart": True}
 
-# Tune gives every trial actor the runtime env {"env_vars": {"PL_DISABLE_FORK": "1"}}, and Ray
-# then refuses the prestarted (preloaded) workers, which have the default env: each experiment's
-# first actors waited for a fresh worker to start and import torch and Lightning. The variable
-# (Lightning then asks NVML, not CUDA, how many GPUs there are, which is safe in a forked
-# process) is set in the node's environment instead, which every worker inherits: here before a
-# local Ray starts, and by the cluster files before `ray start`.
-os.environ.setdefault("PL_DISABLE_FORK", "1")
-from ray.tune.execution import class_cache as _tune_class_cache  # noqa: E402
 
-_tune_class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+def prepare_ray() -> None:
+    """Set what every whichmodel Ray needs; call before Ray starts (idempotent).
+
+    Works around Ray 2.60: Tune gives every trial actor the runtime env ``{"env_vars":
+    {"PL_DISABLE_FORK": "1"}}`` (``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``), and Ray
+    then refuses the prestarted (preloaded) workers, which have the default env: each
+    experiment's first actors waited for a fresh worker to start and import torch and Lightning.
+    The variable (Lightning then asks NVML, not CUDA, how many GPUs there are, which is safe in a
+    forked process) is set in the node's environment instead, which every worker inherits: here
+    before a local Ray starts, and by the cluster files before ``ray start``; Tune's entry is
+    dropped. Re-check both when Ray moves past 2.60.
+    """
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    from ray.tune.execution import class_cache
+
+    class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray with its own temp dir."""
+    prepare_ray()
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
@@ -105,58 +123,18 @@ def settled_idle_workers(timeout_s: float = 120.0, poll_s: float = 1.0) -> set[i
     raise TimeoutError(f"Ray's idle workers were still busy after {timeout_s:.0f} s")
 
 
-def _trainable(config: dict[str, Any], fn: Callable[[dict, Any], dict], settings: Any,
+def _trainable(config: dict[str, Any], fn: TrialFn, settings: Any,
                threads: dict[str, int]) -> None:
     import torch
 
     from sweeps.quiet import quiet_libraries
 
     quiet_libraries()
-    job = config["job"]
-    torch.set_num_threads(max(1, threads.get(job.get("kind", ""), 1)))
-    metrics = fn(job, settings)
+    job = Job.from_dict(config["job"])
+    torch.set_num_threads(max(1, threads.get(job.kind, 1)))
+    metrics = fn(job, settings, tune.report)
     if metrics is not None:  # None: the function reported by itself (e.g. rung by rung for ASHA)
         tune.report(metrics)
-
-
-class Progress:
-    """Counts finished jobs by kind and prints pairs done of total, elapsed and an estimate."""
-
-    def __init__(self, total_by_kind: dict[str, int], stream=None, every_s: float = 15.0):
-        self.total = dict(total_by_kind)
-        self.done = {k: 0 for k in total_by_kind}
-        self.failed = 0
-        self.start = time.monotonic()
-        self.stream, self.every_s, self._last = stream, every_s, 0.0
-
-    def update(self, kind: str, failed: bool = False, force: bool = False) -> None:
-        self.done[kind] = self.done.get(kind, 0) + 1
-        self.failed += int(failed)
-        now = time.monotonic()
-        if force or now - self._last >= self.every_s or self.n_done == self.n_total:
-            self._last = now
-            print(self.line(), file=self.stream or sys.stderr, flush=True)
-
-    @property
-    def n_done(self) -> int:
-        return sum(self.done.values())
-
-    @property
-    def n_total(self) -> int:
-        return sum(self.total.values())
-
-    def line(self) -> str:
-        elapsed = time.monotonic() - self.start
-        parts = " ".join(f"{k} {self.done.get(k, 0)}/{n}" for k, n in self.total.items())
-        eta = elapsed / self.n_done * (self.n_total - self.n_done) if self.n_done else float("nan")
-        fail = f" | {self.failed} failed" if self.failed else ""
-        return (f"[whichmodel] {parts} | elapsed {_fmt(elapsed)} | "
-                f"eta {_fmt(eta) if eta == eta else '?'}{fail}")
-
-
-def _fmt(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class ResultSink(Protocol):
@@ -166,9 +144,9 @@ class ResultSink(Protocol):
     ``Tuner.restore``, so it must keep only picklable state (open clients made lazily).
     """
 
-    def on_result(self, job: dict, metrics: dict) -> None: ...
+    def on_result(self, job: Job, metrics: dict) -> None: ...
 
-    def on_error(self, job: dict, error: str) -> None: ...
+    def on_error(self, job: Job, error: str) -> None: ...
 
 
 def lost_its_worker(error: BaseException | None) -> bool:
@@ -176,8 +154,14 @@ def lost_its_worker(error: BaseException | None) -> bool:
 
     Such a trial is worth running again elsewhere; a trial whose own code raised is not.
     """
-    from ray.exceptions import (LocalRayletDiedError, NodeDiedError, ObjectLostError,
-                                RayActorError, RayTaskError, WorkerCrashedError)
+    from ray.exceptions import (
+        LocalRayletDiedError,
+        NodeDiedError,
+        ObjectLostError,
+        RayActorError,
+        RayTaskError,
+        WorkerCrashedError,
+    )
 
     if isinstance(error, RayTaskError):
         error = error.cause if isinstance(error.cause, BaseException) else None
@@ -185,10 +169,10 @@ def lost_its_worker(error: BaseException | None) -> bool:
                               LocalRayletDiedError))
 
 
-def job_key(job: dict) -> str:
+def job_key(job: Job) -> str:
     import json
 
-    return json.dumps(job, sort_keys=True, default=str)
+    return json.dumps(job.to_dict(), sort_keys=True, default=str)
 
 
 def _trial_error(trial) -> BaseException | None:
@@ -226,29 +210,25 @@ class _Forward(tune.Callback):
         return {**self.__dict__, "lost": [], "keep_back": False}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.sink.on_result(trial.config["job"], dict(trial.last_result or {}))
+        self.sink.on_result(Job.from_dict(trial.config["job"]), dict(trial.last_result or {}))
 
     def _attempts_left(self, trial) -> float:
         if self.attempts is not None:
-            return self.attempts.get(job_key(trial.config["job"]), 0)
+            return self.attempts.get(job_key(Job.from_dict(trial.config["job"])), 0)
         if trial.max_failures < 0:
             return math.inf
         return trial.max_failures + 1 - trial.num_failures
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        job = trial.config["job"]
+        job = Job.from_dict(trial.config["job"])
         left = self._attempts_left(trial)
         error = _trial_error(trial)
         if self.keep_back and left > 0 and lost_its_worker(error):
             self.lost.append((job, left))
-            print(f"[whichmodel] {_describe(job)} lost its worker ({type(error).__name__}); "
+            print(f"[whichmodel] {job.describe()} lost its worker ({type(error).__name__}); "
                   "it runs again after this round", file=sys.stderr, flush=True)
             return
         self.sink.on_error(job, str(getattr(trial, "error_file", "") or "trial failed"))
-
-
-def _describe(job: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in job.items())
 
 
 @dataclass(frozen=True)
@@ -268,7 +248,7 @@ class TrialResources:
         return tune.PlacementGroupFactory([bundle])
 
 
-def wrap_trainable(fn: Callable[[dict, Any], dict | None], settings: Any,
+def wrap_trainable(fn: TrialFn, settings: Any,
                    resources: TrialResources):
     return tune.with_resources(
         tune.with_parameters(_trainable, fn=fn, settings=settings, threads=resources.threads()),
@@ -283,19 +263,19 @@ def experiment_path(storage_path: str | Path, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
-def _finished(results) -> list[tuple[dict, dict]]:
+def _finished(results) -> list[tuple[Job, dict]]:
     out = []
     for r in results:
         if r.error is None and r.config and r.metrics:
-            out.append((r.config["job"], dict(r.metrics)))
+            out.append((Job.from_dict(r.config["job"]), dict(r.metrics)))
     return out
 
 
-def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: Any, *,
+def run_jobs(fn: TrialFn, jobs: Sequence[Job], settings: Any, *,
              name: str, storage_path: str | Path, sink: ResultSink, resources: TrialResources,
              max_concurrent_trials: int | None = None,
-             max_failures: int = 1) -> list[tuple[dict, dict]]:
-    """Run ``fn(job, settings)`` for every job as one Tune trial each, in list order.
+             max_failures: int = 1) -> list[tuple[Job, dict]]:
+    """Run ``fn(job, settings, report)`` for every job as one Tune trial each, in list order.
 
     Trials that lost their node or worker with retries left (see ``_Forward``) run again in
     further experiments ``NAME-retryN`` once this one ends, each with no in-round retries, until
@@ -306,6 +286,7 @@ def run_jobs(fn: Callable[[dict, Any], dict], jobs: Sequence[dict], settings: An
     """
     if not jobs:
         return []
+    prepare_ray()
     forward = _Forward(sink)
     results = _fit(fn, jobs, settings, name=name, storage_path=storage_path,
                    resources=resources, max_concurrent_trials=max_concurrent_trials,
@@ -332,7 +313,7 @@ def _fit(fn, jobs, settings, *, name, storage_path, resources, max_concurrent_tr
     path = experiment_path(storage_path, name)
     tuner = tune.Tuner(
         wrap_trainable(fn, settings, resources),
-        param_space={"job": tune.grid_search(list(jobs))},
+        param_space={"job": tune.grid_search([job.to_dict() for job in jobs])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0,
@@ -342,8 +323,8 @@ def _fit(fn, jobs, settings, *, name, storage_path, resources, max_concurrent_tr
     return tuner.fit()
 
 
-def restore_jobs(fn: Callable[[dict, Any], dict], settings: Any, *, path: str,
-                 resources: TrialResources) -> list[tuple[dict, dict]]:
+def restore_jobs(fn: TrialFn, settings: Any, *, path: str,
+                 resources: TrialResources) -> list[tuple[Job, dict]]:
     """Continue an interrupted experiment (Tune's restore): finished trials are not run again."""
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(path)

@@ -25,8 +25,9 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="wmt-", dir="/tmp")
-    from sweeps.tune_runner import worker_system_config
+    from sweeps.tune_runner import prepare_ray, worker_system_config
 
+    prepare_ray()
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
              logging_level=logging.WARNING, _system_config=worker_system_config())
     yield ray

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.backbones import (ARCHITECTURES, CheckpointError, create_backbone,
-                                         extract_features, load_checkpoint, save_checkpoint)
+from lightning_modules.backbones import (
+    ARCHITECTURES,
+    CheckpointError,
+    create_backbone,
+    extract_features,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sweeps.config import load_zoo_config
 
 ZOO = load_zoo_config(Path(__file__).parents[1] / "sweeps" / "configs" / "zoo.yaml")

@@ -23,15 +23,15 @@ def test_validate_accepts_the_vtab1k_sweep_with_all_19_tasks_and_the_paper_pools
 
 
 def test_vtab1k_lists_every_vtab_task_and_marks_the_ones_without_a_torchvision_loader():
-    from lightning_modules.vtab import get_vtab_task, list_vtab_tasks
-    from sweeps.driver import plan_sweep
+    from lightning_modules.tasks import get_task, list_tasks
+    from sweeps.plan import plan_sweep
 
     plan = plan_sweep(CONFIGS / "vtab1k.yaml")
-    assert sorted(plan.tasks) == sorted(list_vtab_tasks())
+    assert sorted(f"vtab:{t}" for t in plan.tasks) == list_tasks(kind="vtab")
     text = (CONFIGS / "vtab1k.yaml").read_text()
     for task in plan.tasks:
         line = next(li for li in text.splitlines() if f"vtab:{task} " in li + " ")
-        loader = get_vtab_task(task).loader
+        loader = get_task(f"vtab:{task}").loader
         if loader == "imagefolder":
             assert "imagefolder" in line, f"{task} has no torchvision loader but is not marked"
         else:

@@ -8,7 +8,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.config import ConfigError, load_sweep_config
-from sweeps.driver import plan_sweep
+from sweeps.plan import plan_sweep
 
 CONFIGS = Path(__file__).parents[1] / "sweeps" / "configs"
 
@@ -82,10 +82,55 @@ def test_protocol_hash_changes_with_settings_only():
     assert cfg.protocol_hash("probe") == other.protocol_hash("probe")
 
 
-def test_cli_validate_exit_codes(tmp_path, capsys):
-    assert main(["validate", str(CONFIGS / "quickstart.yaml")]) == 0
-    assert "ok" in capsys.readouterr().out
+def test_cli_validate_exit_codes(tmp_path, capsys, home):
+    # The shipped quickstart, before 'zoo build': run would stop on the first unbuilt model, so
+    # validate does too, saying what to run; nothing is written.
+    assert main(["validate", str(CONFIGS / "quickstart.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model 'cnn-generalist' is not built; run 'whichmodel zoo build" in err
+    assert len(err.splitlines()) == 1 and not home.exists()
     bad = _write(tmp_path, "name: s\nmodels: [nope]\n")
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("whichmodel: error: ") and str(bad) in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("key, block", [
+    ("finetune.lrs", "finetune:\n  lrs: [0.01, 0.01]\n"),
+    ("probe.linear.lrs", "probe:\n  linear:\n    lrs: [0.1, 0.1]\n"),
+    ("probe.early_stop.lrs", "probe:\n  early_stop:\n    lrs: [0.001, 0.01, 0.001]\n"),
+    ("search.lrs", "search:\n  lrs: [0.01, 0.01]\n"),
+    ("probe.proxies", "probe:\n  proxies: [linear, knn, linear]\n"),
+])
+def test_a_repeated_grid_value_is_one_line_naming_the_key_exit_2(tmp_path, capsys, key, block):
+    path = _write(tmp_path, "name: s\n" + block)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"key '{key}'" in err and "listed twice" in err, err
+
+
+def test_validate_checks_the_task_data_run_needs_and_writes_nothing(tmp_path, capsys, home):
+    from sweeps.config import load_zoo_config
+    from sweeps.trials import build_model
+
+    (tmp_path / "zoo.yaml").write_text(
+        "models:\n  - {name: control, arch: cnn, arch_kwargs: {width: 4}, objective: none}\n")
+    build_model(load_zoo_config(tmp_path / "zoo.yaml"), "control", home / "zoo", home / "data")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nmodels: [control]\n"
+                     "tasks: [{name: mine, path: data/mine, group: natural}]\n")
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    assert main(["validate", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "data" / "mine") in err, err
+    for split, n in (("train", 3), ("test", 2)):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / "mine" / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}.png").write_bytes(b"not decoded by validate")
+    assert main(["validate", str(sweep)]) == 0
+    assert "ok: sweep 's', 1 models x 1 tasks" in capsys.readouterr().out
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before
+    assert not (tmp_path / "data" / "mine" / "cache").exists()

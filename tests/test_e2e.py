@@ -52,6 +52,13 @@ def test_zoo_build_writes_safetensors_and_metadata_and_skips_when_built(sweep_en
     assert "all 2 models built" in capsys.readouterr().err
 
 
+def test_validate_passes_once_the_zoo_is_built_and_writes_nothing(sweep_env, capsys):
+    before = sorted((sweep_env / "home").rglob("*"))
+    assert main(["validate", str(sweep_env / "tiny.yaml")]) == 0
+    assert "ok: sweep 'tiny', 2 models x 2 tasks = 4 pairs, 12 trials" in capsys.readouterr().out
+    assert sorted((sweep_env / "home").rglob("*")) == before
+
+
 def test_sweep_logs_one_finished_run_per_key_and_reruns_nothing(sweep_env, capsys):
     reports = sweep_env / "reports"
     assert main(["run", str(sweep_env / "tiny.yaml"), "--reports-dir", str(reports)]) == 0
@@ -103,7 +110,7 @@ def test_report_contents_files_and_mlflow_artifacts(sweep_env, capsys):
     assert {"task_agnostic", "proxy/linear", "proxy/knn", "hybrid:proxy/linear", "oracle"} <= set(
         report["strategies"])
     assert sorted(report["strategies"]["task_agnostic"]) == ["1", "2"]  # B up to the pool size
-    for strategy, by_budget in report["strategies"].items():
+    for by_budget in report["strategies"].values():
         for b in by_budget.values():
             assert all(0.0 <= v <= 1.0 for v in b["per_task"].values())
     assert {"choicenet_v1", "choicenet_v2"} <= set(report["strategies"])
@@ -133,3 +140,40 @@ def test_unreadable_checkpoint_stops_before_any_run(sweep_env, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert "tiny-shapes/model.safetensors" in err and len(err.splitlines()) == 1
     assert not (home / "mlflow.db").exists()  # no store, no experiment, no run
+
+
+def lose_one_learning_rate(job, settings, report):
+    """The sweep's trial body, except that a fine-tune at lr 0.001 returns a result that lost
+    its accuracies on the way (a result that does not arrive)."""
+    from sweeps.trials import run_trial
+
+    if job.kind == "finetune" and job.lr == 0.001:
+        return {"time/finetune": 0.0}
+    return run_trial(job, settings, report)
+
+
+def test_a_pair_whose_results_never_arrive_ends_the_sweep_non_zero_naming_it(
+        sweep_env, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import ray.cloudpickle as cloudpickle
+
+    from sweeps import driver
+
+    monkeypatch.setattr(driver, "run_trial", lose_one_learning_rate)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        (tmp_path / "zoo.yaml").write_text(ZOO)
+        text = sweep("lost", tasks="[digits]").replace("save_features: true", "")
+        (tmp_path / "lost.yaml").write_text(text.replace("enabled: true", ""))
+        monkeypatch.setenv("WHICHMODEL_HOME", str(sweep_env / "home"))
+        rc = main(["run", str(tmp_path / "lost.yaml"), "--no-report"])
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    err = capsys.readouterr().err
+    assert rc == 1
+    for model in ("tiny-shapes", "tiny-random"):
+        assert f"finetune {model}@digits: no result for lr 0.001 (the pair was not logged)" in err
+    pairs, _ = _pair_runs(sweep_env, "lost")
+    assert sorted(r.data.tags["pair_key"] for r in pairs) == [
+        "tiny-random|digits|probe", "tiny-shapes|digits|probe"]  # no fine-tune pair half-logged

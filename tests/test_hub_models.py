@@ -16,10 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.backbones import (CheckpointError, count_parameters, create_backbone,
-                                         extract_features, save_checkpoint)
-from lightning_modules.hub import (ModelSpecError, WeightsUnavailableError, load_model,
-                                   parse_model_spec)
+from lightning_modules.backbones import (
+    CheckpointError,
+    count_parameters,
+    create_backbone,
+    extract_features,
+    save_checkpoint,
+)
+from lightning_modules.hub import ModelSpecError, WeightsUnavailableError, load_model, parse_model_spec
 
 
 @pytest.fixture(autouse=True)

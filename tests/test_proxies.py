@@ -17,7 +17,8 @@ from selection.checks import check_inputs
 from selection.knn import knn_accuracy, knn_predict
 from selection.linear_probe import linear_probe, linear_probe_runs
 from selection.proxies import compute_proxies, list_proxies
-from selection.transferability import TaskFeatures, hscore, leep, logme, nce, transrate
+from selection.source_scores import leep, nce
+from selection.transferability import TaskFeatures, hscore, logme, transrate
 
 #: The proxies that read one forward pass's features (early_stop fine-tunes instead).
 PROXY_NAMES = tuple(n for n in list_proxies() if "finetune" not in proxies.get_proxy(n).needs)
@@ -418,7 +419,7 @@ def _logme_direct(f, y, tol=1e-12, max_iter=10_000):
         yc = (y == c).astype(float)
         z = v.T @ (f.T @ yc)
 
-        def at(a, b):
+        def at(a, b, z=z, yc=yc):
             m = v @ (b * z / (a + b * s))
             m2, res = m @ m, ((yc - f @ m) ** 2).sum()
             ev = (d / 2 * np.log(a) + n / 2 * np.log(b) - 0.5 * np.log(a + b * s).sum()
@@ -686,7 +687,7 @@ def test_compute_proxies_skips_source_proxies_without_probs_and_keeps_order():
 def test_compute_proxies_rejects_unknown_names_keys_and_bad_inputs():
     xtr, ytr, xva, yva, probs = _trial_data(2)
     with pytest.raises(ValueError, match=r"unknown proxy 'logme2'; known: linear, knn, logme, "
-                                         r"leep, nce, hscore, hscore_lw"):
+                                         r"hscore, hscore_lw, transrate, leep, nce"):
         compute_proxies(["logme", "logme2"], xtr, ytr, xva, yva)
     with pytest.raises(ValueError, match=r"settings of proxy 'linear' have unknown key\(s\) "
                                          r"\['step'\]"):

@@ -9,8 +9,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import pearsonr, weightedtau
 
 from selection import report_plots
+from selection.pools import list_pools, resolve_pool
 from selection.records import (
     RecordsError,
     aggregate_records,
@@ -21,9 +23,6 @@ from selection.records import (
     read_records_csv,
     validate_records,
 )
-from scipy.stats import pearsonr, weightedtau
-
-from selection.pools import list_pools, resolve_pool
 from selection.report import compute_report
 from selection.report_files import write_report
 from selection.report_text import format_markdown, format_table
@@ -469,7 +468,8 @@ def test_choicenet_predictions_become_strategies_with_mse(records, metadata):
     assert block["n_pairs"] == 6
     assert block["mse"] == pytest.approx((0.09 + 0.01 + 0.04 + 0.0 + 0.04 + 0.04) / 6)
     assert block["per_task_mse"]["t1"] == pytest.approx(0.14 / 3) and block["per_task_mse"]["t3"] is None
-    assert block["weighted_tau"]["t1"] == pytest.approx(weightedtau([0.9, 0.8, 0.7], [0.6, 0.9, 0.5], rank=None).statistic)
+    assert block["weighted_tau"]["t1"] == pytest.approx(
+        weightedtau([0.9, 0.8, 0.7], [0.6, 0.9, 0.5], rank=None).statistic)
     assert rep["choicenet"]["v2"]["mse"] is None
     assert "choicenet v1" in format_table(rep) and "## ChoiceNet" in format_markdown(rep)
 

@@ -1,24 +1,20 @@
-"""Tests for the offline task suite and source families (lightning_modules.tasks)."""
+"""Tests for the offline task suite (lightning_modules.offline) and source families
+(lightning_modules.sources)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lightning_modules import tasks
-from lightning_modules.tasks import (
-    GROUPS,
-    UnknownTaskError,
-    build_suite,
-    get_task_info,
-    list_source_families,
-    list_tasks,
-    load_source,
-    load_source_mix,
-    load_task,
-)
+from lightning_modules import offline
+from lightning_modules.offline import build_suite, task_cache_path
+from lightning_modules.sources import list_source_families, load_source, load_source_mix
+from lightning_modules.task_data import GROUPS, SPLITS
+from lightning_modules.tasks import get_task, list_tasks
+from tests.task_fakes import offline_suite_root
+from whichmodel.registry import UnknownNameError
 
-ALL = list_tasks()
+ALL = list_tasks(kind="offline")
 N_SRC_TRAIN, N_SRC_VAL = 160, 48
 
 
@@ -28,7 +24,7 @@ def _keys(x: np.ndarray) -> set[bytes]:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
+    return offline_suite_root(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def suite(root):
     paths = build_suite(root)
     assert [p.name for p in paths] == [f"{n}-32px-seed0.npz" for n in ALL]
     assert all(p.is_file() for p in paths)
-    return {name: load_task(name, root) for name in ALL}
+    return {name: get_task(name).load(root) for name in ALL}
 
 
 # ---------------------------------------------------------------- registry
@@ -45,25 +41,27 @@ def suite(root):
 def test_groups_have_three_tasks_each():
     assert sorted(ALL) == ALL and len(ALL) >= 9
     for group in GROUPS:
-        names = list_tasks(group)
+        names = list_tasks(kind="offline", group=group)
         assert len(names) >= 3, group
-        assert all(get_task_info(n).group == group for n in names)
-    assert sorted(sum((list_tasks(g) for g in GROUPS), [])) == ALL
+        assert all(get_task(n).info.group == group for n in names)
+    assert sorted(sum((list_tasks(kind="offline", group=g) for g in GROUPS), [])) == ALL
 
 
 def test_unknown_task_error_lists_known_names(root):
-    with pytest.raises(UnknownTaskError) as err:
-        get_task_info("imagenet")
+    with pytest.raises(UnknownNameError) as err:
+        get_task("imagenet")
     message = str(err.value)
     assert isinstance(err.value, KeyError)
     assert "imagenet" in message and all(n in message for n in ALL)
     assert not message.startswith(("'", '"'))  # reads as a sentence, not a repr'd key
-    with pytest.raises(UnknownTaskError):
-        load_task("nope", root)
-    with pytest.raises(UnknownTaskError, match="shapes"):
+    with pytest.raises(UnknownNameError):
+        get_task("nope").load(root)
+    with pytest.raises(UnknownNameError):
+        build_suite(root, ["nope"])
+    with pytest.raises(UnknownNameError, match="shapes"):
         load_source("nope", root)
     with pytest.raises(ValueError):
-        list_tasks("medical")
+        list_tasks(group="medical")
 
 
 # ---------------------------------------------------------------- splits
@@ -71,7 +69,7 @@ def test_unknown_task_error_lists_known_names(root):
 
 @pytest.mark.parametrize("name", ALL)
 def test_split_sizes_shapes_labels(suite, name):
-    data, info = suite[name], get_task_info(name)
+    data, info = suite[name], get_task(name).info
     assert (data.name, data.group, data.num_classes) == (name, info.group, info.num_classes)
     assert info.description and info.num_classes >= 2
     sizes = {"train800": 800, "val200": 200, "test": info.test_size}
@@ -89,7 +87,7 @@ def test_split_sizes_shapes_labels(suite, name):
 @pytest.mark.parametrize("name", ALL)
 def test_splits_are_disjoint(suite, name):
     data = suite[name]
-    train, val, test = (_keys(data.splits[s][0]) for s in tasks.SPLITS)
+    train, val, test = (_keys(data.splits[s][0]) for s in SPLITS)
     assert len(train) == 800 and len(val) == 200  # no duplicate inside a split either
     assert not train & val
     assert not test & (train | val)
@@ -97,12 +95,12 @@ def test_splits_are_disjoint(suite, name):
 
 def test_patch_regions_are_spatially_disjoint():
     rng = np.random.default_rng(0)
-    train_blocks, test_blocks = tasks._block_split(rng, (512, 512), 128)
+    train_blocks, test_blocks = offline._block_split(rng, (512, 512), 128)
     assert len(train_blocks) + len(test_blocks) == 16 and len(test_blocks) == 5
 
     def covered(blocks, patch=48):
         mask = np.zeros((512, 512), bool)
-        for y, x in tasks._positions(rng, blocks, patch, 300):
+        for y, x in offline._positions(rng, blocks, patch, 300):
             assert any(b[0] <= y and y + patch <= b[2] and b[1] <= x and x + patch <= b[3]
                        for b in blocks)
             mask[y:y + patch, x:x + patch] = True
@@ -117,43 +115,43 @@ def test_patch_regions_are_spatially_disjoint():
 def test_same_seed_same_arrays_other_seed_different(suite, tmp_path):
     other_seed_differs = []
     for name in ALL:
-        again = tasks._build_task(get_task_info(name), 32, 0)
-        for split in tasks.SPLITS:
+        again = get_task(name).build(32, 0)
+        for split in SPLITS:
             for a, b in zip(suite[name].splits[split], again[split]):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}/{split}")
-        other = load_task(name, tmp_path, seed=1)
+        other = get_task(name).load(tmp_path, seed=1)
         other_seed_differs.append(not np.array_equal(other.train[0], suite[name].train[0]))
     assert all(other_seed_differs)
     assert (tmp_path / "tasks" / "count-32px-seed1.npz").is_file()
 
 
 def test_cache_is_reused(suite, root, monkeypatch):
-    path = tasks.task_cache_path(root, "faces")
+    path = task_cache_path(root, "faces")
     mtime = path.stat().st_mtime_ns
 
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt although cached")
 
-    monkeypatch.setattr(tasks, "_build_task", no_build)
-    data = load_task("faces", root)
+    monkeypatch.setattr(offline.OfflineTask, "build", no_build)
+    data = get_task("faces").load(root)
     np.testing.assert_array_equal(data.test[0], suite["faces"].test[0])
     assert path.stat().st_mtime_ns == mtime
     assert not [p for p in path.parent.iterdir() if p.suffix != ".npz"]  # no temp files left
 
 
 def test_stale_or_corrupt_cache_is_rebuilt(suite, tmp_path):
-    path = tasks.task_cache_path(tmp_path, "sprite_location")
+    path = task_cache_path(tmp_path, "sprite_location")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a zip")
-    data = load_task("sprite_location", tmp_path)
+    data = get_task("sprite_location").load(tmp_path)
     np.testing.assert_array_equal(data.train[0], suite["sprite_location"].train[0])
 
 
 @pytest.mark.parametrize("name", ["sprite_orientation", "ihc_dab", "faces"])
 def test_image_size_is_honoured(suite, root, name):
-    small = load_task(name, root, image_size=24)
-    assert tasks.task_cache_path(root, name, 24).is_file()
-    for split in tasks.SPLITS:
+    small = get_task(name).load(root, image_size=24)
+    assert task_cache_path(root, name, 24).is_file()
+    for split in SPLITS:
         x, y = small.splits[split]
         assert x.shape[1:] == (24, 24, 3) and x.dtype == np.uint8
         # same content, only resampled: labels agree with the 32-px build

@@ -7,9 +7,14 @@ import pytest
 import torch
 
 from lightning_modules.backbones import create_backbone
-from lightning_modules.training import (best_by_validation, median_over_repeats, run_finetune,
-                                        set_trainable, warmup_cosine)
-from sweeps.driver import aggregate_finetune
+from lightning_modules.training import (
+    best_by_validation,
+    median_over_repeats,
+    run_finetune,
+    set_trainable,
+    warmup_cosine,
+)
+from sweeps.recorder import aggregate_finetune
 
 
 def test_warmup_then_cosine_schedule():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import tune_runner
+from sweeps.plan import Job
 from sweeps.tune_runner import TrialResources, lost_its_worker, run_jobs
 
 
@@ -30,14 +31,19 @@ class Sink:
         self.errors.append(job)
 
 
-def die_until(job, settings):
-    """Kills its own worker process on the first ``job['deaths']`` attempts, then finishes."""
-    counter = Path(settings) / f"attempts-{job['name']}"
+def job(name: str, deaths: int, raises: bool = False) -> Job:
+    """A trial named ``name`` (the job's model) that dies ``deaths`` times (its task says how)."""
+    return Job("x", name, f"deaths{deaths}" + ("-raise" if raises else ""))
+
+
+def die_until(job, settings, report):
+    """Kills its own worker process on the first ``deaths`` attempts, then finishes."""
+    counter = Path(settings) / f"attempts-{job.model}"
     attempt = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(attempt))
-    if job.get("raise"):
+    if job.task.endswith("-raise"):
         raise ValueError("a bug in the trial's own code")
-    if attempt <= job["deaths"]:
+    if attempt <= int(job.task.removeprefix("deaths").removesuffix("-raise")):
         os._exit(1)
     return {"attempt": attempt}
 
@@ -69,8 +75,7 @@ def _run(tmp_path, jobs, max_failures):
 
 
 def test_lost_worker_errors_are_told_apart_from_the_trials_own_errors():
-    from ray.exceptions import (ActorDiedError, ActorUnavailableError, NodeDiedError,
-                                RayTaskError)
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, NodeDiedError, RayTaskError
 
     assert lost_its_worker(ActorUnavailableError("socket closed", None))
     assert lost_its_worker(ActorDiedError())
@@ -86,26 +91,24 @@ def test_trial_that_lost_its_worker_after_tune_gave_up_runs_again_in_a_retry_rou
         ray_session, by_value, tmp_path, monkeypatch, capfd):
     # Tune's budget is spent (max_failures=0); one attempt more stands in for Tune giving up early.
     _grant_first_round(monkeypatch, 1)
-    jobs = [{"kind": "x", "name": "dies-once", "deaths": 1},
-            {"kind": "x", "name": "healthy", "deaths": 0}]
+    jobs = [job("dies-once", 1), job("healthy", 0)]
     sink, finished = _run(tmp_path, jobs, max_failures=0)
     assert sink.errors == []
-    assert sorted(j["name"] for j, _ in sink.results) == ["dies-once", "healthy"]
-    assert {j["name"]: m["attempt"] for j, m in finished} == {"dies-once": 2, "healthy": 1}
+    assert sorted(j.model for j, _ in sink.results) == ["dies-once", "healthy"]
+    assert {j.model: m["attempt"] for j, m in finished} == {"dies-once": 2, "healthy": 1}
     assert (tmp_path / "attempts-dies-once").read_text() == "2"
     assert sorted(p.name for p in (tmp_path / "tune").iterdir()) == ["retries", "retries-retry1"]
     err = capfd.readouterr().err
-    assert "name=dies-once deaths=1 lost its worker (ActorDiedError)" in err
+    assert "x dies-once@deaths1 lost its worker (ActorDiedError)" in err
     assert "running 1 trial(s) that lost their worker again (retries-retry1)" in err
 
 
 def test_retry_rounds_stop_when_the_attempts_are_spent(ray_session, by_value, tmp_path,
                                                        monkeypatch):
     _grant_first_round(monkeypatch, 2)
-    sink, finished = _run(tmp_path, [{"kind": "x", "name": "always", "deaths": 99}],
-                          max_failures=0)
+    sink, finished = _run(tmp_path, [job("always", 99)], max_failures=0)
     # Three attempts in all: the first experiment's and two retry rounds, each dying.
-    assert finished == [] and [j["name"] for j in sink.errors] == ["always"]
+    assert finished == [] and [j.model for j in sink.errors] == ["always"]
     assert (tmp_path / "attempts-always").read_text() == "3"
     assert sorted(p.name for p in (tmp_path / "tune").iterdir()) == [
         "retries", "retries-retry1", "retries-retry2"]
@@ -113,18 +116,16 @@ def test_retry_rounds_stop_when_the_attempts_are_spent(ray_session, by_value, tm
 
 def test_tune_retries_within_max_failures_and_no_round_follows_a_spent_budget(
         ray_session, by_value, tmp_path):
-    jobs = [{"kind": "x", "name": "dies-once", "deaths": 1},
-            {"kind": "x", "name": "dies-twice", "deaths": 2}]
+    jobs = [job("dies-once", 1), job("dies-twice", 2)]
     sink, finished = _run(tmp_path, jobs, max_failures=1)
-    assert [j["name"] for j, _ in finished] == ["dies-once"]  # Tune's own retry
-    assert [j["name"] for j in sink.errors] == ["dies-twice"]  # 2 attempts of 2: reported
+    assert [j.model for j, _ in finished] == ["dies-once"]  # Tune's own retry
+    assert [j.model for j in sink.errors] == ["dies-twice"]  # 2 attempts of 2: reported
     assert (tmp_path / "attempts-dies-twice").read_text() == "2"
     assert [p.name for p in (tmp_path / "tune").iterdir()] == ["retries"]
 
 
 def test_a_trial_whose_own_code_fails_is_reported_not_run_again(ray_session, by_value, tmp_path):
-    sink, finished = _run(tmp_path, [{"kind": "x", "name": "buggy", "deaths": 0, "raise": True}],
-                          max_failures=0)
-    assert finished == [] and [j["name"] for j in sink.errors] == ["buggy"]
+    sink, finished = _run(tmp_path, [job("buggy", 0, raises=True)], max_failures=0)
+    assert finished == [] and [j.model for j in sink.errors] == ["buggy"]
     assert (tmp_path / "attempts-buggy").read_text() == "1"
     assert [p.name for p in (tmp_path / "tune").iterdir()] == ["retries"]

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def worker_facts(job, settings):
+def worker_facts(job, settings, report):
     import psutil
 
     from sweeps.tune_runner import PRELOAD_MODULES
@@ -45,12 +45,13 @@ class _Sink:
 
 def _driver(out: Path) -> None:
     """A sweep's driver: a fresh local Ray, its workers warm, then one trial."""
+    from sweeps.plan import Job
     from sweeps.tune_runner import TrialResources, init_ray, run_jobs, settled_idle_workers
 
     init_ray(2)
     idle = settled_idle_workers()
     called, sink = time.time(), _Sink()
-    done = run_jobs(worker_facts, [{"kind": "x"}], None, name="warm",
+    done = run_jobs(worker_facts, [Job("x", "m")], None, name="warm",
                     storage_path=out.parent / "tune", sink=sink,
                     resources=TrialResources({"x": (1, 0)}))
     out.write_text(json.dumps({"idle": sorted(idle), "called": called, "errors": sink.errors,

@@ -18,8 +18,8 @@ never ``ray stop``, which stops every Ray of the machine.
 from __future__ import annotations
 
 import json
-import secrets
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -116,7 +116,7 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         try:
             self.start()
         except BaseException:

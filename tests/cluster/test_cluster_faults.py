@@ -20,8 +20,7 @@ from collections import Counter
 import pytest
 
 from sweeps.cli import main
-from tests.cluster.raycluster import (FAST_FAILURE_DETECTION, LocalCluster, copy_project, node_env,
-                                     tune_trials)
+from tests.cluster.raycluster import FAST_FAILURE_DETECTION, LocalCluster, copy_project, node_env, tune_trials
 from tests.tiny import ZOO, sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

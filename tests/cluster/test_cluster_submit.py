@@ -12,8 +12,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.config import WhichModelError
-from sweeps.jobs import (WORKING_DIR_EXCLUDES, Cluster, describe_submission, job_env,
-                         plan_submission, resolve_address)
+from sweeps.jobs import WORKING_DIR_EXCLUDES, Cluster, describe_submission, job_env, plan_submission, resolve_address
 from tests.cluster.raycluster import free_port
 from tests.tiny import ZOO, sweep
 

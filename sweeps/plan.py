@@ -1,0 +1,129 @@
+"""The plan of a sweep: its file checked and resolved, and the trials it needs.
+
+    plan = plan_sweep("sweeps/configs/quickstart.yaml")   # parse and resolve; nothing runs
+    metas = check_plan(plan, paths)                        # what run checks before any trial
+    jobs = expand_jobs(plan.cfg, todo)                     # one Job per trial
+
+A (model, task, protocol) *pair* is the unit of results: one MLflow run per pair, keyed by
+:func:`pair_key` -- the only place that key is written. A :class:`Job` is one trial: a probe of a
+pair, or a fine-tune of a pair at one learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import HUB_PREFIXES, ModelEntry, SweepConfig, WhichModelError, load_sweep_config, load_zoo_config
+from sweeps.paths import Paths
+from sweeps.registry import check_models, check_task_ref, resolve_model_refs, resolve_pools, resolve_task_refs
+
+PROTOCOLS = ("probe", "finetune")
+
+
+def pair_key(model: str, task: str, protocol: str) -> str:
+    """The key of a pair's MLflow run (tag ``pair_key``): ``model|task|protocol``."""
+    return f"{model}|{task}|{protocol}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial: ``kind`` is ``probe``, ``finetune``, ``search`` or ``pretrain``; a fine-tune or
+    search trial has its learning rate. Travels to Tune as a plain dict (:meth:`to_dict`)."""
+
+    kind: str
+    model: str
+    task: str = ""
+    lr: float | None = None
+
+    @property
+    def protocol(self) -> str:
+        return self.kind
+
+    @property
+    def pair_key(self) -> str:
+        return pair_key(self.model, self.task, self.protocol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        lr = data.get("lr")
+        return cls(str(data["kind"]), str(data["model"]), str(data.get("task", "")),
+                   None if lr is None else float(lr))
+
+    def describe(self) -> str:
+        where = f"{self.model}@{self.task}" if self.task else self.model
+        return f"{self.kind} {where}" + ("" if self.lr is None else f" lr={self.lr:g}")
+
+
+@dataclass
+class Plan:
+    cfg: SweepConfig
+    path: Path
+    zoo_path: Path
+    models: list[str]
+    tasks: list[str]
+    pools: dict[str, list[str]]
+    model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols the sweep runs, in order."""
+        return [p for p in PROTOCOLS if getattr(self.cfg, p).enabled]
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.models) * len(self.tasks) * len(self.protocols)
+
+    def data_root(self, paths: Paths) -> Path:
+        """Where tasks are read and cached: the sweep's ``data.root`` or the home folder's."""
+        root = self.cfg.data.root
+        return (self.path.parent / root).resolve() if root else paths.data_root
+
+
+def plan_sweep(config_path: str | Path) -> Plan:
+    """Parse and validate a sweep file and its zoo file; nothing is run or written."""
+    cfg, zoo_path = load_sweep_config(config_path)
+    path = Path(config_path)
+    zoo = load_zoo_config(zoo_path) if _needs_zoo(cfg, zoo_path) else None
+    models, model_refs, catalog_pools = resolve_model_refs(cfg, zoo, path)
+    tasks, task_refs = resolve_task_refs(cfg, path)
+    pools = resolve_pools(cfg, models, path, catalog_pools)
+    if not (cfg.probe.enabled or cfg.finetune.enabled):
+        raise WhichModelError(f"{path}: key 'probe.enabled' and 'finetune.enabled': both off, "
+                              "nothing to run")
+    return Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs)
+
+
+def _needs_zoo(cfg: SweepConfig, zoo_path: Path) -> bool:
+    """A sweep of hub models only may have no zoo file; one naming zoo models needs it."""
+    if zoo_path.is_file():
+        return True
+    if cfg.models == "all":
+        return cfg.catalog is None
+    return not cfg.catalog and any(
+        not isinstance(m, ModelEntry) and not m.startswith(HUB_PREFIXES) for m in cfg.models)
+
+
+def check_plan(plan: Plan, paths: Paths) -> dict[str, dict[str, Any]]:
+    """Everything ``run`` checks before its first trial, writing nothing: every model opens (zoo
+    checkpoints built, hub weights that fit), every task's data is there. Returns the models'
+    metadata. ``whichmodel validate`` and ``whichmodel run`` both call it."""
+    metas = check_models(plan.models, paths, plan.zoo_path, plan.model_refs)
+    data_root = plan.data_root(paths)
+    for task in plan.tasks:
+        check_task_ref(task, plan.task_refs[task], data_root, download=plan.cfg.data.download)
+    return metas
+
+
+def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]:
+    """The trials of the (model, task, protocol) keys to run; probes first, so task-aware rankings
+    exist before the fine-tunes finish."""
+    jobs = [Job("probe", m, t) for m, t, p in todo if p == "probe"]
+    jobs += [Job("finetune", m, t, float(lr))
+             for m, t, p in todo if p == "finetune" for lr in cfg.finetune.lrs]
+    return jobs
