@@ -65,8 +65,9 @@ def cmd_validate(args) -> int:
 
     plan = plan_sweep(args.config)
     paths = _paths(args)
-    check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
-    preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
+    if not args.file_only:
+        check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
+        preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
     n_pairs = len(plan.models) * len(plan.tasks)
     trials = (n_pairs if cfg.probe.enabled else 0) + (
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "writing anything")
     v.add_argument("config", type=Path)
     v.add_argument("--tracking-uri", help="the MLflow tracking URI run would use")
+    v.add_argument("--file-only", action="store_true",
+                   help="check the sweep file alone (keys, names, pools), as 'submit' does: for a "
+                        "sweep whose weights and data live on a cluster")
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")

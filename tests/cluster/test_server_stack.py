@@ -139,7 +139,7 @@ def test_launcher_refuses_a_short_admin_password_and_other_stores():
     with pytest.raises(ConfigError, match="MLFLOW_AUTH_ADMIN_PASSWORD is too short") as err:
         load_settings(base)
     assert "pw-x7q" not in str(err.value)
-    with pytest.raises(ConfigError, match="must be a postgresql:// URI.*:\\*\\*\\*@"):
+    with pytest.raises(ConfigError, match="must be a postgresql:// URI.*://\\*\\*\\*@"):
         load_settings({**base, "MLFLOW_AUTH_ADMIN_PASSWORD": "x" * 12,
                        "MLFLOW_BACKEND_STORE_URI": "mysql://u:topsecret@db/m"})
     with pytest.raises(ConfigError, match="MLFLOW_ARTIFACTS_DESTINATION must be s3://"):
