@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import json
 import logging
 import math
@@ -102,6 +103,8 @@ import torch  # noqa: E402
 _T_TORCH = time.time() - _T_MODULE  # seconds to import numpy + torch here
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+
+from sweeps.plan import Job, pair_key  # noqa: E402
 
 TARGETS = {"lightning_over_raw_throughput": (">=", 0.9),
            "orchestration_overhead_fraction": ("<=", 0.05),
@@ -238,7 +241,7 @@ def phase_throughput(args) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- trial functions
-def finetune_trial(job: dict, settings: Any) -> dict[str, float]:
+def finetune_trial(job: Job, settings: Any, report=None) -> dict[str, float]:
     """A fine-tune trial (the same call runs bare in the driver and inside Tune)."""
     started = time.time()
     import pytorch_lightning  # noqa: F401 - timed: free in the driver, seconds in a cold worker
@@ -246,9 +249,10 @@ def finetune_trial(job: dict, settings: Any) -> dict[str, float]:
     import lightning_modules.training  # noqa: F401
 
     imported = time.time()
-    wall, _ = lightning_fit(job["arch"], int(job["steps"]), int(job.get("seed", 0)))
-    return {"fit_s": wall, "images_per_s": int(job["steps"]) * BATCH / wall,
-            "steps": int(job["steps"]), "started_at": started, "ended_at": time.time(),
+    steps = int(job.params["steps"])
+    wall, _ = lightning_fit(job.params["arch"], steps, int(job.params.get("seed", 0)))
+    return {"fit_s": wall, "images_per_s": steps * BATCH / wall,
+            "steps": steps, "started_at": started, "ended_at": time.time(),
             "lightning_import_s": imported - started, "torch_import_s": _T_TORCH,
             "module_import_at": _T_MODULE}
 
@@ -261,21 +265,21 @@ def _burn(iters: int) -> float:
     return float(b.sum())
 
 
-def work_trial(job: dict, settings: Any) -> dict[str, Any]:
+def work_trial(job: Job, settings: Any, report=None) -> dict[str, Any]:
     """CPU-bound work of a fixed size, one thread; reports the node it ran on."""
     import ray
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    value = _burn(int(job["iters"]))
+    value = _burn(int(job.params["iters"]))
     return {"work_s": time.perf_counter() - start, "value": value,
             "node": ray.get_runtime_context().get_node_id()}
 
 
-def tiny_trial(job: dict, settings: Any) -> dict[str, float]:
+def tiny_trial(job: Job, settings: Any, report=None) -> dict[str, float]:
     """A few milliseconds of numpy."""
     start = time.perf_counter()
-    rng = np.random.default_rng(int(job["i"]))
+    rng = np.random.default_rng(int(job.params["i"]))
     value = float(np.linalg.svd(rng.random((48, 48)), compute_uv=False)[0])
     return {"work_s": time.perf_counter() - start, "value": value}
 
@@ -299,17 +303,17 @@ class BenchSink:
             self._tracker = Tracker(self.uri, self.experiment)
         return self._tracker
 
-    def on_result(self, job: dict, metrics: dict) -> None:
+    def on_result(self, job: Job, metrics: dict) -> None:
         if self.uri is None:
             return
         start = time.perf_counter()
-        self.tracker.log_pair(job["model"], job["task"], self.protocol, "bench", tags={},
-                              params={k: v for k, v in job.items() if k != "kind"},
+        self.tracker.log_pair(job.model, job.task, self.protocol, "bench", tags={},
+                              params=dict(job.params),
                               metrics={k: v for k, v in metrics.items() if k in LOGGED_METRICS})
         self.log_s += time.perf_counter() - start
         self.logged += 1
 
-    def on_error(self, job: dict, error: str) -> None:
+    def on_error(self, job: Job, error: str) -> None:
         self.errors.append(f"{job}: {error}")
 
 
@@ -357,7 +361,7 @@ def local_cluster(root: Path, nodes: int):
             cluster.shutdown()
 
 
-def _timed_sweep(fn: Callable, jobs: list[dict], root: Path, name: str, sink: BenchSink,
+def _timed_sweep(fn: Callable, jobs: list[Job], root: Path, name: str, sink: BenchSink,
                  kind: str, **kwargs) -> tuple[float, list[tuple[dict, dict]]]:
     from sweeps.tune_runner import TrialResources, run_jobs
 
@@ -394,8 +398,7 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
     target = MODES[args.quick]["finetune_s"]
     with _threads(1):  # the trial runs with 1 thread (TrialResources cpus=1)
         steps = _calibrate_steps(target)
-        job = {"kind": "finetune", "model": "bench-cnn", "task": "synthetic", "arch": "cnn",
-               "steps": steps}
+        job = Job("finetune", "bench-cnn", "synthetic", params={"arch": "cnn", "steps": steps})
         start = time.perf_counter()
         bare = finetune_trial(job, None)
         bare_s = time.perf_counter() - start
@@ -423,11 +426,11 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
             "orchestration": out}
 
 
-def _warm_overhead(job: dict, bare_s: float, root: Path, uri: str) -> dict[str, float]:
+def _warm_overhead(job: Job, bare_s: float, root: Path, uri: str) -> dict[str, float]:
     """Two trials in a row on one slot: the second runs on the reused (warm) actor. Its extra
     time over the bare call = gap after the first trial (result, MLflow write, actor reset) plus
     its own slowdown; this is what each further fine-tune of a sweep costs."""
-    jobs = [{**job, "model": f"bench-cnn-{i}"} for i in range(2)]
+    jobs = [dataclasses.replace(job, model=f"bench-cnn-{i}") for i in range(2)]
     sink = _make_sink(uri, "bench-orchestration", "finetune")
     _, done = _timed_sweep(finetune_trial, jobs, root, "orchestration-warm", sink, "finetune",
                            max_concurrent_trials=1)
@@ -466,7 +469,7 @@ def _parallel_capacity(iters: int) -> float:
         return 2 * one / (time.perf_counter() - start)
 
 
-def _cluster_sweep(root: Path, nodes: int, jobs: list[dict]) -> tuple[float, set[str], float]:
+def _cluster_sweep(root: Path, nodes: int, jobs: list[Job]) -> tuple[float, set[str], float]:
     from sweeps.tune_runner import settled_idle_workers
 
     with local_cluster(root, nodes):
@@ -484,7 +487,7 @@ def _cluster_sweep(root: Path, nodes: int, jobs: list[dict]) -> tuple[float, set
 def phase_two_node(args, root: Path) -> dict[str, Any]:
     per_trial = MODES[args.quick]["work_s"]
     iters = _calibrate_iters(per_trial)
-    jobs = [{"kind": "work", "i": i, "iters": iters} for i in range(8)]
+    jobs = [Job("work", f"w{i}", params={"i": i, "iters": iters}) for i in range(8)]
     capacity = [_parallel_capacity(iters // 2)]
     one_s, _, work1 = _cluster_sweep(root, 1, jobs)
     two_s, nodes, work2 = _cluster_sweep(root, 2, jobs)
@@ -544,10 +547,10 @@ def _driver_peak_rss_gib(reset_ok: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
-def _count_runs(sink: BenchSink, jobs: list[dict]) -> dict[str, int]:
+def _count_runs(sink: BenchSink, jobs: list[Job]) -> dict[str, int]:
     finished = Counter(r.data.tags.get("pair_key") for r in sink.tracker.search()
                        if r.info.status == "FINISHED")
-    keys = [f"{j['model']}|{j['task']}|{sink.protocol}" for j in jobs]
+    keys = [pair_key(j.model, j.task, sink.protocol) for j in jobs]
     return {"unique": sum(finished[k] == 1 for k in keys),
             "duplicates": sum(max(0, finished[k] - 1) for k in keys),
             "missing": sum(finished[k] == 0 for k in keys)}
@@ -567,7 +570,7 @@ def _profiled(path: str | None, fn: Callable, *a, **kw):
 
 def phase_scale(args, root: Path, uri: str) -> dict[str, Any]:
     n = MODES[args.quick]["trials"]
-    jobs = [{"kind": "tiny", "model": f"m{i:05d}", "task": "synthetic", "i": i} for i in range(n)]
+    jobs = [Job("tiny", f"m{i:05d}", "synthetic", params={"i": i}) for i in range(n)]
     sink = _make_sink(uri, "bench-scale", "scale")
     reset_ok = _reset_peak_rss()
     with RssSampler() as sampler:

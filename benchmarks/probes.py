@@ -14,7 +14,7 @@ Measured side by side in one run; the last line printed is one JSON object:
   from other processes on a shared machine hits both alike.
 * ``linear_batched_speedup``: the 10 paper-protocol SGD runs (2 lrs x 5 repeats, batch 256)
   one after another, each the textbook way (``nn.Linear`` head, autograd, ``torch.optim.SGD``,
-  the same minibatches), over :func:`selection.proxies.linear_probe_runs` (all heads batched,
+  the same minibatches), over :func:`selection.linear_probe.linear_probe_runs` (all heads batched,
   row space since D > N); ``linear_acc_diff_pt``: the largest difference of their validation
   accuracies, in points. Features: the ResNet-50 train / val features.
 * ``logme_speedup_vs_direct`` / ``logme_rel_diff``: a direct LogME that decomposes the D x D
@@ -23,7 +23,7 @@ Measured side by side in one run; the last line printed is one JSON object:
   Where the features can interpolate the labels (the evidence grows towards beta -> infinity,
   e.g. Gaussian features with N < D) the D x D formulas lose N - gamma and the residual to
   cancellation and the two disagree; on the ResNet-50 features the maximum is interior.
-* ``knn_speedup_vs_sklearn`` / ``knn_prediction_mismatch``: :func:`selection.proxies.knn_predict`
+* ``knn_speedup_vs_sklearn`` / ``knn_prediction_mismatch``: :func:`selection.knn.knn_predict`
   over scikit-learn's brute-force ``KNeighborsClassifier`` (k = 1), 10k x 10k x 512 float32
   Gaussian features; best of the rounds.
 
@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from selection import knn as K
+from selection import linear_probe as L
 from selection import proxies as P
 from selection import transferability as T
 
@@ -168,7 +170,8 @@ def bench_trial(name: str, quick: bool, threads: int, seed: int) -> dict[str, An
     xtr, ytr, ptr = f[:N_TRAIN], labels[:N_TRAIN], p[:N_TRAIN]
     xva, yva = f[N_TRAIN : N_TRAIN + N_VAL], labels[N_TRAIN : N_TRAIN + N_VAL]
     t = time.perf_counter()
-    results = P.compute_proxies(P.PROXY_NAMES, xtr, ytr, xva, yva, source_probs_train=ptr)
+    names = P.list_proxies("features") + P.list_proxies("source_probs")
+    results = P.compute_proxies(names, xtr, ytr, xva, yva, source_probs_train=ptr)
     proxy_s = time.perf_counter() - t
     ratio = (trial + proxy_s) / bare
     cpu_ratio = (secs["trial_cpu"] * scale + proxy_s) / (secs["bare_cpu"] * scale)
@@ -192,12 +195,12 @@ def bench_trial(name: str, quick: bool, threads: int, seed: int) -> dict[str, An
 
 def _textbook_runs(xtr, ytr, xva, yva, lrs, steps, repeats, batch_size, seed) -> np.ndarray:
     """Each (repeat, lr) run alone: nn.Linear head from zero, autograd, torch.optim.SGD."""
-    xs, xv = P._standardise(torch.from_numpy(xtr), torch.from_numpy(xva))
+    xs, xv = L._standardise(torch.from_numpy(xtr), torch.from_numpy(xva))
     yt, yv = torch.from_numpy(ytr), torch.from_numpy(yva)
     n_classes = int(ytr.max()) + 1
     acc = np.zeros((repeats, len(lrs)))
     for r in range(repeats):
-        idx = P._minibatch_indices(len(xs), steps, batch_size, seed + r)
+        idx = L._minibatch_indices(len(xs), steps, batch_size, seed + r)
         for j, lr in enumerate(lrs):
             head = torch.nn.Linear(xs.shape[1], n_classes)
             torch.nn.init.zeros_(head.weight)
@@ -218,7 +221,7 @@ def bench_linear(train, val, seed: int) -> dict[str, Any]:
     kw = dict(lrs=(0.1, 0.01), steps=2500, repeats=5, batch_size=256, seed=seed)
     torch.set_num_threads(1)
     t = time.perf_counter()
-    batched = P.linear_probe_runs(xtr, ytr, xva, yva, **kw, num_threads=1)
+    batched = L.linear_probe_runs(xtr, ytr, xva, yva, **kw, num_threads=1)
     batched_s = time.perf_counter() - t
     t = time.perf_counter()
     textbook = _textbook_runs(xtr, ytr, xva, yva, **kw)
@@ -305,7 +308,7 @@ def bench_knn(quick: bool, threads: int, seed: int) -> dict[str, Any]:
     with threadpool_limits(threads):
         for _ in range(2 if quick else 3):
             t = time.perf_counter()
-            ours = P.knn_predict(xtr, ytr, xev, k=1)
+            ours = K.knn_predict(xtr, ytr, xev, k=1)
             ours_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             ref = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(xtr, ytr).predict(xev)

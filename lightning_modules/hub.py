@@ -35,7 +35,8 @@ Block groups (surgical fine-tuning): ResNet stages, else thirds of the network's
 Metadata (second return value of :func:`load_model`): ``arch`` (the spec; for ``local:`` the
 checkpoint's own ``arch``), ``spec``, ``source`` (timm, torchvision, zoo), ``weights`` (file, hub
 id or torchvision weights name; ``None`` for random weights), ``feature_dim``, ``params`` (the
-whole published network, classifier included: torchvision's ``num_params``), ``source_classes``,
+backbone without its classifier, Renggli et al. 2022's convention: timm's ``num_classes=0``
+count), ``source_classes``,
 ``input_size``, ``preprocessing``, ``imagenet_acc`` (a fraction; torchvision's ImageNet-1K acc@1 /
 100, ``None`` for timm, whose package ships no accuracies), ``upstream`` (datasets, from the timm
 tag, e.g. ``fb_in22k_ft_in1k`` -> imagenet-21k, imagenet-1k, or torchvision's weights name) and
@@ -164,6 +165,17 @@ def load_model(spec: str, weights: str | os.PathLike | None = None,
     return backbone.cpu().eval(), out
 
 
+def structure(spec: str) -> dict[str, int]:
+    """A hub model's backbone parameters (without its classifier) and feature width, from its
+    architecture alone (random weights: nothing is read or downloaded)."""
+    kind, name = parse_model_spec(spec)
+    if kind == "local":
+        meta = json.loads((Path(name).expanduser() / "meta.json").read_text())
+        return {k: int(meta[k]) for k in ("params", "feature_dim") if k in meta}
+    backbone, info = _load_hub(spec, kind, name, None, pretrained=False)
+    return {"params": int(info["params"]), "feature_dim": int(backbone.feature_dim)}
+
+
 def _check_imagenet_acc(spec: str, acc: Any) -> None:
     """Strategies rank fractions: a percentage (76.1) from meta= or meta.json would win them all."""
     try:
@@ -211,7 +223,7 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
         where = str(weights) if weights is not None else _timm_hub_id(name)
         raise _weights_error(exc, spec, where) from None
     cfg = model.pretrained_cfg
-    info = {"source": "timm", "params": parameter_count(model),
+    info = {"source": "timm",
             "weights": str(weights) if weights is not None else
             (f"hf-hub:{cfg.get('hf_hub_id')}" if load else None)}
     if load:
@@ -228,6 +240,7 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
             "std": [float(v) for v in cfg["std"]]}
     body = TimmBody(model)
     backbone = _backbone(body, feature_dim, prep, hub_block_groups(model, "model."), source_head)
+    info["params"] = parameter_count(body)  # the backbone without its classifier
     return backbone, info
 
 
@@ -305,12 +318,13 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     else:
         model = get_model(name, weights=None)
         source = None
-    info = {"source": "torchvision", "params": parameter_count(model), "weights": source}
+    info = {"source": "torchvision", "weights": source}
     if source is not None:
         info.update(_torchvision_meta(default))
     else:
         info.update(upstream=[], upstream_size=0)
     backbone = _torchvision_backbone(model, _torchvision_prep(default), source is not None)
+    info["params"] = parameter_count(backbone.body)  # the backbone without its classifier
     return backbone, info
 
 
@@ -321,7 +335,7 @@ def _torchvision_meta(weights_enum: Any) -> dict[str, Any]:
     if "SWAG" in weights_enum.name:  # weakly supervised on Instagram, then fine-tuned (Singh 2022)
         upstream, size = ["instagram-3.6b", "imagenet-1k"], 3_600_000_000
     return {"imagenet_acc": None if acc is None else float(acc) / 100.0,
-            "upstream": upstream, "upstream_size": size, "params": int(meta["num_params"])}
+            "upstream": upstream, "upstream_size": size}
 
 
 def _torchvision_prep(weights_enum: Any) -> dict[str, Any]:

@@ -1,6 +1,16 @@
-"""Named pools: the subsets of models a regret report ranges over (Renggli et al. 2022, Sec. 4.2; README, "Pools").
+"""Named pools: the subsets of models a regret report ranges over (Renggli et al. 2022, Sec. 4.2).
 
-A pool is named in one of three ways, looked up in this order:
+A pool is defined by a **rule over model metadata**, an explicit list, or both
+(:func:`pool_members`): the paper's pools are rules, evaluated for any catalog -- ``ResNet-50``
+is ``params <= 24.0e6`` (backbone parameters at most ResNet-50 V2's, its 23.8 M experts
+included), ``Dim2048`` is ``feature_dim <= 2048``, ``ImNetAccuracies`` is ``upstream ==
+imagenet-1k and imagenet_acc``. A rule is clauses joined by ``and``, alternatives joined by
+``or`` (``and`` binds tighter); a clause is ``key OP value`` (OP one of ``<= < >= > == !=``; the
+value a number or a bare word), ``key`` (present and not empty or false) or ``not key``. A model
+whose metadata lacks a compared key does not match. A list value (``upstream: [a, b]``) equals a
+word only when it is that one word.
+
+For a report, a pool is then named in one of three ways, looked up in this order:
 
 1. an explicit list: ``pools={"small": ["cnn-generalist", "resnet-generalist"]}`` (a sweep
    file's ``pools`` key), or ``pool_models=[...]`` for the one pool being reported;
@@ -77,3 +87,78 @@ def resolve_pool(pool: str, record_models: Sequence[str], metadata: pd.DataFrame
     if pool == POOL_ALL:
         return sorted(set(record_models))
     return models_in_pool(metadata, pool)
+
+
+# ------------------------------------------------------------------------------------- rules
+_OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
+        "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b}
+_GRAMMAR = ("write clauses joined by 'and' / 'or': 'key OP value' (OP one of <= < >= > == !=), "
+            "'key' or 'not key', e.g. 'params <= 24.0e6 and feature_dim <= 2048'")
+
+
+def _parse_value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_rule(text: str) -> list[list[tuple[str, str, float | str | None]]]:
+    """A rule as alternatives of clauses ``(key, op, value)``; op ``has``/``not`` for the bare
+    forms. ValueError naming the clause and the grammar."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"empty pool rule; {_GRAMMAR}")
+    alternatives = []
+    for alternative in text.split(" or "):
+        clauses = []
+        for clause in alternative.split(" and "):
+            words = clause.split()
+            if len(words) == 1:
+                clauses.append((words[0], "has", None))
+            elif len(words) == 2 and words[0] == "not":
+                clauses.append((words[1], "not", None))
+            elif len(words) == 3 and words[1] in _OPS:
+                clauses.append((words[0], words[1], _parse_value(words[2])))
+            else:
+                raise ValueError(f"pool rule {text!r}: cannot read {clause.strip()!r}; {_GRAMMAR}")
+        alternatives.append(clauses)
+    return alternatives
+
+
+def _present(value: object) -> bool:
+    if value is None or value is False or value == "" or value == [] or value == ():
+        return False
+    return not (isinstance(value, float) and value != value)
+
+
+def _clause(meta: Mapping[str, object], key: str, op: str, value) -> bool:
+    have = meta.get(key)
+    if op == "has":
+        return _present(have)
+    if op == "not":
+        return not _present(have)
+    if not _present(have):
+        return False
+    if isinstance(have, (list, tuple)):
+        have = have[0] if len(have) == 1 else ",".join(map(str, have))
+    if isinstance(value, float):
+        try:
+            return bool(_OPS[op](float(have), value))
+        except (TypeError, ValueError):
+            return False
+    return bool(_OPS[op](str(have), value)) if op in ("==", "!=") else False
+
+
+def rule_matches(rule: str, meta: Mapping[str, object]) -> bool:
+    return any(all(_clause(meta, *c) for c in clauses) for clauses in parse_rule(rule))
+
+
+def pool_members(models: Sequence[str], metadata: Mapping[str, Mapping[str, object]], *,
+                 rule: str | None = None, listed: Sequence[str] = (),
+                 within: Sequence[str] | None = None) -> list[str]:
+    """The models of a pool definition, in the order of ``models``: those of ``within`` (default
+    every model) that match ``rule``, together with the ``listed`` ones."""
+    base = list(models) if within is None else [m for m in models if m in set(within)]
+    chosen = {m for m in base if rule is not None and rule_matches(rule, metadata.get(m, {}))}
+    chosen |= set(listed)
+    return [m for m in models if m in chosen]

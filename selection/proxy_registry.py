@@ -68,22 +68,27 @@ class Proxy:
     needs: tuple[str, ...]
     settings: tuple[str, ...]
     description: str
+    nan_reason: str | None = None  # when the score is NaN (no score), why
 
 
 PROXIES: Registry[Proxy] = Registry("proxy")
 
 
 def register_proxy(name: str, *, needs: Sequence[str] = ("features",),
-                   settings: Sequence[str] = (), replace: bool = False
+                   settings: Sequence[str] = (), nan_reason: str | None = None,
+                   replace: bool = False
                    ) -> Callable[[Callable[..., float]], Callable[..., float]]:
-    """Register the decorated ``score(inputs: ProxyInputs, **settings) -> float`` as ``name``."""
+    """Register the decorated ``score(inputs: ProxyInputs, **settings) -> float`` as ``name``.
+
+    A score may be NaN where the proxy is undefined (no score: the model ranks after those with
+    one); ``nan_reason`` says when, for the report."""
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"proxy {name!r}: unknown needs {unknown}; known: {', '.join(NEEDS)}")
 
     def add(score: Callable[..., float]) -> Callable[..., float]:
-        PROXIES.register(name, Proxy(name, score, tuple(needs), tuple(settings), describe(score)),
-                         replace=replace)
+        PROXIES.register(name, Proxy(name, score, tuple(needs), tuple(settings), describe(score),
+                                     nan_reason), replace=replace)
         return score
 
     return add

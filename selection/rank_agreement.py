@@ -6,6 +6,8 @@ report):
 - weighted Kendall tau, exactly ``scipy.stats.weightedtau(acc, score, rank=None)``: hyperbolic
   weights, elements ranked by fine-tune accuracy (ties broken by the score), so disagreement
   among the best models costs most -- the ones a search cares about (Renggli et al. 2022, Sec. 5);
+- the same with scipy's default ``rank=True`` (:func:`weighted_tau_scipy_default`), the convention
+  of SFDA (Shao et al., ECCV 2022) and later transferability papers, to compare with them;
 - Pearson's r of the raw values.
 
 Both are None where undefined: fewer than 2 models, or a constant accuracy or score (e.g. a task
@@ -41,6 +43,19 @@ def weighted_tau(acc: object, score: object) -> float | None:
     if not _defined(a, s):
         return None
     value = float(weightedtau(a, s, rank=None).statistic)
+    return value if math.isfinite(value) else None
+
+
+def weighted_tau_scipy_default(acc: object, score: object) -> float | None:
+    """``scipy.stats.weightedtau(acc, score).statistic`` with scipy's default ``rank=True`` (the
+    convention of SFDA and the transferability papers after it: importance by the ranks of both
+    variables, averaged); None when undefined. Compare published numbers with this one."""
+    from scipy.stats import weightedtau
+
+    a, s = _pair(acc, score)
+    if not _defined(a, s):
+        return None
+    value = float(weightedtau(a, s).statistic)
     return value if math.isfinite(value) else None
 
 

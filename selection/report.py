@@ -6,12 +6,15 @@ Rendering it is elsewhere: :mod:`selection.report_text` (terminal, Markdown, CSV
 :mod:`selection.report_plots` (PNG figures) and :func:`selection.report_files.write_report`
 (every file, atomically).
 
-Definitions (Renggli et al. 2022): for task t the pool is the pool's models that have
-a ``finetune_test_acc`` for t (a missing pair is simply not in that task's pool); s* is the best
-accuracy in it; a ranking strategy with budget B scores s(S) = the best accuracy among its top B;
-``random`` scores the exact expected regret of a uniformly random size-B subset. A budget larger
-than a task's pool picks the whole pool (s(S) = s*). Budgets are B = 1 .. min(max_budget, largest
-task pool), max_budget <= 10.
+Definitions (Renggli et al. 2022, Sec. 3): for task t the pool is the pool's models that have a
+``finetune_test_acc`` for t (a missing pair is simply not in that task's pool); s* is the best
+accuracy in it; with budget B a strategy's picks S are its first B models, a uniformly random
+subset of the tie group B cuts, and s(S) is the best accuracy among them. Every measure is the
+exact expectation over the tied orders (:mod:`selection.outcomes`): relative regret
+(s* - s(S)) / (1 - min(s*, s(S))), absolute regret s* - s(S), log-odds regret (Appendix C), and
+deltas between two strategies (Eq. 2; positive: the first is better). ``random`` is the whole
+pool as one tie group. A budget larger than a task's pool picks the whole pool. Budgets are
+B = 1 .. min(max_budget, largest task pool), max_budget <= 10.
 
 JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does not exist)::
 
@@ -22,28 +25,36 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     task_groups: {task: group|null}
     skipped_tasks: [task]            # tasks in the records with no result in the pool
     budgets: [1, 2, ...]
-    strategy_order: [strategy]       # task_agnostic, proxies, hybrids, choicenet_*, oracle, random
+    strategy_order: [strategy]       # task_agnostic, proxies, hybrids, oracles, predicted tables
+                                     # (choicenet_*, nearest_task), per_task_best, random
+    tie_tolerance: float             # the task-agnostic rule's approximate ties
     strategies: {strategy: {"B": {mean, per_task: {task}, per_group: {group}}}}  # relative regret
+    absolute: {same shape}                                                       # s* - s(S)
     log_odds: {same shape}                                                       # log-odds regret
+    deltas: {"<a> vs <b>": {"B": {mean, per_task, per_group}}}  # hybrid:<p> vs <p>,
+                                                                # task_agnostic vs <p>
+    log_odds_deltas: {same shape}
     zero_regret_budget: {strategy: {task: B|null}}    # smallest *reported* B with regret 0
     zero_regret_budget_full: {strategy: {task: B}}    # smallest B over 1 .. task pool size
-                                                      # (Appendix G); random: n - ties + 1
     zero_regret_fraction: {strategy: {"B": fraction of tasks with regret 0}}       # Figure 7
+    appendix_g: {pool: {task: {strategy: B}}}         # Appendix G: task_agnostic_oracle, each
+                                                      # proxy, task_agnostic; every named pool
     weighted_tau: {proxy: {task: tau|null}}  # scipy.stats.weightedtau(acc, score, rank=None)
-    pearson: {proxy: {task: r|null}}         # both over the task's pool models with a score,
+    weighted_tau_scipy_default: {same}       # scipy.stats.weightedtau(acc, score) (rank=True)
+    pearson: {proxy: {task: r|null}}         # all over the task's pool models with a score,
                                              # in model-name order; null if < 2 or constant
+    proxy_coverage: {proxy: {pairs, of, note}}        # pairs with a score; why some have none
     proxy_scores: {proxy: {task: {model: score}}}     # the task pool's scores (for the plots)
     choicenet: {"v1"|"v2"|<name>: {mse, n_pairs, per_task_mse: {task}, weighted_tau: {task},
                                    pearson: {task}}}  # mse null, n_pairs 0 without predictions
-    picks: {strategy: {task: top max_budget models | null for random}}
+    picks: {strategy: {task: first max_budget models (tied models by name)}}
     finetune_test_acc: {task: {model: acc}}
-    oracle_model: {task: model}                       # best per task, ties by name
+    best_model: {task: model}                         # best per task, ties by name
 
-ChoiceNet: ``predictions={"choicenet_v1": table, "choicenet_v2": table}`` (index model, columns
-task, predicted fine-tune accuracy in [0, 1], NaN where none; made leave-one-task-out by
-:func:`lightning_modules.choicenet.predict_choicenet`) adds one ranking strategy per table and
-fills ``choicenet`` (``choicenet_v1`` reports as ``v1``). MSE is over the reported tasks' pool
-pairs that have a prediction.
+Predicted tables: ``predictions={"choicenet_v1": table, "nearest_task": table}`` (index model,
+columns task, predicted accuracy in [0, 1], NaN where none; made without the task's own results)
+add one ranking strategy each; ChoiceNet's fill ``choicenet`` (``choicenet_v1`` reports as
+``v1``), with MSE over the reported tasks' pool pairs that have a prediction.
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ import pandas as pd
 
 from selection.checks import check_accuracies
 from selection.pools import Pools, resolve_pool
-from selection.rank_agreement import pearson, weighted_tau
+from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
 from selection.records import (
     GROUND_TRUTH,
     POOL_ALL,
@@ -68,19 +79,11 @@ from selection.records import (
     pivot_metric,
     validate_records,
 )
-from selection.regret import (
-    best_of_top,
-    expected_random_regret_by_budget,
-    log_odds_regret,
-    random_zero_regret_budget,
-    ranking_zero_regret_budget,
-    relative_regret,
-)
-from selection.strategies import check_predicted_name, create_strategy, list_strategies
+from selection.scoring import delta_pairs, full_zero_regret_budget, picks, score_strategies, strategy_deltas
+from selection.strategies import TIE_TOLERANCE, check_predicted_name, create_strategy, list_strategies
 
 MAX_BUDGET = 10  # Renggli et al. 2022: budgets B = 1 .. min(10, pool size)
 CHOICENET_VERSIONS = ("v1", "v2")
-ZERO = 1e-12  # regret at or below this counts as zero
 _LISTED = 10  # model names quoted in an error message
 
 
@@ -143,11 +146,13 @@ def compute_report(
     strategies: list[str] | None = None,
     predictions: Mapping[str, pd.DataFrame] | None = None,
     log_odds_eps: float = 1e-4,
+    tie_tolerance: float = TIE_TOLERANCE,
+    proxy_notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Regret of each strategy on each task of ``pool`` for budgets B = 1 .. min(max_budget, pool size).
 
     ``records`` are validated and repeated rows aggregated by median. The pool's models are
-    ``pool_models`` if given, else ``pools[pool]`` (explicit named lists), else every model of the
+    ``pool_models`` if given, else ``pools[pool]`` (named lists), else every model of the
     records for ``pool="all"``, else the models whose metadata ``pools`` field names ``pool``
     (:func:`selection.pools.resolve_pool`). Per task, the pool is the pool's models with a
     ``finetune_test_acc`` for that task; tasks with none are listed under ``skipped_tasks``.
@@ -155,9 +160,11 @@ def compute_report(
 
     ``strategies`` defaults to :func:`selection.strategies.list_strategies` of the proxies present
     and the ``predictions`` given. ``predictions`` maps a strategy name (``choicenet_v1``,
-    ``choicenet_v2``) to predicted accuracies (index model, columns task, NaN where none).
+    ``nearest_task`` ...) to predicted accuracies (index model, columns task, NaN where none).
     ``task_groups`` maps task -> group (e.g. natural/specialized/structured); tasks it does not
-    name get group None and no group mean.
+    name get group None and no group mean. ``tie_tolerance``: the task-agnostic rule's
+    approximate ties. ``proxy_notes``: why a proxy may have no score (shown where it has none).
+    Appendix G's table is computed for ``pool`` and for every named pool of ``pools``.
 
     Returns the JSON-serialisable dict documented in the module docstring.
     """
@@ -173,22 +180,13 @@ def compute_report(
         )
     truth = pivot_metric(agg, GROUND_TRUTH)
     members = resolve_pool(pool, agg["model"].unique().tolist(), meta, pools, pool_models)
-
-    # one float matrix per metric (pool models x record tasks): no per-cell pandas lookups below
-    all_tasks = list(truth.columns)
-    acc_matrix = truth.reindex(index=members, columns=all_tasks).to_numpy(dtype=float)
-    has_acc = np.isfinite(acc_matrix)
-    tasks = [t for j, t in enumerate(all_tasks) if has_acc[:, j].any()]
-    skipped = [t for j, t in enumerate(all_tasks) if not has_acc[:, j].any()]
+    view = _PoolView(truth, members)
+    tasks, task_pool, task_accs = view.tasks, view.task_pool, view.task_accs
     if not tasks:
         raise RecordsError(
             f"pool {pool!r}: none of its {len(members)} model(s) {members[:_LISTED]} has a "
             f"'{GROUND_TRUTH}' on any task; check the pool's model names against the records"
         )
-    col = {t: all_tasks.index(t) for t in tasks}
-    rows = {t: np.flatnonzero(has_acc[:, col[t]]) for t in tasks}   # pool-model rows per task
-    task_pool = {t: [members[i] for i in rows[t]] for t in tasks}
-    task_accs = {t: acc_matrix[rows[t], col[t]] for t in tasks}
     with_results = {m for t in tasks for m in task_pool[t]}
     budgets = list(range(1, min(max_budget, max(len(v) for v in task_pool.values())) + 1))
 
@@ -205,115 +203,134 @@ def compute_report(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"strategies: {duplicates} listed more than once; list each strategy once")
-    built = {name: create_strategy(name, scores, meta) for name in names}
-
-    rel, logodds, zero_full, picks = _score_strategies(built, tasks, task_pool, task_accs, budgets,
-                                                       max_budget, log_odds_eps)
+    built = {name: create_strategy(name, scores, meta, tie_tolerance=tie_tolerance) for name in names}
+    scored = score_strategies(built, tasks, task_pool, task_accs, budgets)
     b_keys = [str(b) for b in budgets]
 
-    def shape(values: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in names:
-            out[name] = {}
-            for k, b in enumerate(b_keys):
-                per_task = {t: float(values[name][t][k]) for t in tasks}
-                per_group = {g: _mean([per_task[t] for t in tasks if groups[t] == g]) for g in group_names}
-                out[name][b] = {"mean": _mean(list(per_task.values())), "per_task": per_task,
-                                "per_group": per_group}
-        return out
+    def summary(per_task_by_b: list[dict[str, float]]) -> dict[str, Any]:
+        return {b: {"mean": _mean(list(per_task_by_b[k].values())), "per_task": per_task_by_b[k],
+                    "per_group": {g: _mean([per_task_by_b[k][t] for t in tasks if groups[t] == g])
+                                  for g in group_names}}
+                for k, b in enumerate(b_keys)}
 
-    def first_zero(regrets: np.ndarray) -> int | None:
-        hit = np.flatnonzero(np.abs(regrets) <= ZERO)
-        return budgets[int(hit[0])] if hit.size else None
+    def shape(measure: str) -> dict[str, Any]:
+        return {name: summary([{t: float(getattr(scored[name][t], measure)[k]) for t in tasks}
+                               for k in range(len(budgets))]) for name in names}
 
-    zero_budget = {name: {t: first_zero(rel[name][t]) for t in tasks} for name in names}
-    zero_fraction = {
-        name: {b: float(np.mean([abs(rel[name][t][k]) <= ZERO for t in tasks])) for k, b in enumerate(b_keys)}
-        for name in names
-    }
+    zero = {name: {t: scored[name][t].zero() for t in tasks} for name in names}
+    zero_budget = {name: {t: next((budgets[k] for k, z in enumerate(zero[name][t]) if z), None)
+                          for t in tasks} for name in names}
+    zero_fraction = {name: {b: float(np.mean([zero[name][t][k] for t in tasks]))
+                            for k, b in enumerate(b_keys)} for name in names}
+    accs = {t: dict(zip(task_pool[t], task_accs[t].tolist())) for t in tasks}
+    zero_full = {name: {t: full_zero_regret_budget(scored[name][t], accs[t]) for t in tasks}
+                 for name in names}
+    rel_deltas, lo_deltas = strategy_deltas(scored, delta_pairs(names, proxies), tasks,
+                                            len(budgets), log_odds_eps)
 
-    # rank agreement of each proxy with the fine-tune accuracy, per task, over its pool
-    proxy_matrix = {p: scores[p].reindex(index=members, columns=all_tasks).to_numpy(dtype=float) for p in proxies}
-    agreement = {"weighted_tau": {}, "pearson": {}}
-    proxy_scores: dict[str, dict[str, dict[str, float]]] = {}
-    for p in proxies:
-        agreement["weighted_tau"][p], agreement["pearson"][p], proxy_scores[p] = {}, {}, {}
-        for t in tasks:
-            s = proxy_matrix[p][rows[t], col[t]]
-            agreement["weighted_tau"][p][t] = weighted_tau(task_accs[t], s)
-            agreement["pearson"][p][t] = pearson(task_accs[t], s)
-            proxy_scores[p][t] = {m: float(v) for m, v in zip(task_pool[t], s.tolist()) if math.isfinite(v)}
-
+    agreement, proxy_scores = _agreement(scores, proxies, view)
     choicenet = {v: _empty_choicenet(tasks) for v in CHOICENET_VERSIONS}
     for name, table in predicted.items():
-        pred = table.reindex(index=members, columns=all_tasks).to_numpy(dtype=float)
-        choicenet[_choicenet_key(name)] = _prediction_summary(
-            {t: pred[rows[t], col[t]] for t in tasks}, task_accs, tasks)
-
-    accs = {t: dict(zip(task_pool[t], task_accs[t].tolist())) for t in tasks}
-    oracle_model = {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks}  # first max: by name
+        if name.startswith("choicenet"):
+            choicenet[_choicenet_key(name)] = _prediction_summary(view.values(table), task_accs, tasks)
     return {
         "pool": pool,
         "models": members,
         "models_without_results": [m for m in members if m not in with_results],
         "tasks": tasks,
         "task_groups": groups,
-        "skipped_tasks": skipped,
+        "skipped_tasks": view.skipped,
         "budgets": budgets,
         "strategy_order": names,
-        "strategies": shape(rel),
-        "log_odds": shape(logodds),
+        "tie_tolerance": tie_tolerance,
+        "strategies": shape("relative"),
+        "absolute": shape("absolute"),
+        "log_odds": shape("log_odds"),
+        "deltas": {k: summary(v) for k, v in rel_deltas.items()},
+        "log_odds_deltas": {k: summary(v) for k, v in lo_deltas.items()},
         "zero_regret_budget": zero_budget,
         "zero_regret_budget_full": zero_full,
         "zero_regret_fraction": zero_fraction,
-        "weighted_tau": agreement["weighted_tau"],
-        "pearson": agreement["pearson"],
+        "appendix_g": _appendix_g(built, truth, pool, members, pools, proxies),
+        **agreement,
+        "proxy_coverage": _coverage(proxy_scores, proxies, task_pool, proxy_notes or {}),
         "proxy_scores": proxy_scores,
         "choicenet": choicenet,
-        "picks": picks,
+        "picks": {name: {t: picks(scored[name][t], max_budget) for t in tasks} for name in names},
         "finetune_test_acc": accs,
-        "oracle_model": oracle_model,
+        "best_model": {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks},
     }
 
 
-def _score_strategies(built, tasks, task_pool, task_accs, budgets, max_budget, eps):
-    """Relative and log-odds regret arrays (over budgets), full zero-regret budgets and picks."""
-    def lo_fn(star, sel):
-        return log_odds_regret(star, sel, eps=eps)
+class _PoolView:
+    """A pool's models on the records' tasks: each task's pool (the models with a result) and
+    their accuracies, as float matrices (no per-cell pandas lookups)."""
 
-    rel: dict[str, dict[str, np.ndarray]] = {}
-    logodds: dict[str, dict[str, np.ndarray]] = {}
-    zero_full: dict[str, dict[str, int]] = {}
-    picks: dict[str, dict[str, list[str] | None]] = {}
-    random_cache: dict[str, dict[str, np.ndarray]] = {}
-    for name, strategy in built.items():
-        rel[name], logodds[name], zero_full[name], picks[name] = {}, {}, {}, {}
-        for task in tasks:
-            pool_models, accs = task_pool[task], task_accs[task]
-            if getattr(strategy, "expected", False):
-                if task not in random_cache:
-                    random_cache[task] = expected_random_regret_by_budget(
-                        accs, budgets, {"rel": relative_regret, "lo": lo_fn})
-                rel[name][task] = random_cache[task]["rel"]
-                logodds[name][task] = random_cache[task]["lo"]
-                zero_full[name][task] = random_zero_regret_budget(accs)
-                picks[name][task] = None
-                continue
-            ranking = list(strategy.rank(task, list(pool_models)))
-            position = {m: i for i, m in enumerate(pool_models)}
-            if len(ranking) != len(pool_models) or set(ranking) != set(pool_models):
-                raise ValueError(
-                    f"strategy {name!r} ranked {ranking[:_LISTED]} on task {task!r}; a ranking must hold "
-                    f"every model of the task's pool {pool_models[:_LISTED]} exactly once"
-                )
-            ranked = accs[[position[m] for m in ranking]]
-            s_sel = best_of_top(ranked, budgets)
-            star = float(accs.max())
-            rel[name][task] = np.asarray(relative_regret(star, s_sel), dtype=float)
-            logodds[name][task] = np.asarray(lo_fn(star, s_sel), dtype=float)
-            zero_full[name][task] = ranking_zero_regret_budget(ranked)
-            picks[name][task] = ranking[:max_budget]
-    return rel, logodds, zero_full, picks
+    def __init__(self, truth: pd.DataFrame, members: list[str]):
+        self.members, self.all_tasks = members, list(truth.columns)
+        acc = truth.reindex(index=members, columns=self.all_tasks).to_numpy(dtype=float)
+        has = np.isfinite(acc)
+        self.tasks = [t for j, t in enumerate(self.all_tasks) if has[:, j].any()]
+        self.skipped = [t for j, t in enumerate(self.all_tasks) if not has[:, j].any()]
+        self.col = {t: self.all_tasks.index(t) for t in self.tasks}
+        self.rows = {t: np.flatnonzero(has[:, self.col[t]]) for t in self.tasks}
+        self.task_pool = {t: [members[i] for i in self.rows[t]] for t in self.tasks}
+        self.task_accs = {t: acc[self.rows[t], self.col[t]] for t in self.tasks}
+
+    def values(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """A score table's values on each task's pool (NaN where none)."""
+        m = table.reindex(index=self.members, columns=self.all_tasks).to_numpy(dtype=float)
+        return {t: m[self.rows[t], self.col[t]] for t in self.tasks}
+
+
+def _agreement(scores: Mapping[str, pd.DataFrame], proxies: list[str], view: _PoolView):
+    """Rank agreement of each proxy with the fine-tune accuracy per task, and the scores."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {
+        "weighted_tau": {}, "weighted_tau_scipy_default": {}, "pearson": {}}
+    proxy_scores: dict[str, dict[str, dict[str, float]]] = {}
+    for p in proxies:
+        values = view.values(scores[p])
+        for key in out:
+            out[key][p] = {}
+        proxy_scores[p] = {}
+        for t in view.tasks:
+            a, s = view.task_accs[t], values[t]
+            out["weighted_tau"][p][t] = weighted_tau(a, s)
+            out["weighted_tau_scipy_default"][p][t] = weighted_tau_scipy_default(a, s)
+            out["pearson"][p][t] = pearson(a, s)
+            proxy_scores[p][t] = {m: float(v) for m, v in zip(view.task_pool[t], s.tolist())
+                                  if math.isfinite(v)}
+    return out, proxy_scores
+
+
+def _coverage(proxy_scores, proxies, task_pool, notes: Mapping[str, str]) -> dict[str, Any]:
+    """Pairs with a score of each proxy, and why there may be none (a NaN is no score)."""
+    out = {}
+    for p in proxies:
+        have = sum(len(proxy_scores[p][t]) for t in task_pool)
+        total = sum(len(v) for v in task_pool.values())
+        out[p] = {"pairs": have, "of": total,
+                  "note": notes.get(p.removeprefix("proxy/")) if have < total else None}
+    return out
+
+
+def _appendix_g(built, truth: pd.DataFrame, pool: str, members: list[str], pools: Pools | None,
+                proxies: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Appendix G's table: per pool and task, the smallest zero-regret budget over the whole pool
+    of the task-agnostic oracle, each proxy and task-agnostic (``per_task_best`` is always 1)."""
+    wanted = [n for n in ("task_agnostic_oracle", *proxies, "task_agnostic") if n in built]
+    named = {pool: members, **{k: sorted(v) for k, v in (pools or {}).items()}}
+    out = {}
+    for name, models in named.items():
+        view = _PoolView(truth, [m for m in models if m in truth.index])
+        if not view.tasks:
+            continue
+        scored = score_strategies({n: built[n] for n in wanted}, view.tasks, view.task_pool,
+                                  view.task_accs, [1])
+        out[name] = {t: {n: full_zero_regret_budget(
+                            scored[n][t], dict(zip(view.task_pool[t], view.task_accs[t].tolist())))
+                         for n in wanted} for t in view.tasks}
+    return out
 
 
 def _prediction_summary(pred: dict[str, np.ndarray], accs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The regret report's files: ``regret.md``, ``regret.csv``, ``regret.json`` and four PNG figures.
+"""The regret report's files: ``regret.md|csv|json``, four PNG figures and Appendix G's table.
 
 :func:`write_report` renders every file in memory first (:mod:`selection.report_text`,
 :mod:`selection.report_plots`), then publishes each one through
@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from selection import report_plots
-from selection.report_text import format_markdown, render_csv
+from selection.report_text import format_appendix_g, format_markdown, render_appendix_g_csv, render_csv
 from whichmodel.files import atomic_write
 
 REPORT_FILES = {"md": "regret.md", "csv": "regret.csv", "json": "regret.json", "png": "regret.png",
-                "png_b2": "regret_b2.png", "png_zero": "zero_regret.png", "png_proxies": "proxies.png"}
+                "png_b2": "regret_b2.png", "png_zero": "zero_regret.png", "png_proxies": "proxies.png",
+                "appendix_g_md": "appendix_g.md", "appendix_g_csv": "appendix_g.csv"}
 
 
 def _render_json(report: Mapping[str, Any]) -> str:
@@ -35,6 +36,8 @@ _RENDERERS = {
     "png_b2": lambda r: report_plots.render_png_b2(r),
     "png_zero": lambda r: report_plots.render_zero_png(r),
     "png_proxies": lambda r: report_plots.render_proxies_png(r),
+    "appendix_g_md": lambda r: format_appendix_g(r).encode("utf-8"),
+    "appendix_g_csv": lambda r: render_appendix_g_csv(r).encode("utf-8"),
 }
 
 
@@ -49,7 +52,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     - ``png_b2``: ``regret_b2.png``, the same at B = 2 (a note when B = 2 is not reported);
     - ``png_zero``: ``zero_regret.png``, fraction of tasks at zero regret against B (Figure 7)
       and the smallest zero-regret budget per task and strategy (Appendix G);
-    - ``png_proxies``: ``proxies.png``, proxy score against fine-tune accuracy, one panel per task.
+    - ``png_proxies``: ``proxies.png``, proxy score against fine-tune accuracy, one panel per task;
+    - ``appendix_g_md``, ``appendix_g_csv``: ``appendix_g.md`` / ``.csv``, the smallest zero-regret
+      budget of the task-agnostic oracle, each proxy and task-agnostic, per pool and task.
     """
     rendered = {kind: render(report) for kind, render in _RENDERERS.items()}
     out = Path(out_dir)

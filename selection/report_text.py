@@ -20,7 +20,8 @@ import numpy as np
 
 from selection.records import GROUND_TRUTH
 
-CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "log_odds_regret")
+CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "absolute_regret",
+               "log_odds_regret")
 MEAN_ROW = "mean"
 
 
@@ -192,8 +193,23 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         rows = [[n, *[_fmt(fraction[n][b], 3) for b in budgets]] for n in names]
         parts.append(_md_table(["strategy", *(f"B = {b}" for b in budgets)], rows, 1))
 
+    parts += _absolute_and_deltas(report)
+    parts += _appendix_g_parts(report)
+    nearest = (report.get("nearest_task") or {}).get("nearest")
+    if nearest:
+        parts.append("## Nearest task by Task2Vec (Appendix H; probe "
+                     f"`{report['nearest_task'].get('probe_model')}`)")
+        parts.append(_md_table(["task", "nearest task"], [[t, u] for t, u in nearest.items()], 2))
+    notes = {p: c for p, c in (report.get("proxy_coverage") or {}).items() if c["pairs"] < c["of"]}
+    if notes:
+        parts.append("## Proxies without a score on some pairs (no score ranks last)")
+        parts.append("\n".join(f"- `{p}`: {c['pairs']} of {c['of']} pairs" + (
+            f"; {c['note']}" if c.get("note") else "") for p, c in notes.items()))
     for key, title in (("weighted_tau", "weighted Kendall tau (`scipy.stats.weightedtau(acc, score, "
-                                         "rank=None)`)"), ("pearson", "Pearson r")):
+                                         "rank=None)`, importance by fine-tune rank)"),
+                       ("weighted_tau_scipy_default", "weighted Kendall tau, scipy's default "
+                        "(`weightedtau(acc, score)`, rank=True: SFDA's convention)"),
+                       ("pearson", "Pearson r")):
         table = report.get(key) or {}
         if not table:
             continue
@@ -245,9 +261,11 @@ def render_csv(report: Mapping[str, Any]) -> str:
     for name in strategy_order(report):
         for b in report["budgets"]:
             rel = report["strategies"][name][str(b)]
+            ab = report["absolute"][name][str(b)]
             lo = report["log_odds"][name][str(b)]
             for group, task, kind, key in report_rows(report):
                 writer.writerow([name, b, task, group, _csv_number(_cell(rel, kind, key)),
+                                 _csv_number(_cell(ab, kind, key)),
                                  _csv_number(_cell(lo, kind, key))])
     return buf.getvalue()
 
@@ -255,3 +273,62 @@ def render_csv(report: Mapping[str, Any]) -> str:
 def ordered_tasks(report: Mapping[str, Any]) -> list[str]:
     """The reported tasks in the order of :func:`report_rows` (grouped first)."""
     return [key for _, _, kind, key in report_rows(report) if kind == "task"]
+
+
+def _absolute_and_deltas(report: Mapping[str, Any]) -> list[str]:
+    """Mean absolute regret per strategy and budget, and the mean relative and log-odds deltas of
+    the paper's comparisons (positive: the first strategy is better)."""
+    parts = []
+    budgets = [str(b) for b in report["budgets"]]
+    absolute = report.get("absolute") or {}
+    if absolute:
+        parts.append("## Mean absolute regret s* - s(S)")
+        rows = [[n, *[_fmt(absolute[n][b]["mean"]) for b in budgets]] for n in strategy_order(report)]
+        parts.append(_md_table(["strategy", *(f"B = {b}" for b in budgets)], rows, 1))
+    for key, title in (("deltas", "relative delta (Sec. 3, Eq. 2)"),
+                       ("log_odds_deltas", "log-odds delta (Appendix C)")):
+        table = report.get(key) or {}
+        if table:
+            parts.append(f"## Mean {title}; positive: the first strategy is better")
+            rows = [[pair, *[_fmt(table[pair][b]["mean"]) for b in budgets]] for pair in table]
+            parts.append(_md_table(["comparison", *(f"B = {b}" for b in budgets)], rows, 1))
+    return parts
+
+
+def appendix_g_columns(report: Mapping[str, Any]) -> list[str]:
+    """The strategies of Appendix G's table, in its order: the oracle, the proxies, task-agnostic."""
+    tables = report.get("appendix_g") or {}
+    first = next(iter(tables.values()), {})
+    return list(next(iter(first.values()), {}))
+
+
+def _appendix_g_parts(report: Mapping[str, Any]) -> list[str]:
+    tables = report.get("appendix_g") or {}
+    if not tables:
+        return []
+    parts = ["## Appendix G: smallest budget with zero regret, per pool (the task-agnostic "
+             "oracle, each proxy, task-agnostic)"]
+    for pool, by_task in tables.items():
+        columns = appendix_g_columns(report)
+        rows = [[t, *[str(by_task[t].get(c, "-")) for c in columns]] for t in by_task]
+        parts += [f"### Pool `{pool}`", _md_table(["task", *columns], rows, 1)]
+    return parts
+
+
+def format_appendix_g(report: Mapping[str, Any]) -> str:
+    """``appendix_g.md``: Appendix G's table, one block per pool."""
+    return "\n\n".join([f"# Zero-regret budgets (Renggli et al. 2022, Appendix G): pool "
+                         f"`{report['pool']}` and the sweep's named pools",
+                         *_appendix_g_parts(report)[1:]]) + "\n"
+
+
+def render_appendix_g_csv(report: Mapping[str, Any]) -> str:
+    """``appendix_g.csv``: long ``pool,task,strategy,budget``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("pool", "task", "strategy", "budget"))
+    for pool, by_task in (report.get("appendix_g") or {}).items():
+        for task, budgets in by_task.items():
+            for strategy, b in budgets.items():
+                writer.writerow((pool, task, strategy, b))
+    return buf.getvalue()

@@ -1,31 +1,36 @@
 """Model-search strategies: given a task and the pool's models, which to fine-tune first.
 
-A strategy ranks the pool for a task (best first); with budget B it fine-tunes the top B.
-Strategies come from a registry, like timm's ``create_model``::
+A strategy ranks the pool for a task into ordered *tie groups* (best first; models a strategy
+cannot tell apart share a group); with budget B it fine-tunes the first B models, a random subset
+of the group that B cuts (:mod:`selection.outcomes` scores every order of the tied models, never
+an alphabetical one). Strategies register themselves, like timm's ``create_model``::
 
-    names = list_strategies(proxies)             # ["task_agnostic", *proxies, *hybrids, "oracle", "random"]
-    names = list_strategies(proxies, predicted=["choicenet_v1"])   # ... *hybrids, "choicenet_v1", ...
+    names = list_strategies(proxies, predicted)   # ["task_agnostic", *proxies, *hybrids, ...]
     strategy = create_strategy("hybrid:proxy/linear", scores, metadata)
-    strategy.rank("cifar100", ["vit_b16", "resnet50", ...])
+    strategy.rank_groups("cifar100", ["vit_b16", "resnet50", ...])   # [["resnet50"], [...], ...]
 
 ``scores`` maps a metric to its pivot table (index model, columns task), as made by
 :func:`selection.records.pivot_metric`, and includes ``finetune_test_acc``.
 
-The strategies (Renggli et al. 2022, Sec. 3):
+The strategies (Renggli et al. 2022, Sec. 2-5 and Appendix G):
 
-- ``task_agnostic`` -- upstream metadata only; the same order for every task.
-- ``proxy/<name>`` -- task-aware: one proxy score on the task (linear probe, kNN, LogME ...).
+- ``task_agnostic`` -- upstream metadata only, the same order for every task: highest ImageNet
+  accuracy, otherwise largest upstream data; on an *approximate* tie, more parameters. Sorted by
+  accuracy, each model joins the open group if its accuracy is within ``tie_tolerance`` (0.005 by
+  default, 0.5 points) of the group's first, else opens a new one; inside a group more backbone
+  parameters first, then name. Models without an accuracy follow, by upstream size the same way.
+- ``proxy/<name>`` -- task-aware: one proxy score on the task (linear probe, kNN, LogME ...); a
+  NaN score is no score (the model ranks after all that have one).
 - ``hybrid:proxy/<name>`` -- the top-1 task-agnostic model, then the proxy's order of the rest.
-- ``choicenet_v1``, ``choicenet_v2`` (any name of a *predicted-accuracy* table in ``scores``) --
-  meta-learned: rank by ChoiceNet's predicted fine-tune accuracy for the task, made by a net that
-  never saw the task's results (leave-one-task-out, :mod:`lightning_modules.choicenet`);
-- ``oracle`` -- the fine-tune test accuracy itself (a lower bound on regret: always 0).
-- ``random`` -- not a ranking (``expected = True``): the report uses the exact expected regret
-  of a uniformly random size-B subset (:func:`selection.regret.expected_random_regret`).
+- ``task_agnostic_oracle`` -- by mean fine-tune accuracy over all tasks of the table: the
+  paper's Oracle of Appendix G and Figure 7; not practical, it sees the task's own results.
+  ``task_agnostic_oracle_loto`` -- by the mean over the *other* tasks (practical).
+- any *predicted-accuracy* table in ``scores`` (``choicenet_v1``, ``nearest_task`` ...) --
+  meta-learned: rank by a prediction made without the task's results (leave-one-task-out).
+- ``per_task_best`` -- the task's fine-tune accuracy itself (regret 0; a bound).
+- ``random`` -- one tie group of the whole pool: the exact expectation over random subsets.
 
-Ties are broken by model name, ascending, everywhere, so every ranking is deterministic; models
-without a value rank after all that have one. Other strategies can be added with
-:func:`register_strategy`, or logged as a ``proxy/...`` metric.
+Other strategies register with :func:`register_strategy`, or are logged as a ``proxy/...`` metric.
 """
 
 from __future__ import annotations
@@ -35,34 +40,41 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import pandas as pd
 
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
 from whichmodel.registry import Registry
 
 TASK_AGNOSTIC = "task_agnostic"
-ORACLE = "oracle"
+TASK_AGNOSTIC_ORACLE = "task_agnostic_oracle"
+TASK_AGNOSTIC_ORACLE_LOTO = "task_agnostic_oracle_loto"
+PER_TASK_BEST = "per_task_best"
 RANDOM = "random"
 HYBRID_PREFIX = "hybrid:"
 #: the meta-learned strategies; their score tables are predicted accuracies, not records.
 CHOICENET_V1 = "choicenet_v1"
 CHOICENET_V2 = "choicenet_v2"
-#: task-agnostic ranking keys, compared lexicographically, each descending (higher is better).
-TASK_AGNOSTIC_KEYS: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params")
+#: the task-agnostic rule's default approximate-tie tolerance (0.5 accuracy points).
+TIE_TOLERANCE = 0.005
 
 Scores = Mapping[str, pd.DataFrame]
+Groups = list[list[str]]
 
 
 @runtime_checkable
 class Strategy(Protocol):
-    """Ranks a task's pool, best first. ``expected`` strategies (random) are not rankings."""
+    """Ranks a task's pool into ordered tie groups, best first."""
 
     name: str
 
-    def rank(self, task: str, models: list[str]) -> list[str]:
-        """Every model of ``models`` exactly once, best first."""
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
+        """Every model of ``models`` exactly once, in ordered groups of tied models."""
         ...
+
+
+def flat(groups: Groups) -> list[str]:
+    """A ranking for display: the groups in order, tied models by name."""
+    return [m for group in groups for m in sorted(group)]
 
 
 class UnknownStrategyError(KeyError):
@@ -80,64 +92,85 @@ def _score(value: object) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def groups_by_value(models: Sequence[str], values: Sequence[float | None]) -> Groups:
+    """Models grouped by equal value, highest first; models without a value last, tied."""
+    known: dict[float, list[str]] = {}
+    missing = []
+    for m, v in zip(models, values):
+        if v is None:
+            missing.append(m)
+        else:
+            known.setdefault(v, []).append(m)
+    groups = [sorted(known[v]) for v in sorted(known, reverse=True)]
+    return groups + ([sorted(missing)] if missing else [])
+
+
 @dataclass(frozen=True, eq=False)
 class TaskAgnosticStrategy:
-    """Rank by upstream metadata: ``imagenet_acc``, then ``upstream_size``, then ``params``.
-
-    Compared lexicographically, each descending; a model missing a key ranks after every model
-    that has it (at that key); remaining ties by name. The order ignores the task. If there is no
-    metadata, or it has none of the keys, models are ranked by name alone -- a deterministic but
-    arbitrary order, the weakest baseline.
-    """
+    """The paper's task-agnostic rule (module docstring); one model per group (the rule orders
+    every model: accuracy group, then parameters, then name)."""
 
     metadata: pd.DataFrame | None = None
-    keys: tuple[str, ...] = TASK_AGNOSTIC_KEYS
+    tie_tolerance: float = TIE_TOLERANCE
     name: str = TASK_AGNOSTIC
-    expected: bool = False
-    _values: dict = field(init=False, repr=False, compare=False)
-    _n_keys: int = field(init=False, repr=False, compare=False)
+    _order: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not (self.tie_tolerance >= 0):
+            raise ValueError(f"tie_tolerance={self.tie_tolerance!r} must be >= 0 (0: strict order)")
         meta = index_metadata(self.metadata)
-        present = [k for k in self.keys if meta is not None and k in meta.columns]
-        values: dict[str, tuple[float | None, ...]] = {}
-        if meta is not None:
-            for model, row in meta.iterrows():
-                values[str(model)] = tuple(_score(row[k]) for k in present)
-        object.__setattr__(self, "_values", values)
-        object.__setattr__(self, "_n_keys", len(present))
+        rows = {} if meta is None else {str(m): row for m, row in meta.iterrows()}
 
-    def _key(self, model: str) -> tuple:
-        parts: list[object] = []
-        for v in self._values.get(model, (None,) * self._n_keys):
-            parts.extend((1, 0.0) if v is None else (0, -v))
-        return (*parts, model)
+        def get(model: str, key: str) -> float | None:
+            row = rows.get(model)
+            return None if row is None or key not in row else _score(row[key])
 
-    def rank(self, task: str, models: list[str]) -> list[str]:
-        return sorted(models, key=self._key)
+        with_acc = [m for m in rows if get(m, "imagenet_acc") is not None]
+        with_size = [m for m in rows if m not in with_acc and get(m, "upstream_size") is not None]
+        rest = [m for m in rows if m not in with_acc and m not in with_size]
+        order = (self._approximate(with_acc, "imagenet_acc", get, self.tie_tolerance)
+                 + self._approximate(with_size, "upstream_size", get, 0.0)
+                 + sorted(rest, key=lambda m: (-(get(m, "params") or 0.0), m)))
+        object.__setattr__(self, "_order", {m: i for i, m in enumerate(order)})
+
+    @staticmethod
+    def _approximate(models: list[str], key: str, get, tolerance: float) -> list[str]:
+        """Greedy groups from the highest value (within ``tolerance`` of the group's first),
+        more parameters first inside a group, then name."""
+        ranked = sorted(models, key=lambda m: (-get(m, key), m))
+        out, group, first = [], [], None
+        for m in ranked:
+            value = get(m, key)
+            if group and first - value > tolerance + 1e-12:
+                out += sorted(group, key=lambda x: (-(get(x, "params") or 0.0), x))
+                group = []
+            if not group:
+                first = value
+            group.append(m)
+        return out + sorted(group, key=lambda x: (-(get(x, "params") or 0.0), x))
+
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
+        unknown = [m for m in models if m not in self._order]
+        known = sorted((m for m in models if m in self._order), key=self._order.__getitem__)
+        return [[m] for m in known] + ([sorted(unknown)] if unknown else [])
 
 
 @dataclass(frozen=True, eq=False)
 class ScoreStrategy:
-    """Rank by one score table (a proxy, or the ground truth for the oracle) on the task.
-
-    Descending; models without a finite value for the task rank after all that have one (and a
-    task absent from the table ranks every model by name); ties by name.
-    """
+    """Rank by one score table (a proxy, a prediction, an accuracy) on the task, highest first;
+    equal scores tie, models without a finite score tie last."""
 
     name: str
     table: pd.DataFrame
-    expected: bool = False
 
-    def rank(self, task: str, models: list[str]) -> list[str]:
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
         models = list(models)
-        if not models or task not in self.table.columns:
-            return sorted(models)
-        # one reindex per task and a lexsort: (has no value, -score, name), all ascending
-        values = pd.to_numeric(self.table[task], errors="coerce").reindex(models).to_numpy(dtype=float)
-        missing = ~np.isfinite(values)
-        order = np.lexsort((np.array(models, dtype=str), np.where(missing, 0.0, -values), missing))
-        return [models[i] for i in order]
+        if not models:
+            return []
+        if task not in self.table.columns:
+            return [sorted(models)]
+        values = pd.to_numeric(self.table[task], errors="coerce").reindex(models)
+        return groups_by_value(models, [_score(v) for v in values.to_numpy(dtype=float)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,48 +180,69 @@ class HybridStrategy:
     name: str
     agnostic: TaskAgnosticStrategy
     proxy: ScoreStrategy
-    expected: bool = False
 
-    def rank(self, task: str, models: list[str]) -> list[str]:
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
         if not models:
             return []
-        first = self.agnostic.rank(task, models)[0]
-        return [first, *self.proxy.rank(task, [m for m in models if m != first])]
+        first = self.agnostic.rank_groups(task, models)[0]
+        if len(first) > 1:  # no metadata to choose by: the whole pool is one group
+            return self.proxy.rank_groups(task, models)
+        rest = [m for m in models if m != first[0]]
+        return [first, *(self.proxy.rank_groups(task, rest) if rest else [])]
+
+
+@dataclass(frozen=True, eq=False)
+class MeanAccuracyStrategy:
+    """The task-agnostic oracles: rank by mean fine-tune accuracy over all tasks of the table, or
+    (``leave_task_out``) over every task but the one ranked. Missing pairs are left out of the
+    mean; a model with no other result ties last."""
+
+    name: str
+    truth: pd.DataFrame
+    leave_task_out: bool = False
+
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
+        table = self.truth.reindex(index=list(models))
+        if self.leave_task_out and task in table.columns:
+            table = table.drop(columns=[task])
+        means = table.apply(pd.to_numeric, errors="coerce").mean(axis=1, skipna=True)
+        return groups_by_value(list(models), [_score(v) for v in means.to_numpy(dtype=float)])
 
 
 @dataclass(frozen=True, eq=False)
 class RandomStrategy:
-    """Uniformly random size-B subsets. Not a ranking: ``expected = True`` tells the report to use
-    the exact expected regret (:func:`selection.regret.expected_random_regret`)."""
+    """Uniformly random size-B subsets: the whole pool is one tie group."""
 
     name: str = RANDOM
-    expected: bool = True
 
-    def rank(self, task: str, models: list[str]) -> list[str]:
-        raise TypeError(
-            "the random strategy has no ranking; score it with "
-            "selection.regret.expected_random_regret(accuracies, budget)"
-        )
+    def rank_groups(self, task: str, models: list[str]) -> Groups:
+        return [sorted(models)] if models else []
 
 
+# ------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class StrategyContext:
-    """What a strategy factory may read: the score tables and the model metadata.
+    """What a strategy factory may read: the score tables, the model metadata and settings.
 
     ``scores`` maps a metric to its pivot table (index model, columns task): proxy tables
     (``proxy/...``), the ground truth ``finetune_test_acc`` and predicted-accuracy tables
-    (``choicenet_v1`` ...); ``name`` is the strategy asked for (a family's factory reads it).
+    (``choicenet_v1``, ``nearest_task`` ...); ``name`` is the strategy asked for (a family's
+    factory reads it); ``tie_tolerance`` is the task-agnostic rule's.
     """
 
     name: str
     scores: Scores
     metadata: pd.DataFrame | None = None
+    tie_tolerance: float = TIE_TOLERANCE
 
     def table(self, metric: str) -> pd.DataFrame:
         if metric not in self.scores:
             raise UnknownStrategyError(f"strategy {self.name!r} needs scores for metric {metric!r}; "
                                        f"scores given: {sorted(self.scores)}")
         return self.scores[metric]
+
+    def agnostic(self) -> TaskAgnosticStrategy:
+        return TaskAgnosticStrategy(self.metadata, self.tie_tolerance)
 
 
 @dataclass(frozen=True)
@@ -197,8 +251,8 @@ class StrategySpec:
 
     ``offers(proxies, predicted)`` gives the names a family provides for these proxy metrics and
     predicted tables (None: the spec's own name only); ``uses_task_results``: it reads the task's
-    own fine-tune results (a bound, not a strategy anyone can use on a new task); ``order``
-    places it in :func:`list_strategies` (built-ins 0-30 and 90+, others 50 by default).
+    own fine-tune results (a bound for the report, not a strategy for a new task); ``order``
+    places it in :func:`list_strategies` (built-ins 0-40 and 90+, others 50 by default).
     """
 
     name: str
@@ -236,8 +290,9 @@ def _specs() -> list[StrategySpec]:
 
 
 def list_strategies(proxies: Sequence[str], predicted: Sequence[str] = ()) -> list[str]:
-    """Strategy names for these proxy metrics and predicted-accuracy tables (e.g. ChoiceNet's):
-    ``["task_agnostic", *proxies, *("hybrid:" + p), *predicted, *registered, "oracle", "random"]``."""
+    """Strategy names for these proxy metrics and predicted-accuracy tables, in report order:
+    task-agnostic, proxies, hybrids, the oracles, predicted tables, registered others,
+    ``per_task_best``, ``random``."""
     return [n for spec in _specs() for n in spec.names(list(proxies), list(predicted))]
 
 
@@ -264,23 +319,24 @@ def check_predicted_name(name: object) -> str:
     return name
 
 
-def _proxies_of(scores: Scores) -> list[str]:
+def proxies_of(scores: Scores) -> list[str]:
     return sorted(m for m in scores if m.startswith(PROXY_PREFIX))
 
 
-def _predicted_of(scores: Scores) -> list[str]:
+def predicted_of(scores: Scores) -> list[str]:
     return sorted(m for m in scores if m != GROUND_TRUTH and not m.startswith(PROXY_PREFIX))
 
 
-def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = None) -> Strategy:
+def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = None, *,
+                    tie_tolerance: float = TIE_TOLERANCE) -> Strategy:
     """Build the strategy called ``name``.
 
     ``scores``: metric -> pivot table (index model, columns task), including ``finetune_test_acc``
-    for ``oracle`` and any predicted-accuracy table (``choicenet_v1`` ...) under its strategy's
-    name; ``metadata``: model metadata for ``task_agnostic`` and hybrids (or None).
-    Raises :class:`UnknownStrategyError` (a KeyError) listing the known names.
+    for the oracles and ``per_task_best`` and any predicted-accuracy table (``choicenet_v1`` ...)
+    under its strategy's name; ``metadata``: model metadata for ``task_agnostic`` and hybrids (or
+    None). Raises :class:`UnknownStrategyError` (a KeyError) listing the known names.
     """
-    proxies, predicted = _proxies_of(scores), _predicted_of(scores)
+    proxies, predicted = proxies_of(scores), predicted_of(scores)
     try:
         spec = get_strategy_spec(name, proxies, predicted)
     except UnknownStrategyError:
@@ -290,14 +346,14 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
                     f"predictions={{{name!r}: table}} (lightning_modules.choicenet.predict_choicenet)")
         raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these "
                                    f"scores: {list_strategies(proxies, predicted)}{hint}") from None
-    return spec.factory(StrategyContext(name, scores, metadata))
+    return spec.factory(StrategyContext(name, scores, metadata, tie_tolerance))
 
 
 # ------------------------------------------------------------------------ the built-in strategies
 @register_strategy(TASK_AGNOSTIC, order=0)
 def _task_agnostic(ctx: StrategyContext) -> Strategy:
-    """Upstream metadata only: ImageNet accuracy, then upstream data size, then parameters."""
-    return TaskAgnosticStrategy(ctx.metadata)
+    """ImageNet accuracy (approximate ties: more parameters), else upstream data size."""
+    return ctx.agnostic()
 
 
 @register_strategy("proxy/<name>", offers=lambda proxies, predicted: list(proxies), order=10)
@@ -311,24 +367,35 @@ def _proxy(ctx: StrategyContext) -> Strategy:
 def _hybrid(ctx: StrategyContext) -> Strategy:
     """The top-1 task-agnostic model, then the proxy's order of the rest."""
     proxy = ctx.name[len(HYBRID_PREFIX):]
-    return HybridStrategy(ctx.name, TaskAgnosticStrategy(ctx.metadata),
-                          ScoreStrategy(proxy, ctx.table(proxy)))
+    return HybridStrategy(ctx.name, ctx.agnostic(), ScoreStrategy(proxy, ctx.table(proxy)))
+
+
+@register_strategy(TASK_AGNOSTIC_ORACLE, order=30, uses_task_results=True)
+def _task_agnostic_oracle(ctx: StrategyContext) -> Strategy:
+    """Mean fine-tune accuracy over all tasks (the paper's Oracle; it sees the task)."""
+    return MeanAccuracyStrategy(TASK_AGNOSTIC_ORACLE, ctx.table(GROUND_TRUTH))
+
+
+@register_strategy(TASK_AGNOSTIC_ORACLE_LOTO, order=31)
+def _task_agnostic_oracle_loto(ctx: StrategyContext) -> Strategy:
+    """Mean fine-tune accuracy over the other tasks (leave-one-task-out: practical)."""
+    return MeanAccuracyStrategy(TASK_AGNOSTIC_ORACLE_LOTO, ctx.table(GROUND_TRUTH), True)
 
 
 @register_strategy("<predicted table>", offers=lambda proxies, predicted: list(predicted),
-                   order=30)
+                   order=40)
 def _predicted(ctx: StrategyContext) -> Strategy:
-    """A predicted-accuracy table (ChoiceNet), leave-one-task-out, best first."""
+    """A prediction made without the task's results (ChoiceNet, nearest task), best first."""
     return ScoreStrategy(ctx.name, ctx.table(ctx.name))
 
 
-@register_strategy(ORACLE, order=90, uses_task_results=True)
-def _oracle(ctx: StrategyContext) -> Strategy:
-    """The fine-tune test accuracy itself: regret 0 (a lower bound)."""
-    return ScoreStrategy(ORACLE, ctx.table(GROUND_TRUTH))
+@register_strategy(PER_TASK_BEST, order=90, uses_task_results=True)
+def _per_task_best(ctx: StrategyContext) -> Strategy:
+    """The task's fine-tune test accuracy itself: regret 0 (a bound)."""
+    return ScoreStrategy(PER_TASK_BEST, ctx.table(GROUND_TRUTH))
 
 
 @register_strategy(RANDOM, order=99)
 def _random(ctx: StrategyContext) -> Strategy:
-    """Uniformly random size-B subsets, scored by their exact expected regret."""
+    """Uniformly random size-B subsets, scored by their exact expectation."""
     return RandomStrategy()

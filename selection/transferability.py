@@ -281,8 +281,9 @@ def hscore(features: Any, labels: Any, regularized: bool = False) -> float:
     when the N centred training rows are linearly independent (N <= D, e.g. VTAB-1k, 800 x 2048)
     the projection sum_j u_j u_j^T is I - 11^T/N and the plain H-score is exactly C - 1 for every
     backbone; reference implementations that pseudo-invert the D x D covariance with
-    rcond=1e-15 return round-off noise around that value. Use ``regularized=True`` there (that is
-    the point of Ibrahim et al.). Differences from tllib's ``regularized_h_score``: it divides
+    rcond=1e-15 return round-off noise around that value. It is NaN here (no score: it cannot
+    tell models apart; :data:`HSCORE_DEGENERATE`). Use ``regularized=True`` there (that is the
+    point of Ibrahim et al.). Differences from tllib's ``regularized_h_score``: it divides
     cov(g) by N - 1 but cov_alpha(f) by N, so its values are N / (N - 1) times these (same
     ranking within a task). Float64.
     """
@@ -315,6 +316,8 @@ def hscore_score(tf: TaskFeatures, *, regularized: bool = False) -> float:
     p = (tf.class_sums(u) ** 2 / tf.counts[:, None]).sum(axis=0)  # u_j^T P u_j
     keep = tf.rank_mask(lam)
     if not regularized:
+        if int(keep.sum()) >= tf.n - 1:  # degenerate: C - 1 for every backbone (docstring)
+            return float("nan")
         return float(p[keep].sum())
     a = ledoit_wolf_shrinkage(tf)
     mu = lam.sum() / (tf.n * tf.d)
@@ -384,9 +387,15 @@ def logme_proxy(inputs: ProxyInputs) -> float:
     return logme_score(task_features(inputs))
 
 
-@register_proxy("hscore")
+#: Why the plain H-score is NaN on a pair (shown by the report where a proxy has no score).
+HSCORE_DEGENERATE = ("NaN where the centred training features are linearly independent (N <= D, "
+                     "e.g. VTAB-1k at 2048 dims): the plain H-score is then C - 1 for every "
+                     "backbone; hscore_lw is defined there")
+
+
+@register_proxy("hscore", nan_reason=HSCORE_DEGENERATE)
 def hscore_proxy(inputs: ProxyInputs) -> float:
-    """H-score (Bao et al., ICIP 2019)."""
+    """H-score (Bao et al., ICIP 2019); NaN where degenerate (N <= D)."""
     return hscore_score(task_features(inputs))
 
 

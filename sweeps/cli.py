@@ -35,8 +35,8 @@ def _paths(args):
 
 
 def cmd_zoo_build(args) -> int:
-    from sweeps.config import load_zoo_config
     from sweeps.zoo import build_zoo, check_families
+    from sweeps.zoo_config import load_zoo_config
 
     zoo = load_zoo_config(args.config)
     check_families(zoo, str(args.config))
@@ -63,12 +63,15 @@ def cmd_validate(args) -> int:
     from sweeps.plan import check_plan, plan_sweep
     from sweeps.tracking import preflight
 
-    plan = plan_sweep(args.config)
+    plan = plan_sweep(args.config, structure=args.json)
     paths = _paths(args)
     if not args.file_only:
         check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
+    if args.json:
+        print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
+        return 0
     n_pairs = len(plan.models) * len(plan.tasks)
     trials = (n_pairs if cfg.probe.enabled else 0) + (
         n_pairs * len(cfg.finetune.lrs) if cfg.finetune.enabled else 0)
@@ -76,6 +79,23 @@ def cmd_validate(args) -> int:
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
     return 0
+
+
+def plan_json(plan) -> dict:
+    """The resolved plan: each model with its metadata, each task with its group, each pool with
+    its members (``whichmodel validate --json``)."""
+    from sweeps.registry import task_group
+
+    keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
+    models = {}
+    for m in plan.models:
+        meta = plan.metadata.get(m, {})
+        models[m] = {**{k: meta.get(k) for k in keys},
+                     **{k: v for k, v in meta.items() if k not in keys}}
+    return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
+            "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
+            "pools": {p: list(members) for p, members in plan.pools.items()},
+            "protocols": plan.protocols}
 
 
 def cmd_run(args) -> int:
@@ -123,15 +143,16 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
     from sweeps.tracking import Tracker
 
     tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
-    kwargs = {"pool": pool}
+    kwargs: dict = {"pool": pool}
     if plan is not None:
         cfg = plan.cfg
-        from sweeps.reporting import choicenet_predictions
+        from sweeps.reporting import learned_predictions
 
         kwargs.update(max_budget=budget or cfg.report.max_budget, strategies=cfg.report.strategies,
                       protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
-                      pool_models=plan.pools.get(pool),
-                      choicenet=lambda records: choicenet_predictions(records, plan, paths))
+                      pool_models=plan.pools.get(pool), pools=plan.pools,
+                      tie_tolerance=cfg.report.task_agnostic.tie_tolerance,
+                      learned=lambda records: learned_predictions(records, plan, paths))
         if pool not in plan.pools:
             raise WhichModelError(f"{plan.path}: key 'pools': no pool {pool!r}; known: "
                                   f"{', '.join(plan.pools)}")
@@ -227,7 +248,7 @@ def cmd_list(args) -> int:
         for name, build in ARCHITECTURES.items():
             rows.append((name, (build.__doc__ or "").strip().split("\n")[0]))
     else:
-        from sweeps.config import load_zoo_config
+        from sweeps.zoo_config import load_zoo_config
 
         zoo = load_zoo_config(args.config)
         for m in zoo.models:
@@ -310,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "writing anything")
     v.add_argument("config", type=Path)
     v.add_argument("--tracking-uri", help="the MLflow tracking URI run would use")
+    v.add_argument("--json", action="store_true",
+                   help="print the resolved plan as JSON: models with their metadata (params, "
+                        "feature_dim, imagenet_acc, upstream_size), tasks with their group, pools "
+                        "with their members")
     v.add_argument("--file-only", action="store_true",
                    help="check the sweep file alone (keys, names, pools), as 'submit' does: for a "
                         "sweep whose weights and data live on a cluster")

@@ -25,7 +25,7 @@ class ConfigError(WhichModelError):
     pass
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -38,81 +38,8 @@ def unique_grid(values: list[Any] | None) -> list[Any] | None:
     return values
 
 
-# --------------------------------------------------------------------------- zoo
-# Bump when the architectures or the pre-training code change what a recipe produces.
-ZOO_FORMAT = 2
-
-
-class ZooTraining(_Strict):
-    steps: int = Field(400, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
-
-
-class ZooModel(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    arch: str
-    arch_kwargs: dict[str, Any] = {}
-    # Source families it is trained on (empty: the random-initialisation control).
-    upstream: list[str] = []
-    objective: Literal["supervised", "rotation", "none"] = "supervised"
-    training: ZooTraining | None = None  # overrides the zoo-wide training settings
-
-    @model_validator(mode="after")
-    def _objective_needs_data(self):
-        if self.objective != "none" and not self.upstream:
-            raise ValueError(f"model {self.name!r}: objective {self.objective!r} needs upstream "
-                             "families; use objective: none for a random-initialisation control")
-        return self
-
-
-class SourceSize(_Strict):
-    n_train: int = Field(4000, ge=10)
-    n_val: int = Field(1000, ge=10)
-
-
-class ZooConfig(_Strict):
-    name: str = "zoo"
-    seed: int = 0
-    image_size: int = Field(32, ge=8, le=512)
-    source: SourceSize = SourceSize()
-    training: ZooTraining = ZooTraining()
-    cpus_per_trial: int = Field(1, ge=1)
-    models: list[ZooModel] = Field(min_length=1)
-
-    @field_validator("models")
-    @classmethod
-    def _unique(cls, models: list[ZooModel]):
-        seen: set[str] = set()
-        for i, m in enumerate(models):
-            if m.name in seen:
-                raise ValueError(f"models[{i}]: duplicate model name {m.name!r}")
-            seen.add(m.name)
-        return models
-
-    def model(self, name: str) -> ZooModel:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(name)
-
-    def recipe(self, name: str) -> dict[str, Any]:
-        """Everything that determines a zoo model's weights (its rebuild key)."""
-        m = self.model(name)
-        return {"model": m.model_dump(exclude={"training"}),
-                "training": (m.training or self.training).model_dump(),
-                "seed": self.seed, "image_size": self.image_size,
-                "source": self.source.model_dump()}
-
-    def recipe_hash(self, name: str) -> str:
-        """A short hash of the recipe, kept in the model's ``meta.json``: a model whose hash
-        matches is not built again."""
-        recipe = {"format": ZOO_FORMAT, **self.recipe(name)}
-        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------- sweep
-class LinearProbeSettings(_Strict):
+class LinearProbeSettings(Strict):
     """The linear proxy: the paper's lrs, steps and repetitions; batch 256 is this project's
     choice (the paper does not give one), as is standardising the features."""
 
@@ -124,17 +51,20 @@ class LinearProbeSettings(_Strict):
     _unique = field_validator("lrs")(unique_grid)
 
 
-class KnnSettings(_Strict):
+class KnnSettings(Strict):
     k: int = Field(1, ge=1)
 
 
-class EarlyStopSettings(_Strict):
-    """The paper's early-stop proxy (Appendix I): a few fine-tune steps, no warm-up."""
+class EarlyStopSettings(Strict):
+    """The early-stop proxy (Renggli et al. 2022, Appendix I): zero-initialised head, no warm-up,
+    constant learning rate, 10 SGD steps of batch 512, both fine-tune learning rates, max
+    validation accuracy, median of 5 repetitions. Smaller profiles say so by name."""
 
+    profile: str = "paper"
     lrs: list[float] = Field([0.01, 0.001], min_length=1)
-    steps: int = Field(50, ge=1)
-    repeats: int = Field(3, ge=1)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(10, ge=1)
+    repeats: int = Field(5, ge=1)
+    batch_size: int = Field(512, ge=1)
 
     _unique = field_validator("lrs")(unique_grid)
 
@@ -150,7 +80,7 @@ def known_proxy(names: list[str]) -> list[str]:
     return unique_grid(names)
 
 
-class ProbeProtocol(_Strict):
+class ProbeProtocol(Strict):
     enabled: bool = True
     proxies: list[str] = ["linear", "knn"]
     linear: LinearProbeSettings = LinearProbeSettings()
@@ -169,15 +99,22 @@ class ProbeProtocol(_Strict):
 
         out = {}
         for name in self.proxies:
+            accepted = get_proxy(name).settings
             block = getattr(self, name, None)
             kwargs = block.model_dump() if isinstance(block, BaseModel) else {}
-            if "seed" in get_proxy(name).settings:
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}  # not e.g. its profile
+            if "seed" in accepted:
                 kwargs["seed"] = seed
             out[name] = kwargs
         return out
 
 
-class FinetuneProtocol(_Strict):
+class FinetuneProtocol(Strict):
+    """The fine-tune protocol (Renggli et al. 2022, Sec. 4.3): a linear head on the frozen
+    backbone, then the whole network with SGD at each learning rate, best by validation, median
+    over repetitions. The head stage's length, momentum 0.9 and the 5% warm-up then cosine decay
+    are this project's choices (the paper does not give them)."""
+
     enabled: bool = True
     # The paper's profile is 2 lrs x 2500 steps x batch 512 x 5 repetitions; smaller profiles
     # must say so by name (reports and MLflow carry it).
@@ -196,12 +133,12 @@ class FinetuneProtocol(_Strict):
     _unique = field_validator("lrs")(unique_grid)
 
 
-class TrialResources(_Strict):
+class TrialResources(Strict):
     cpus: float = Field(1, gt=0)
     gpus: float = Field(0, ge=0)  # fractions are logical only: no GPU memory isolation
 
 
-class Resources(_Strict):
+class Resources(Strict):
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)  # retries of a failed trial
@@ -209,7 +146,7 @@ class Resources(_Strict):
     finetune: TrialResources = TrialResources()
 
 
-class BudgetedSearch(_Strict):
+class BudgetedSearch(Strict):
     """Successive halving (ASHA) over fine-tune steps, run after the exhaustive sweep."""
 
     enabled: bool = False
@@ -222,7 +159,7 @@ class BudgetedSearch(_Strict):
     _unique = field_validator("lrs")(unique_grid)
 
 
-class ChoiceNetSettings(_Strict):
+class ChoiceNetSettings(Strict):
     enabled: bool = True
     # The fixed probe model of ChoiceNet v2's task embedding (default: the first model of the
     # sweep whose name contains "generalist", else the first model).
@@ -230,17 +167,62 @@ class ChoiceNetSettings(_Strict):
     steps: int = Field(500, ge=1)
 
 
-class ReportSettings(_Strict):
+class TaskAgnosticSettings(Strict):
+    # Approximate ties of ImageNet accuracy (a fraction: 0.005 = 0.5 points) go to the model
+    # with more parameters (Renggli et al. 2022, Sec. 2); 0 gives the strict order.
+    tie_tolerance: float = Field(0.005, ge=0, le=1)
+
+
+class NearestTaskSettings(Strict):
+    """Appendix H: the best models of the most similar other task, by Task2Vec."""
+
+    enabled: bool = True
+    # The fixed probe network of Task2Vec (default: the sweep's first model whose name contains
+    # "generalist", else the first model; the paper used a ResNet-34).
+    probe_model: str | None = None
+    head_steps: int = Field(200, ge=1)  # SGD steps of the probe's head on the task's train split
+    max_examples: int = Field(800, ge=10)  # training examples the Fisher information averages
+
+
+class ReportSettings(Strict):
     max_budget: int = Field(3, ge=1, le=10)
     strategies: list[str] | None = None
+    task_agnostic: TaskAgnosticSettings = TaskAgnosticSettings()
     choicenet: ChoiceNetSettings = ChoiceNetSettings()
+    nearest_task: NearestTaskSettings = NearestTaskSettings()
+
+
+class PoolDefinition(Strict):
+    """A pool as a rule over model metadata (``params <= 24.0e6``), a list, or both (their
+    union), inside another pool (``within``)."""
+
+    rule: str | None = None
+    models: list[str] = []
+    within: str | None = None
+    note: str = ""
+
+    @field_validator("rule")
+    @classmethod
+    def _readable(cls, rule: str | None):
+        if rule is not None:
+            from selection.pools import parse_rule
+
+            parse_rule(rule)
+        return rule
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.rule is None and not self.models:
+            raise ValueError("a pool needs a rule, models, or both")
+        unique_grid(self.models)
+        return self
 
 
 HUB_PREFIXES = ("timm:", "torchvision:", "local:")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
-class ModelEntry(_Strict):
+class ModelEntry(Strict):
     """A model from a hub or a local folder (``lightning_modules.hub``), named in the sweep."""
 
     name: str = Field(pattern=_NAME)
@@ -259,7 +241,7 @@ class ModelEntry(_Strict):
         return spec
 
 
-class TaskEntry(_Strict):
+class TaskEntry(Strict):
     """A task read from an ImageFolder layout: ``path/{train,test}/<class>/*`` (+ ``val/``)."""
 
     name: str = Field(pattern=_NAME)
@@ -268,18 +250,18 @@ class TaskEntry(_Strict):
     group: Literal["natural", "specialized", "structured"]
 
 
-class DataSettings(_Strict):
+class DataSettings(Strict):
     # Where hub datasets (VTAB-1k through torchvision) and their caches live; default
     # $WHICHMODEL_HOME/data. Relative paths are relative to the sweep file.
     root: str | None = None
     download: bool = False  # let torchvision download missing datasets (never by default)
 
 
-class TrackingSettings(_Strict):
+class TrackingSettings(Strict):
     experiment: str | None = None  # default: the sweep's name
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     description: str = ""
     seed: int = 0
@@ -295,7 +277,9 @@ class SweepConfig(_Strict):
     # A catalog file (relative to this sweep file) with more model entries and named pools,
     # e.g. pools/renggli2022.yaml; the sweep's own pools win on a name clash.
     catalog: str | None = None
-    pools: dict[str, list[str] | Literal["all"]] = {"all": "all"}
+    # Named pools: "all", a list of models, or {rule, models, within, note}: a rule over model
+    # metadata (selection/pools.py), the listed models, inside another pool.
+    pools: dict[str, list[str] | Literal["all"] | PoolDefinition] = {"all": "all"}
     data: DataSettings = DataSettings()
     probe: ProbeProtocol = ProbeProtocol()
     finetune: FinetuneProtocol = FinetuneProtocol()
@@ -338,9 +322,23 @@ class SweepConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- loading
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+_UNION_TAGS = {"PoolDefinition", "ModelEntry", "TaskEntry"}
+
+
+def _key_parts(loc: tuple) -> list:
+    """A location without pydantic's union-branch tags (``list[str]``, ``PoolDefinition``)."""
+    return [p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+
+
+def format_validation_error(path: Path, err: ValidationError) -> str:
+    errors = err.errors()
+    # Where a value may take several forms (a list or an entry), the error of the form the user
+    # wrote is the deepest one; a type mismatch with another form says less.
+    e = max(errors, key=lambda x: (x["type"] not in ("list_type", "literal_error", "model_type",
+                                                     "string_type", "dict_type"),
+                                   len(_key_parts(x["loc"]))))
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]"
+                   for p in _key_parts(e["loc"])).replace(".[", "[")
     kind, msg = e["type"], e["msg"]
     if kind == "extra_forbidden":
         msg = "unknown key (misspelled?); remove it or see the README's configuration table"
@@ -348,12 +346,13 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         msg = "required key missing"
     else:
         msg = msg.removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    others = {tuple(_key_parts(x["loc"])) for x in errors} - {tuple(_key_parts(e["loc"]))}
+    more = f" (and {len(others)} more)" if others else ""
     where = f"key {loc!r}" if loc else "top level"
     return f"{path}: {where}: {msg}{more}"
 
 
-def _read_yaml(path: str | Path) -> tuple[Path, dict[str, Any]]:
+def read_yaml(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     try:
         text = path.read_text()
@@ -372,47 +371,68 @@ def _read_yaml(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, data
 
 
-def load_zoo_config(path: str | Path) -> ZooConfig:
-    path, data = _read_yaml(path)
-    try:
-        return ZooConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+class PaperModel(Strict):
+    """One model of a paper's study and its public equivalent (None: there is none)."""
+
+    paper_model: str
+    feature_dim: int | None = None
+    params: int | None = None
+    imagenet_acc: float | None = Field(None, ge=0, le=1)
+    equivalent: str | None = None
+    note: str = ""
 
 
-class Catalog(_Strict):
-    """A models-and-pools file: hub model entries and named pools of their names."""
+class Catalog(Strict):
+    """A models-and-pools file: hub model entries, named pools (lists or rules over the entries'
+    metadata) and the study's models mapped to the entries."""
 
     description: str = ""
     models: list[ModelEntry] = []
-    pools: dict[str, list[str]] = {}
-    # Paper model -> entry name or None (no public equivalent); documentation only.
-    mapping: dict[str, str | None] = {}
+    pools: dict[str, list[str] | PoolDefinition] = {}
+    mapping: list[PaperModel] = []
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    path, data = _read_yaml(path)
+    path, data = read_yaml(path)
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+        raise ConfigError(format_validation_error(path, err)) from None
     names = [m.name for m in catalog.models]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{path}: key 'models[{i}].name': model {name!r} listed twice")
     for pool, members in catalog.pools.items():
-        for i, m in enumerate(members):
+        listed = members.models if isinstance(members, PoolDefinition) else members
+        key = f"pools.{pool}.models" if isinstance(members, PoolDefinition) else f"pools.{pool}"
+        for i, m in enumerate(listed):
             if m not in names:
-                raise ConfigError(f"{path}: key 'pools.{pool}[{i}]': model {m!r} is not one of "
+                raise ConfigError(f"{path}: key '{key}[{i}]': model {m!r} is not one of "
                                   "this file's models")
+    check_within(path, catalog.pools)
+    for i, paper in enumerate(catalog.mapping):
+        if paper.equivalent is not None and paper.equivalent not in names:
+            raise ConfigError(f"{path}: key 'mapping[{i}].equivalent': {paper.equivalent!r} is not "
+                              "one of this file's models")
     return catalog
+
+
+def check_within(path: Path, pools: dict[str, Any], earlier: tuple[str, ...] = ()) -> None:
+    """A pool's ``within`` names a pool defined before it (or ``all``)."""
+    seen = {"all", *earlier}
+    for name, definition in pools.items():
+        within = getattr(definition, "within", None)
+        if within is not None and within not in seen:
+            raise ConfigError(f"{path}: key 'pools.{name}.within': {within!r} is not a pool defined "
+                              f"above it; known: {', '.join(sorted(seen))}")
+        seen.add(name)
 
 
 def load_sweep_config(path: str | Path) -> tuple[SweepConfig, Path]:
     """Parse a sweep file; returns the config and the path of its zoo file."""
-    path, data = _read_yaml(path)
+    path, data = read_yaml(path)
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+        raise ConfigError(format_validation_error(path, err)) from None
     return cfg, (path.parent / cfg.zoo)

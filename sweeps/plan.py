@@ -15,9 +15,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import HUB_PREFIXES, ModelEntry, SweepConfig, WhichModelError, load_sweep_config, load_zoo_config
+from sweeps.config import (
+    HUB_PREFIXES,
+    ConfigError,
+    ModelEntry,
+    SweepConfig,
+    WhichModelError,
+    load_sweep_config,
+)
 from sweeps.paths import Paths
-from sweeps.registry import check_models, check_task_ref, resolve_model_refs, resolve_pools, resolve_task_refs
+from sweeps.registry import (
+    check_models,
+    check_task_ref,
+    model_metadata,
+    resolve_model_refs,
+    resolve_pools,
+    resolve_task_refs,
+    uses_rules,
+)
+from sweeps.zoo_config import load_zoo_config
 
 PROTOCOLS = ("probe", "finetune")
 
@@ -36,6 +52,7 @@ class Job:
     model: str
     task: str = ""
     lr: float | None = None
+    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # free-form
 
     @property
     def protocol(self) -> str:
@@ -46,13 +63,13 @@ class Job:
         return pair_key(self.model, self.task, self.protocol)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        return {k: v for k, v in asdict(self).items() if v is not None and v != "" and v != {}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         lr = data.get("lr")
         return cls(str(data["kind"]), str(data["model"]), str(data.get("task", "")),
-                   None if lr is None else float(lr))
+                   None if lr is None else float(lr), dict(data.get("params") or {}))
 
     def describe(self) -> str:
         where = f"{self.model}@{self.task}" if self.task else self.model
@@ -69,6 +86,8 @@ class Plan:
     pools: dict[str, list[str]]
     model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what is known of each model before it is opened (pool rules read it)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def protocols(self) -> list[str]:
@@ -85,18 +104,28 @@ class Plan:
         return (self.path.parent / root).resolve() if root else paths.data_root
 
 
-def plan_sweep(config_path: str | Path) -> Plan:
-    """Parse and validate a sweep file and its zoo file; nothing is run or written."""
+def plan_sweep(config_path: str | Path, *, structure: bool = False) -> Plan:
+    """Parse and validate a sweep file and its zoo file; nothing is run or written.
+
+    ``structure``: count every model's backbone parameters and feature width (on the
+    architecture, without weights) where the metadata lacks them; pool rules do so anyway."""
     cfg, zoo_path = load_sweep_config(config_path)
     path = Path(config_path)
     zoo = load_zoo_config(zoo_path) if _needs_zoo(cfg, zoo_path) else None
     models, model_refs, catalog_pools = resolve_model_refs(cfg, zoo, path)
     tasks, task_refs = resolve_task_refs(cfg, path)
-    pools = resolve_pools(cfg, models, path, catalog_pools)
+    metadata = model_metadata(models, model_refs, zoo,
+                              structure=structure or uses_rules(cfg, catalog_pools))
+    pools = resolve_pools(cfg, models, path, catalog_pools, metadata)
+    for key, chosen in (("report.choicenet.probe_model", cfg.report.choicenet.probe_model),
+                        ("report.nearest_task.probe_model", cfg.report.nearest_task.probe_model)):
+        if chosen is not None and chosen not in models:
+            raise ConfigError(f"{path}: key '{key}': {chosen!r} is not one of this sweep's models "
+                              f"({', '.join(models)})")
     if not (cfg.probe.enabled or cfg.finetune.enabled):
         raise WhichModelError(f"{path}: key 'probe.enabled' and 'finetune.enabled': both off, "
                               "nothing to run")
-    return Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs)
+    return Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs, metadata)
 
 
 def _needs_zoo(cfg: SweepConfig, zoo_path: Path) -> bool:

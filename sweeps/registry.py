@@ -25,13 +25,14 @@ from sweeps.config import (
     HUB_PREFIXES,
     ConfigError,
     ModelEntry,
+    PoolDefinition,
     SweepConfig,
     TaskEntry,
     WhichModelError,
-    ZooConfig,
     load_catalog,
 )
 from sweeps.paths import Paths
+from sweeps.zoo_config import ZooConfig
 
 VTAB_PREFIX = "vtab:"
 
@@ -73,18 +74,18 @@ def _hub_ref(entry: ModelEntry, base: Path) -> dict[str, Any]:
 
 
 def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
-                       ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, list[str]]]:
-    """The sweep's models in order, a ref per model, and the catalog's pools."""
+                       ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The sweep's models in order, a ref per model, and the catalog's pool definitions."""
     base = source.parent
     known: dict[str, dict[str, Any]] = {}
     if zoo is not None:
         known.update({m.name: {"source": "zoo"} for m in zoo.models})
-    catalog_pools: dict[str, list[str]] = {}
+    catalog_pools: dict[str, Any] = {}
     if cfg.catalog:
         path = base / cfg.catalog
         catalog = load_catalog(path)
         known.update({m.name: _hub_ref(m, path.parent) for m in catalog.models})
-        catalog_pools = {k: list(v) for k, v in catalog.pools.items()}
+        catalog_pools = dict(catalog.pools)
     if cfg.models == "all":  # the catalog's models if there is one, else the zoo's
         if cfg.catalog:
             chosen = {n: r for n, r in known.items() if r["source"] == "hub"}
@@ -149,23 +150,94 @@ def resolve_task_refs(cfg: SweepConfig, source: Path
 
 
 def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
-                  catalog_pools: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    """Named pools: the catalog's (keeping the members this sweep runs), then the sweep's."""
-    pools = {}
-    for name, members in (catalog_pools or {}).items():
-        kept = [m for m in members if m in models]
+                  catalog_pools: dict[str, Any] | None = None,
+                  metadata: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
+    """Named pools over the sweep's models: the catalog's (keeping the members this sweep runs;
+    a pool left empty is dropped), then the sweep's. A definition is ``all``, a list, or a rule
+    over ``metadata`` with optional listed models, inside an earlier pool (``within``)."""
+    from selection.pools import pool_members
+
+    metadata = metadata or {}
+    pools: dict[str, list[str]] = {}
+    for name, definition in (catalog_pools or {}).items():
+        if isinstance(definition, PoolDefinition):
+            kept = pool_members(models, metadata, rule=definition.rule,
+                                listed=[m for m in definition.models if m in models],
+                                within=_within(pools, models, definition.within, source, name))
+        else:
+            kept = [m for m in definition if m in models]
         if kept:
             pools[name] = kept
-    for name, members in cfg.pools.items():
-        if members == "all":
+    for name, definition in cfg.pools.items():
+        if definition == "all":
             pools[name] = list(models)
             continue
-        for i, m in enumerate(members):
+        listed = definition.models if isinstance(definition, PoolDefinition) else definition
+        key = f"pools.{name}.models" if isinstance(definition, PoolDefinition) else f"pools.{name}"
+        for i, m in enumerate(listed):
             if m not in models:
-                raise ConfigError(f"{source}: key 'pools.{name}[{i}]': model {m!r} is not in this "
+                raise ConfigError(f"{source}: key '{key}[{i}]': model {m!r} is not in this "
                                   f"sweep's models ({', '.join(models)})")
-        pools[name] = list(members)
+        if isinstance(definition, PoolDefinition):
+            pools[name] = pool_members(models, metadata, rule=definition.rule, listed=listed,
+                                       within=_within(pools, models, definition.within, source,
+                                                      name))
+        else:
+            pools[name] = list(listed)
     return pools
+
+
+def _within(pools: dict[str, list[str]], models: list[str], within: str | None, source: Path,
+            name: str) -> list[str] | None:
+    if within is None or within == "all":
+        return None
+    if within not in pools:
+        raise ConfigError(f"{source}: key 'pools.{name}.within': {within!r} is not a pool defined "
+                          f"before it; known: {', '.join(['all', *pools])}")
+    return pools[within]
+
+
+def uses_rules(cfg: SweepConfig, catalog_pools: dict[str, Any]) -> bool:
+    return any(isinstance(d, PoolDefinition) and d.rule
+               for d in [*cfg.pools.values(), *catalog_pools.values()])
+
+
+def model_metadata(models: list[str], refs: dict[str, dict[str, Any]], zoo: ZooConfig | None,
+                   *, structure: bool) -> dict[str, dict[str, Any]]:
+    """What is known of each model before it is opened: a hub entry's ``meta``; a zoo model's
+    arch, objective, upstream families and upstream size. ``structure``: also its backbone
+    parameters and feature width, counted on the architecture without weights where the
+    metadata lacks them (pool rules read them)."""
+    out = {}
+    for name in models:
+        ref = refs.get(name, {"source": "zoo"})
+        if ref.get("source", "zoo") == "zoo" and zoo is not None:
+            m = zoo.model(name)
+            size = zoo.source.n_train * len(m.upstream)
+            meta = {"arch": m.arch, "objective": m.objective, "upstream": list(m.upstream),
+                    "upstream_size": size if m.objective != "none" else 0}
+        else:
+            meta = dict(ref.get("meta") or {})
+        if structure and ("params" not in meta or "feature_dim" not in meta):
+            meta = {**_structure(name, ref, zoo), **meta}
+        out[name] = meta
+    return out
+
+
+def _structure(name: str, ref: dict[str, Any], zoo: ZooConfig | None) -> dict[str, Any]:
+    """Backbone parameters (no classifier) and feature width, from the architecture alone."""
+    if ref.get("source", "zoo") == "zoo":
+        from lightning_modules.backbones import count_parameters, create_backbone
+
+        m = zoo.model(name)
+        backbone = create_backbone(m.arch, input_size=zoo.image_size, **m.arch_kwargs)
+        return {"params": count_parameters(backbone), "feature_dim": backbone.feature_dim}
+    from lightning_modules.hub import structure
+
+    try:
+        return structure(ref["spec"])
+    except (ValueError, OSError) as exc:
+        raise WhichModelError(f"model {name!r}: {exc}") from None
 
 
 def model_pools(pools: dict[str, list[str]], model: str) -> list[str]:

@@ -19,65 +19,117 @@ import pandas as pd
 from sweeps.config import WhichModelError
 
 
+def proxy_notes() -> dict[str, str]:
+    """Why each registered proxy may have no score on a pair (its ``nan_reason``)."""
+    from selection.proxies import get_proxy, list_proxies
+
+    return {n: get_proxy(n).nan_reason for n in list_proxies() if get_proxy(n).nan_reason}
+
+
 def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
-                       task_groups: dict[str, str] | None, *, pool: str = "all",
-                       pool_models: list[str] | None = None, max_budget: int = 3,
-                       strategies: list[str] | None = None,
-                       predictions: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+                       task_groups: dict[str, str] | None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`selection.report.compute_report` with the registry's proxy notes; bad input is a
+    ``WhichModelError`` (one line, exit 2)."""
     from selection.records import RecordsError
     from selection.report import compute_report
 
+    kwargs.setdefault("proxy_notes", proxy_notes())
     try:
-        return compute_report(records, metadata, pool=pool, pool_models=pool_models,
-                              task_groups=task_groups, max_budget=max_budget,
-                              strategies=strategies, predictions=predictions)
+        return compute_report(records, metadata, task_groups=task_groups, **kwargs)
     except (RecordsError, KeyError, ValueError) as exc:
         raise WhichModelError(str(exc).strip('"')) from None
 
 
-def report_experiment(tracker, *, pool: str = "all", pool_models: list[str] | None = None,
-                      max_budget: int = 3, strategies: list[str] | None = None,
-                      protocol_hashes: dict[str, str] | None = None,
-                      choicenet=None) -> dict[str, Any]:
-    """``choicenet(records) -> predictions`` adds the ChoiceNet strategies when given."""
+def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None, learned=None,
+                      **kwargs: Any) -> dict[str, Any]:
+    """The report of an experiment's finished runs. ``learned(records) -> (predictions, extra)``
+    adds the learned strategies (ChoiceNet, nearest task) and extra report keys when given."""
     records, metadata, groups = tracker.records(protocol_hashes)
     if records.empty:
         raise WhichModelError(f"experiment {tracker.experiment!r} has no finished pair runs to "
                               "report on; run a sweep first (whichmodel run CONFIG)")
-    predictions = choicenet(records) if choicenet is not None else None
-    report = report_from_tables(records, metadata, groups, pool=pool, pool_models=pool_models,
-                                max_budget=max_budget, strategies=strategies,
-                                predictions=predictions)
+    predictions, extra = learned(records) if learned is not None else (None, {})
+    report = report_from_tables(records, metadata, groups, predictions=predictions, **kwargs)
+    report.update(extra)
     report["experiment"] = tracker.experiment
     return report
 
 
-def choicenet_predictions(records: pd.DataFrame, plan, paths, stream=None
-                          ) -> dict[str, pd.DataFrame] | None:
+def probe_model(plan, key: str, chosen: str | None) -> str:
+    """A fixed probe network of the sweep: ``chosen``, else its first generalist, else its first
+    model."""
+    name = chosen or next((m for m in plan.models if "generalist" in m), plan.models[0])
+    if name not in plan.models:
+        raise WhichModelError(f"{plan.path}: key '{key}': {name!r} is not in this sweep's models "
+                              f"({', '.join(plan.models)})")
+    return name
+
+
+def learned_predictions(records: pd.DataFrame, plan, paths, stream=None
+                        ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The sweep's learned strategies, each leave-one-task-out: ChoiceNet v1/v2 and the nearest
+    task by Task2Vec (Appendix H); and the nearest task of each task for the report."""
+    from lightning_modules.choicenet import targets_from_records
+    from sweeps.driver import trial_settings
+
+    targets = targets_from_records(records)
+    report = plan.cfg.report
+    if targets.shape[1] < 2:  # leave-one-task-out needs another task to learn from
+        return {}, {}
+    stream = stream or sys.stderr
+    trial = trial_settings(plan, paths)
+    predictions, extra = {}, {}
+    if report.choicenet.enabled:
+        predictions.update(choicenet_predictions(targets, plan, paths, trial, stream))
+    if report.nearest_task.enabled:
+        table, nearest, seconds = nearest_task_predictions(targets, plan, trial)
+        predictions["nearest_task"] = table
+        extra["nearest_task"] = {"nearest": nearest, "seconds": seconds,
+                                 "probe_model": probe_model(plan, "report.nearest_task.probe_model",
+                                                            report.nearest_task.probe_model)}
+        print(f"[whichmodel] nearest task by Task2Vec on {len(nearest)} tasks in {seconds:.0f}s",
+              file=stream, flush=True)
+    return predictions, extra
+
+
+def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
+    """Task2Vec embeddings of the sweep's tasks with its fixed probe network, their distances,
+    and the nearest-task table (:mod:`selection.nearest_task`)."""
+    from lightning_modules.task2vec import task2vec_embedding
+    from selection.nearest_task import nearest_task_table, task_distances
+
+    settings = plan.cfg.report.nearest_task
+    start = time.perf_counter()
+    probe, _ = trial.load_model(probe_model(plan, "report.nearest_task.probe_model",
+                                            settings.probe_model))
+    embeddings = {}
+    for t in plan.tasks:
+        data = trial.load_task(t)
+        x, y = data.splits["train800"]
+        embeddings[data.name] = task2vec_embedding(probe, x, y, data.num_classes,
+                                                   head_steps=settings.head_steps,
+                                                   max_examples=settings.max_examples,
+                                                   seed=plan.cfg.seed)
+    table, nearest = nearest_task_table(targets, task_distances(embeddings))
+    return table, nearest, time.perf_counter() - start
+
+
+def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream
+                          ) -> dict[str, pd.DataFrame]:
     """Leave-one-task-out ChoiceNet v1 and v2 predictions for the plan's models and tasks.
 
     Embeddings come from the sweep's models (zoo or hub) and its tasks' training images (see
     :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
     set and probe model keep them comparable between reports.
     """
-    from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet, targets_from_records
-    from sweeps.driver import trial_settings
+    from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet
 
     cfg = plan.cfg
     settings = cfg.report.choicenet
-    targets = targets_from_records(records)
-    if not settings.enabled or targets.shape[1] < 2:
-        return None  # leave-one-task-out needs at least one other task to learn from
-    stream = stream or sys.stderr
     start = time.perf_counter()
-    trial = trial_settings(plan, paths)
     backbones = {m: trial.load_model(m)[0] for m in plan.models}
     tasks = {t: trial.load_task(t) for t in plan.tasks}
-    probe_name = settings.probe_model or next(
-        (m for m in plan.models if "generalist" in m), plan.models[0])
-    if probe_name not in backbones:
-        raise WhichModelError(f"{plan.path}: key 'report.choicenet.probe_model': {probe_name!r} "
-                              f"is not in this sweep's models ({', '.join(plan.models)})")
+    probe_name = probe_model(plan, "report.choicenet.probe_model", settings.probe_model)
     probe_x, probe_y = load_probe_set(paths.data_root, cfg.image_size, cfg.seed)
     emb = compute_embeddings(backbones, tasks, probe_x, probe_y,
                              probe_backbone=backbones[probe_name])

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import SweepConfig, ZooConfig
+from sweeps.config import SweepConfig
 from sweeps.plan import Job
 from sweeps.registry import load_model_ref, load_task_ref
+from sweeps.zoo_config import ZooConfig
 from whichmodel.files import atomic_path
 
 Report = Callable[[dict[str, Any]], None]

@@ -14,9 +14,10 @@ import json
 import sys
 import time
 
-from sweeps.config import ConfigError, ZooConfig
+from sweeps.config import ConfigError
 from sweeps.paths import Paths
 from sweeps.plan import Job
+from sweeps.zoo_config import ZooConfig
 
 
 def is_built(zoo: ZooConfig, name: str, paths: Paths) -> bool:

@@ -16,7 +16,7 @@ from lightning_modules.backbones import (
     load_checkpoint,
     save_checkpoint,
 )
-from sweeps.config import load_zoo_config
+from sweeps.zoo_config import load_zoo_config
 
 ZOO = load_zoo_config(Path(__file__).parents[1] / "sweeps" / "configs" / "zoo.yaml")
 

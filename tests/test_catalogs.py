@@ -19,8 +19,9 @@ def test_validate_accepts_the_vtab1k_sweep_with_all_19_tasks_and_the_paper_pools
     out = capsys.readouterr().out
     catalog = load_catalog(CATALOG)
     assert f"{len(catalog.models)} models x 19 tasks" in out
-    for pool in ("All", "ResNet-50", "Dim2048", "Expert", "ImNetAccuracies"):
-        assert f"{pool} (" in out
+    for pool, size in (("All", 15), ("ResNet-50", 9), ("Dim2048", 13), ("Expert", 3),
+                       ("ImNetAccuracies", 12)):
+        assert f"{pool} ({size})" in out  # validate prints each pool's size
 
 
 def test_vtab1k_lists_every_vtab_task_and_marks_the_ones_without_a_torchvision_loader():
@@ -39,44 +40,108 @@ def test_vtab1k_lists_every_vtab_task_and_marks_the_ones_without_a_torchvision_l
             assert "torchvision" in line
 
 
-def test_catalog_specs_are_real_timm_pretrained_tags():
+def test_catalog_maps_the_papers_46_models_to_real_timm_or_torchvision_weights():
     import timm
+    import torchvision
 
     known = set(timm.list_pretrained())
     catalog = load_catalog(CATALOG)
-    assert len(catalog.models) >= 20
     for m in catalog.models:
-        assert m.spec.startswith("timm:")
-        assert m.spec[len("timm:"):] in known, m.spec
-    mapped = {v for v in catalog.mapping.values() if v}
-    assert mapped <= {m.name for m in catalog.models}
-    assert any(v is None for v in catalog.mapping.values())  # "no public equivalent" is said
+        kind, _, name = m.spec.partition(":")
+        if kind == "timm":
+            assert name in known, m.spec
+        else:
+            assert kind == "torchvision" and name in torchvision.models.list_models(), m.spec
+    assert len(catalog.mapping) == 46  # Appendix A: 15 ImageNet, 16 experts, 15 VTAB models
+    by_name = {m.name: m for m in catalog.models}
+    for paper in catalog.mapping:
+        if paper.equivalent:  # the entry says which paper model it stands for, with its figures
+            meta = by_name[paper.equivalent].meta
+            assert meta["paper_model"] == paper.paper_model
+            assert meta["paper_params"] == paper.params and meta["paper_feature_dim"] == paper.feature_dim
+    missing = [p.paper_model for p in catalog.mapping if p.equivalent is None]
+    assert len(missing) == 34  # 3 ImageNet models, the 16 experts, the 15 VTAB models
+    # no model the paper did not use is in a paper column
+    for m in catalog.models:
+        assert ("paper_model" in m.meta) + bool(m.meta.get("expert_stand_in")) <= 1
+
+
+def _timm_or_torchvision_backbone(spec: str) -> tuple[int, int]:
+    """Backbone parameters without the classifier, and feature width, on the meta device."""
+    import torch
+
+    kind, _, name = spec.partition(":")
+    with torch.device("meta"):
+        if kind == "timm":
+            import timm
+
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+            return sum(p.numel() for p in model.parameters()), model.num_features
+        from torchvision.models import get_model
+
+        model = get_model(name, weights=None, aux_logits=False, init_weights=False)
+        fc = model.fc
+        return sum(p.numel() for p in model.parameters()) - sum(
+            p.numel() for p in fc.parameters()), fc.in_features
 
 
 @pytest.mark.slow
-def test_catalog_metadata_matches_the_architectures_and_pools_follow_their_definitions():
-    """feature_dim from timm (built on the meta device: no weights), Dim2048 = every 2048-d model,
-    ResNet-50 = ResNet-50 architectures only, ImNetAccuracies = models with an ImageNet top-1."""
-    import timm
-    import torch
-
+def test_catalog_params_and_dims_are_the_backbones_and_exact_where_the_paper_model_is_public():
     catalog = load_catalog(CATALOG)
-    dims = {}
+    exact = set()
     for m in catalog.models:
-        with torch.device("meta"):
-            model = timm.create_model(m.spec[len("timm:"):], pretrained=False)
-        dims[m.name] = model.num_features
-        assert m.meta["feature_dim"] == model.num_features, m.name
-    pools = catalog.pools
-    assert set(pools["Dim2048"]) == {n for n, d in dims.items() if d == 2048}
-    assert set(pools["All"]) == set(dims)
-    assert all("50" in n and "resnet" in n for n in pools["ResNet-50"])
-    by_name = {m.name: m for m in catalog.models}
-    assert set(pools["ImNetAccuracies"]) == {n for n, m in by_name.items()
-                                            if "imagenet_acc" in m.meta}
-    for m in catalog.models:
-        if "imagenet_acc" in m.meta:
-            assert 0.5 < m.meta["imagenet_acc"] < 1.0
+        params, dim = _timm_or_torchvision_backbone(m.spec)
+        assert m.meta["params"] == params and m.meta["feature_dim"] == dim, m.name
+        if m.meta.get("paper_params") == params:
+            exact.add(m.meta["paper_model"])
+    # timm with num_classes=0 reproduces Appendix A's counts exactly for these
+    assert exact == {"resnet_v1_50", "resnet_v1_101", "resnet_v1_152", "mobilenet_v1_100_224",
+                     "mobilenet_v2_100_224", "nasnet_large", "pnasnet_large"}
+
+
+def test_validate_json_prints_pools_that_equal_their_rules_on_the_printed_metadata(capsys):
+    import json
+
+    assert main(["validate", "--file-only", "--json", str(CONFIGS / "vtab1k.yaml")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    models, pools = plan["models"], plan["pools"]
+    paper = {m for m, meta in models.items() if meta.get("paper_model") or meta.get("expert_stand_in")}
+    assert set(pools["All"]) == paper and len(paper) == 15
+    assert set(pools["ResNet-50"]) == {m for m in paper if models[m]["params"] <= 24.0e6}
+    assert set(pools["Dim2048"]) == {m for m in paper if models[m]["feature_dim"] <= 2048}
+    assert set(pools["ImNetAccuracies"]) == {m for m in paper if models[m]["upstream"] == ["imagenet-1k"]
+                                            and models[m]["imagenet_acc"] is not None}
+    assert not {"nasnetalarge.tf_in1k", "pnasnet5large.tf_in1k"} & set(pools["Dim2048"])
+    assert set(pools["Expert"]) <= set(pools["ResNet-50"])  # the stand-ins are ResNet-50s too
+    assert all(t["group"] in ("natural", "specialized", "structured") for t in plan["tasks"].values())
+    for m, meta in models.items():
+        assert {"params", "feature_dim", "imagenet_acc", "upstream_size"} <= set(meta), m
+        if meta["imagenet_acc"] is not None:
+            assert 0.6 < meta["imagenet_acc"] < 0.9
+
+
+def test_pool_rules_and_lists_combine_inside_another_pool(tmp_path, capsys):
+    import json
+
+    (tmp_path / "zoo.yaml").write_text((CONFIGS / "zoo.yaml").read_text())
+    (tmp_path / "s.yaml").write_text(
+        "name: s\npools:\n"
+        "  all: all\n"
+        "  small: {rule: 'params <= 200000'}\n"
+        "  cnn_small: {within: small, rule: 'arch == cnn', models: [resnet-generalist]}\n")
+    assert main(["validate", "--file-only", "--json", str(tmp_path / "s.yaml")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    small = {m for m, meta in plan["models"].items() if meta["params"] <= 200000}
+    assert set(plan["pools"]["small"]) == small
+    assert set(plan["pools"]["cnn_small"]) == {m for m in small if plan["models"][m]["arch"] == "cnn"
+                                               } | {"resnet-generalist"}
+    (tmp_path / "bad.yaml").write_text("name: s\npools: {p: {rule: 'params <== 3'}}\n")
+    assert main(["validate", "--file-only", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "key 'pools.p.rule'" in err and "cannot read 'params <== 3'" in err
+    (tmp_path / "bad2.yaml").write_text("name: s\npools: {p: {within: nope, rule: arch}}\n")
+    assert main(["validate", "--file-only", str(tmp_path / "bad2.yaml")]) == 2
+    assert "key 'pools.p.within': 'nope' is not a pool defined before it" in capsys.readouterr().err
 
 
 def test_catalog_pool_naming_a_model_it_does_not_define_is_refused(tmp_path):

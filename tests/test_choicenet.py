@@ -211,7 +211,9 @@ def test_report_takes_choicenet_predictions_as_strategies_with_mse():
     assert set(predictions) == {"choicenet_v1", "choicenet_v2"}
 
     report = compute_report(records, predictions=predictions)
-    assert report["strategy_order"] == ["task_agnostic", "choicenet_v1", "choicenet_v2", "oracle", "random"]
+    assert report["strategy_order"] == ["task_agnostic", "task_agnostic_oracle",
+                                        "task_agnostic_oracle_loto", "choicenet_v1", "choicenet_v2",
+                                        "per_task_best", "random"]
     for version in ("v1", "v2"):
         block = report["choicenet"][version]
         assert block["n_pairs"] == targets.notna().sum().sum()

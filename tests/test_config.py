@@ -111,8 +111,8 @@ def test_a_repeated_grid_value_is_one_line_naming_the_key_exit_2(tmp_path, capsy
 
 
 def test_validate_checks_the_task_data_run_needs_and_writes_nothing(tmp_path, capsys, home):
-    from sweeps.config import load_zoo_config
     from sweeps.trials import build_model
+    from sweeps.zoo_config import load_zoo_config
 
     (tmp_path / "zoo.yaml").write_text(
         "models:\n  - {name: control, arch: cnn, arch_kwargs: {width: 4}, objective: none}\n")

@@ -107,8 +107,18 @@ def test_report_contents_files_and_mlflow_artifacts(sweep_env, capsys):
         assert (reports / "tiny" / f).stat().st_size > 0
     report = json.loads((reports / "tiny" / "regret.json").read_text())
     assert sorted(report["tasks"]) == ["digits", "sprite_location"]
-    assert {"task_agnostic", "proxy/linear", "proxy/knn", "hybrid:proxy/linear", "oracle"} <= set(
+    assert {"task_agnostic", "proxy/linear", "proxy/knn", "hybrid:proxy/linear", "per_task_best",
+            "task_agnostic_oracle", "task_agnostic_oracle_loto", "nearest_task"} <= set(
         report["strategies"])
+    # every new measure: absolute regret, deltas, Appendix G, both tau conventions, the nearest
+    # task of each task (leave-one-task-out: the other one)
+    assert {"absolute", "deltas", "log_odds_deltas", "appendix_g",
+            "weighted_tau_scipy_default", "proxy_coverage"} <= set(report)
+    assert report["nearest_task"]["nearest"] == {"digits": "sprite_location",
+                                                 "sprite_location": "digits"}
+    assert set(report["appendix_g"]["all"]["digits"]) >= {"task_agnostic_oracle", "proxy/linear",
+                                                          "task_agnostic"}
+    assert (reports / "tiny" / "appendix_g.md").read_text().count("| digits |") >= 1
     assert sorted(report["strategies"]["task_agnostic"]) == ["1", "2"]  # B up to the pool size
     for by_budget in report["strategies"].values():
         for b in by_budget.values():

@@ -41,7 +41,8 @@ LINEAR = {  # proxy/linear; t5 has proxy scores only (no fine-tune: skipped)
     "t5": {"a": 0.5, "b": 0.4, "c": 0.3},
 }
 GROUPS = {"t1": "natural", "t2": "natural", "t3": "structured", "t4": "specialized"}
-STRATEGIES = ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "oracle", "random"]
+STRATEGIES = ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "task_agnostic_oracle",
+              "task_agnostic_oracle_loto", "per_task_best", "random"]
 
 
 def long_records(**metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -163,13 +164,13 @@ def test_read_models_csv_parses_pools_and_rejects_duplicates(tmp_path):
 
 def test_report_has_documented_keys_and_default_strategies(report):
     assert {"pool", "models", "tasks", "task_groups", "skipped_tasks", "budgets", "strategies", "log_odds",
-            "zero_regret_budget", "picks", "finetune_test_acc", "oracle_model"} <= set(report)
+            "zero_regret_budget", "picks", "finetune_test_acc", "best_model"} <= set(report)
     assert report["pool"] == "all" and report["models"] == ["a", "b", "c"]
     assert report["tasks"] == ["t1", "t2", "t3", "t4"]
     assert report["skipped_tasks"] == ["t5"]
     assert report["budgets"] == [1, 2, 3]
     assert list(report["strategies"]) == STRATEGIES == report["strategy_order"]
-    assert set(report["strategies"]["oracle"]) == {"1", "2", "3"}
+    assert set(report["strategies"]["per_task_best"]) == {"1", "2", "3"}
 
 
 def test_report_regret_values_hand_computed(report):
@@ -202,13 +203,13 @@ def test_hybrid_at_budget_1_equals_task_agnostic_in_report(report):
         assert report["picks"]["hybrid:proxy/linear"][task][0] == report["picks"]["task_agnostic"][task][0]
 
 
-def test_oracle_regret_is_zero_everywhere(report):
+def test_per_task_best_regret_is_zero_everywhere(report):
     for b in report["budgets"]:
-        for kind in ("strategies", "log_odds"):
-            block = report[kind]["oracle"][str(b)]
+        for kind in ("strategies", "absolute", "log_odds"):
+            block = report[kind]["per_task_best"][str(b)]
             assert block["mean"] == 0.0 and set(block["per_task"].values()) == {0.0}
-    assert report["zero_regret_budget"]["oracle"] == {t: 1 for t in report["tasks"]}
-    assert report["oracle_model"] == {"t1": "a", "t2": "b", "t3": "a", "t4": "a"}  # ties by name
+    assert report["zero_regret_budget"]["per_task_best"] == {t: 1 for t in report["tasks"]}
+    assert report["best_model"] == {"t1": "a", "t2": "b", "t3": "a", "t4": "a"}  # ties by name
 
 
 def test_all_one_task_has_zero_regret_for_every_strategy(report):
@@ -246,8 +247,8 @@ def test_pool_without_any_data_is_an_error(records):
 
 
 def test_selected_strategies_and_unknown_name(records):
-    rep = compute_report(records, strategies=["oracle", "proxy/linear"])
-    assert list(rep["strategies"]) == ["oracle", "proxy/linear"]
+    rep = compute_report(records, strategies=["per_task_best", "proxy/linear"])
+    assert list(rep["strategies"]) == ["per_task_best", "proxy/linear"]
     with pytest.raises(KeyError, match="known strategies"):
         compute_report(records, strategies=["proxy/logme"])
 
@@ -287,16 +288,18 @@ def test_format_table_without_groups_has_mean_row(records):
 def test_format_markdown_has_regret_and_bold_best_accuracy(report):
     md = format_markdown(report)
     assert "## Relative regret, B = 1" in md and "## Relative regret, B = 3" in md
-    assert "| group | task | task_agnostic | proxy/linear | hybrid:proxy/linear | oracle | random |" in md
+    assert ("| group | task | task_agnostic | proxy/linear | hybrid:proxy/linear | "
+            "task_agnostic_oracle | task_agnostic_oracle_loto | per_task_best | random |") in md
     assert "| a | **0.9000** | 0.5000 | **0.7000** | **1.0000** |" in md
     assert "| c | 0.7000 | 0.4000 | - | **1.0000** |" in md
 
 
 def test_write_report_writes_every_file_and_json_round_trips(report, tmp_path):
     paths = write_report(report, tmp_path / "out")
-    assert set(paths) == {"md", "csv", "json", "png", "png_b2", "png_zero", "png_proxies"}
-    names = ["proxies.png", "regret.csv", "regret.json", "regret.md", "regret.png", "regret_b2.png",
-             "zero_regret.png"]
+    assert set(paths) == {"md", "csv", "json", "png", "png_b2", "png_zero", "png_proxies",
+                          "appendix_g_md", "appendix_g_csv"}
+    names = ["appendix_g.csv", "appendix_g.md", "proxies.png", "regret.csv", "regret.json",
+             "regret.md", "regret.png", "regret_b2.png", "zero_regret.png"]
     assert sorted(p.name for p in paths.values()) == names
     assert sorted(os.listdir(tmp_path / "out")) == names
     for kind in ("png", "png_b2", "png_zero", "png_proxies"):
@@ -306,7 +309,11 @@ def test_write_report_writes_every_file_and_json_round_trips(report, tmp_path):
     assert paths["json"].read_text() == json.dumps(report, indent=2, sort_keys=True) + "\n"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(paths["csv"], keep_default_na=False)
-    assert list(csv.columns) == ["strategy", "budget", "task", "group", "relative_regret", "log_odds_regret"]
+    assert list(csv.columns) == ["strategy", "budget", "task", "group", "relative_regret",
+                                 "absolute_regret", "log_odds_regret"]
+    g = pd.read_csv(paths["appendix_g_csv"])
+    assert list(g.columns) == ["pool", "task", "strategy", "budget"]
+    assert "task_agnostic_oracle" in set(g.strategy) and "per_task_best" not in set(g.strategy)
     overall = csv[(csv.strategy == "task_agnostic") & (csv.budget == 1) & (csv.task == "mean") & (csv.group == "")]
     assert overall["relative_regret"].tolist() == pytest.approx([0.125])
     row = csv[(csv.strategy == "proxy/linear") & (csv.budget == 1) & (csv.task == "t2")].iloc[0]
@@ -346,7 +353,7 @@ def test_json_has_the_documented_shape(report):
     assert {"pool", "tasks", "strategies", "log_odds", "zero_regret_budget", "zero_regret_budget_full",
             "zero_regret_fraction", "weighted_tau", "pearson", "proxy_scores", "choicenet",
             "models_without_results"} <= set(report)
-    for kind in ("strategies", "log_odds"):
+    for kind in ("strategies", "absolute", "log_odds"):
         for name in STRATEGIES:
             for b in ("1", "2", "3"):
                 block = report[kind][name][b]
@@ -393,7 +400,7 @@ def test_zero_regret_fraction_hand_computed(report):
     assert frac["proxy/linear"] == {"1": 0.5, "2": 0.75, "3": 1.0}
     # random: zero expected regret only on t3 (a tie) and t4 (all 1.0) until B = 3
     assert frac["random"] == {"1": 0.5, "2": 0.5, "3": 1.0}
-    assert frac["oracle"] == {"1": 1.0, "2": 1.0, "3": 1.0}
+    assert frac["per_task_best"] == {"1": 1.0, "2": 1.0, "3": 1.0}
 
 
 def test_zero_regret_budget_over_the_whole_pool(records, metadata):
@@ -403,7 +410,7 @@ def test_zero_regret_budget_over_the_whole_pool(records, metadata):
     assert full["proxy/linear"]["t2"] == 3  # c (0.4), a (0.5), then b (0.6, the best)
     assert full["proxy/linear"]["t1"] == 2  # b, then a
     assert full["random"] == {"t1": 3, "t2": 3, "t3": 1, "t4": 1}  # n - ties + 1
-    assert full["oracle"] == {t: 1 for t in rep["tasks"]}
+    assert full["per_task_best"] == {t: 1 for t in rep["tasks"]}
 
 
 def twelve_models() -> pd.DataFrame:
@@ -421,8 +428,10 @@ def test_budgets_up_to_10():
     assert rep["picks"]["proxy/knn"]["t"] == ["m04", "m09", "m03", "m08", "m02", "m07", "m01", "m06", "m11", "m00"]
     assert rep["zero_regret_budget"]["proxy/knn"]["t"] == 9
     assert rep["zero_regret_fraction"]["proxy/knn"]["8"] == 0.0 and rep["zero_regret_fraction"]["proxy/knn"]["9"] == 1.0
-    s_star, s8 = 0.50 + 0.33, 0.50 + 0.27  # B = 8 best pick is m09
-    assert rep["strategies"]["proxy/knn"]["8"]["mean"] == pytest.approx((s_star - s8) / (1 - s8))
+    # B = 8: the first 6 models and 2 of the tied (m01, m06, m11): m11 is among them with
+    # probability 2/3; else the best pick is m09
+    s_star, s8 = 0.50 + 0.33, 0.50 + 0.27
+    assert rep["strategies"]["proxy/knn"]["8"]["mean"] == pytest.approx((s_star - s8) / (1 - s8) / 3)
     assert rep["strategies"]["random"]["10"]["mean"] > 0  # 10 of 12 can still miss m11
     with pytest.raises(ValueError, match="at most 10"):
         compute_report(twelve_models(), max_budget=11)
@@ -457,10 +466,11 @@ def predictions_v1() -> pd.DataFrame:
 
 def test_choicenet_predictions_become_strategies_with_mse(records, metadata):
     rep = compute_report(records, metadata, predictions={"choicenet_v1": predictions_v1()})
-    assert rep["strategy_order"] == ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "choicenet_v1",
-                                     "oracle", "random"]
+    assert rep["strategy_order"] == ["task_agnostic", "proxy/linear", "hybrid:proxy/linear",
+                                     "task_agnostic_oracle", "task_agnostic_oracle_loto",
+                                     "choicenet_v1", "per_task_best", "random"]
     # B = 1: t1 picks b (0.9 predicted): (0.9 - 0.8) / 0.2; t2 picks a: (0.6 - 0.5) / 0.5;
-    # t3 and t4 have no predictions: by name, a, at zero regret
+    # t3 and t4 have no predictions: one tie group, at zero regret (a and b tie on t3)
     assert regret(rep, "choicenet_v1", 1, "t1") == pytest.approx(0.5)
     assert regret(rep, "choicenet_v1", 1, "t2") == pytest.approx(0.2)
     assert regret(rep, "choicenet_v1", 1, "t3") == 0.0
@@ -478,7 +488,7 @@ def test_bad_predictions_rejected(records):
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
         compute_report(records, predictions={"choicenet_v1": predictions_v1() * 100})
     with pytest.raises(ValueError, match="built-in"):
-        compute_report(records, predictions={"oracle": predictions_v1()})
+        compute_report(records, predictions={"per_task_best": predictions_v1()})
     with pytest.raises(KeyError, match="predictions="):
         compute_report(records, strategies=["choicenet_v2"])
 

@@ -1,4 +1,5 @@
-"""Strategy registry and rankings (selection.strategies)."""
+"""Strategy registry and rankings (selection.strategies): tie groups, the task-agnostic rule with
+approximate ties, the two task-agnostic oracles, per-task best, random."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from selection.strategies import (
     ScoreStrategy,
     UnknownStrategyError,
     create_strategy,
+    flat,
     list_strategies,
     register_strategy,
 )
@@ -48,85 +50,112 @@ def metadata() -> pd.DataFrame:
     }).set_index("model")
 
 
+def groups(strategy, task, models=MODELS):
+    return strategy.rank_groups(task, list(models))
+
+
 def test_list_strategies_order():
     assert list_strategies(["proxy/knn", "proxy/linear"]) == [
         "task_agnostic", "proxy/knn", "proxy/linear", "hybrid:proxy/knn", "hybrid:proxy/linear",
-        "oracle", "random",
+        "task_agnostic_oracle", "task_agnostic_oracle_loto", "per_task_best", "random",
     ]
-    assert list_strategies([]) == ["task_agnostic", "oracle", "random"]
-    assert list_strategies(["proxy/knn"], predicted=["choicenet_v1", "choicenet_v2"]) == [
-        "task_agnostic", "proxy/knn", "hybrid:proxy/knn", "choicenet_v1", "choicenet_v2", "oracle", "random",
-    ]
+    assert list_strategies([]) == ["task_agnostic", "task_agnostic_oracle",
+                                   "task_agnostic_oracle_loto", "per_task_best", "random"]
+    assert list_strategies(["proxy/knn"], predicted=["choicenet_v1", "nearest_task"])[-4:] == [
+        "choicenet_v1", "nearest_task", "per_task_best", "random"]
 
 
-def test_task_agnostic_is_lexicographic_with_missing_last(scores, metadata):
+def test_task_agnostic_orders_by_accuracy_then_upstream_size(scores, metadata):
     s = create_strategy("task_agnostic", scores, metadata)
-    # imagenet_acc: a = c = 0.80 (tie -> upstream_size: c 2e6 > a 1e6), d 0.70, b missing -> last
-    assert s.rank("t1", MODELS) == ["c", "a", "d", "b"]
-    assert s.rank("t2", MODELS) == s.rank("t1", MODELS)  # the same pick for every task
+    # imagenet_acc: a = c = 0.80 (a tie: more parameters first, c 30 > a 10), d 0.70; b has no
+    # accuracy: after every model that has one, by upstream size
+    assert groups(s, "t1") == [["c"], ["a"], ["d"], ["b"]]
+    assert groups(s, "t2") == groups(s, "t1")  # the same order for every task
+    assert create_strategy("task_agnostic", scores, metadata.reset_index()).rank_groups(
+        "t1", MODELS) == [["c"], ["a"], ["d"], ["b"]]
 
 
-def test_task_agnostic_accepts_metadata_with_model_column(scores, metadata):
-    s = create_strategy("task_agnostic", scores, metadata.reset_index())
-    assert s.rank("t1", MODELS) == ["c", "a", "d", "b"]
+def test_an_approximate_tie_goes_to_more_parameters_unless_the_tolerance_is_zero():
+    meta = pd.DataFrame({"imagenet_acc": [0.803, 0.800, 0.790], "params": [20e6, 60e6, 90e6]},
+                        index=pd.Index(["small", "big", "third"], name="model"))
+    truth = {"finetune_test_acc": table({"t": {}})}
+    # 0.3 points apart, the bigger model second by accuracy: reordered by parameters ...
+    s = create_strategy("task_agnostic", truth, meta)
+    assert flat(s.rank_groups("t", ["small", "big", "third"])) == ["big", "small", "third"]
+    # ... within 0.5 points of the group's *first* only (0.790 is 1.3 points below 0.803)
+    assert s.rank_groups("t", ["third", "big"]) == [["big"], ["third"]]
+    strict = create_strategy("task_agnostic", truth, meta, tie_tolerance=0.0)
+    assert flat(strict.rank_groups("t", ["small", "big", "third"])) == ["small", "big", "third"]
 
 
-def test_task_agnostic_without_metadata_ranks_by_name(scores):
-    assert create_strategy("task_agnostic", scores, None).rank("t1", ["d", "b", "a"]) == ["a", "b", "d"]
+def test_task_agnostic_without_metadata_is_one_tie_group(scores):
+    s = create_strategy("task_agnostic", scores, None)
+    assert groups(s, "t1", ["d", "b", "a"]) == [["a", "b", "d"]]
     no_keys = pd.DataFrame({"model": ["b", "a"], "family": ["x", "y"]})
-    assert create_strategy("task_agnostic", scores, no_keys).rank("t1", ["b", "a"]) == ["a", "b"]
+    assert groups(create_strategy("task_agnostic", scores, no_keys), "t1", ["b", "a"]) == [
+        ["a"], ["b"]]  # no keys at all: by parameters (none), then name, as the rule says
 
 
-def test_task_agnostic_ranks_models_missing_from_metadata_last(scores, metadata):
-    s = create_strategy("task_agnostic", scores, metadata.drop(index="c"))
-    assert s.rank("t1", MODELS) == ["a", "d", "b", "c"]  # b: upstream/params known; c: nothing
+def test_task_agnostic_ranks_models_missing_from_metadata_last_and_tied(scores, metadata):
+    s = create_strategy("task_agnostic", scores, metadata.drop(index=["c", "a"]))
+    assert groups(s, "t1") == [["d"], ["b"], ["a", "c"]]
 
 
-def test_proxy_ties_broken_by_model_name(scores):
-    s = create_strategy("proxy/knn", scores, None)
-    assert s.rank("t1", ["d", "c", "b", "a"]) == ["a", "b", "c", "d"]
-    assert s.rank("t2", MODELS) == ["d", "c", "b", "a"]
-
-
-def test_missing_proxy_values_rank_last(scores):
-    s = create_strategy("proxy/linear", scores, None)
-    assert s.rank("t1", MODELS) == ["c", "a", "b", "d"]  # a/b tie by name, d missing
-    assert s.rank("t2", MODELS) == ["d", "b", "c", "a"]  # a missing
-    assert s.rank("t_unknown", ["b", "a"]) == ["a", "b"]  # no column: all missing, by name
-
-
-def test_ranking_only_covers_models_given(scores):
-    s = create_strategy("proxy/linear", scores, None)
-    assert s.rank("t1", ["a", "d"]) == ["a", "d"]
-    assert s.rank("t1", []) == []
+def test_equal_proxy_scores_tie_and_missing_scores_tie_last(scores):
+    knn = create_strategy("proxy/knn", scores, None)
+    assert groups(knn, "t1", ["d", "c", "b", "a"]) == [["a", "b", "c", "d"]]  # a constant proxy
+    assert groups(knn, "t2") == [["d"], ["c"], ["b"], ["a"]]
+    linear = create_strategy("proxy/linear", scores, None)
+    assert groups(linear, "t1") == [["c"], ["a", "b"], ["d"]]  # a/b tie; d has no score
+    assert groups(linear, "t2") == [["d"], ["b"], ["c"], ["a"]]  # a: NaN is no score
+    assert groups(linear, "t_unknown", ["b", "a"]) == [["a", "b"]]
+    assert groups(linear, "t1", ["a", "d"]) == [["a"], ["d"]] and groups(linear, "t1", []) == []
 
 
 def test_hybrid_is_task_agnostic_top1_then_proxy(scores, metadata):
     hybrid = create_strategy("hybrid:proxy/linear", scores, metadata)
     assert hybrid.name == "hybrid:proxy/linear"
-    assert hybrid.rank("t1", MODELS) == ["c", "a", "b", "d"]  # c is also the proxy's top
-    assert hybrid.rank("t2", MODELS) == ["c", "d", "b", "a"]
-
-
-def test_hybrid_at_budget_1_equals_task_agnostic(scores, metadata):
-    hybrid = create_strategy("hybrid:proxy/knn", scores, metadata)
+    assert groups(hybrid, "t1") == [["c"], ["a", "b"], ["d"]]
+    assert groups(hybrid, "t2") == [["c"], ["d"], ["b"], ["a"]]
     agnostic = create_strategy("task_agnostic", scores, metadata)
     for task in ("t1", "t2"):
-        assert hybrid.rank(task, MODELS)[:1] == agnostic.rank(task, MODELS)[:1]
+        assert groups(hybrid, task)[0] == groups(agnostic, task)[0]
 
 
-def test_oracle_ranks_by_finetune_test_acc(scores):
-    s = create_strategy("oracle", scores, None)
-    assert s.rank("t1", MODELS) == ["b", "c", "a", "d"]
-    assert s.rank("t2", MODELS) == ["c", "a", "d", "b"]
+def test_task_agnostic_oracles_rank_by_mean_accuracy_over_all_or_the_other_tasks():
+    truth = table({"t1": {"a": 0.9, "b": 0.5, "c": 0.7, "d": NAN},
+                   "t2": {"a": 0.1, "b": 0.6, "c": 0.7, "d": 0.8},
+                   "t3": {"a": 0.2, "b": 0.7, "c": 0.1, "d": NAN}})
+    scores = {"finetune_test_acc": truth}
+    oracle = create_strategy("task_agnostic_oracle", scores)
+    # means over all tasks: a 0.4, b 0.6, c 0.5, d 0.8 (its one result)
+    assert groups(oracle, "t1") == groups(oracle, "t2") == [["d"], ["b"], ["c"], ["a"]]
+    loto = create_strategy("task_agnostic_oracle_loto", scores)
+    # without t1: a 0.15, b 0.65, c 0.4, d 0.8; without t2: a 0.55, b 0.6, c 0.4, and d has no
+    # other result (ties last)
+    assert groups(loto, "t1") == [["d"], ["b"], ["c"], ["a"]]
+    assert groups(loto, "t2") == [["b"], ["a"], ["c"], ["d"]]
 
 
-def test_random_is_marked_expected_and_has_no_ranking(scores):
-    s = create_strategy("random", scores, None)
-    assert s.expected is True
-    assert create_strategy("oracle", scores, None).expected is False
-    with pytest.raises(TypeError, match="expected_random_regret"):
-        s.rank("t1", MODELS)
+def test_task_agnostic_oracle_loto_never_reads_the_ranked_task():
+    truth = table({"t1": {"a": 0.9, "b": 0.5, "c": 0.7, "d": 0.2},
+                   "t2": {"a": 0.1, "b": 0.6, "c": 0.7, "d": 0.8}})
+    loto = create_strategy("task_agnostic_oracle_loto", {"finetune_test_acc": truth})
+    changed = truth.copy()
+    changed["t1"] = [0.0, 1.0, 0.3, 0.99]
+    again = create_strategy("task_agnostic_oracle_loto", {"finetune_test_acc": changed})
+    assert groups(loto, "t1") == groups(again, "t1") == [["d"], ["c"], ["b"], ["a"]]
+    assert groups(loto, "t2") == [["a"], ["c"], ["b"], ["d"]]
+
+
+def test_per_task_best_ranks_by_finetune_test_acc(scores):
+    s = create_strategy("per_task_best", scores, None)
+    assert groups(s, "t1") == [["b"], ["c"], ["a"], ["d"]]
+    assert groups(s, "t2") == [["c"], ["a"], ["d"], ["b"]]
+
+
+def test_random_is_the_whole_pool_as_one_tie_group(scores):
+    assert groups(create_strategy("random", scores, None), "t1") == [MODELS]
 
 
 def test_unknown_strategy_lists_known_names(scores):
@@ -137,30 +166,41 @@ def test_unknown_strategy_lists_known_names(scores):
     assert "proxy/logme" in message and "proxy/linear" in message and "hybrid:proxy/knn" in message
     with pytest.raises(KeyError, match="known strategies"):
         create_strategy("hybrid:proxy/logme", scores, None)
+    with pytest.raises(KeyError, match="known strategies"):
+        create_strategy("oracle", scores, None)  # renamed per_task_best
 
 
-def test_oracle_without_ground_truth_says_what_is_missing():
-    with pytest.raises(KeyError, match="finetune_test_acc"):
-        create_strategy("oracle", {}, None)
+def test_strategies_without_ground_truth_say_what_is_missing():
+    for name in ("per_task_best", "task_agnostic_oracle", "task_agnostic_oracle_loto"):
+        with pytest.raises(KeyError, match="finetune_test_acc"):
+            create_strategy(name, {}, None)
 
 
 def test_register_strategy_adds_a_named_factory(scores):
     register_strategy("choicenet", lambda ctx: ScoreStrategy("choicenet", ctx.scores["proxy/knn"]))
     try:
-        assert list_strategies(["proxy/knn"])[-3:] == ["choicenet", "oracle", "random"]
-        assert create_strategy("choicenet", scores, None).rank("t2", MODELS) == ["d", "c", "b", "a"]
+        assert list_strategies(["proxy/knn"])[-3:] == ["choicenet", "per_task_best", "random"]
+        assert groups(create_strategy("choicenet", scores, None), "t2") == [
+            ["d"], ["c"], ["b"], ["a"]]
     finally:
         strategies_module.STRATEGIES.unregister("choicenet")
     with pytest.raises(ValueError, match="reserved"):
-        register_strategy("oracle", lambda ctx: None)
+        register_strategy("per_task_best", lambda ctx: None)
 
 
-def test_choicenet_strategies_rank_by_predicted_accuracy(scores):
+def test_only_the_bounds_read_the_tasks_own_results():
+    specs = {n: strategies_module.get_strategy_spec(n, ["proxy/knn"], ["choicenet_v1"])
+             for n in list_strategies(["proxy/knn"], ["choicenet_v1"])}
+    assert {n for n, s in specs.items() if s.uses_task_results} == {"task_agnostic_oracle",
+                                                                    "per_task_best"}
+
+
+def test_predicted_tables_rank_by_predicted_accuracy(scores):
     predicted = table({"t1": {"a": 0.61, "b": 0.7, "c": 0.61, "d": NAN}})
     s = create_strategy("choicenet_v1", {**scores, "choicenet_v1": predicted}, None)
-    assert s.name == "choicenet_v1" and s.expected is False
-    assert s.rank("t1", MODELS) == ["b", "a", "c", "d"]  # a/c tie by name, d has no prediction
-    assert s.rank("t2", ["c", "a"]) == ["a", "c"]  # no predictions for the task: by name
+    assert s.name == "choicenet_v1"
+    assert groups(s, "t1") == [["b"], ["a", "c"], ["d"]]
+    assert groups(s, "t2", ["c", "a"]) == [["a", "c"]]  # no predictions for the task
 
 
 def test_choicenet_strategy_without_predictions_says_how_to_get_them(scores):
@@ -170,7 +210,8 @@ def test_choicenet_strategy_without_predictions_says_how_to_get_them(scores):
 
 
 def test_predicted_table_names_cannot_shadow_built_in_strategies():
-    for bad in ("oracle", "proxy/knn", "hybrid:x", "finetune_test_acc", "", " v1"):
+    for bad in ("per_task_best", "task_agnostic_oracle", "proxy/knn", "hybrid:x",
+                "finetune_test_acc", "", " v1"):
         with pytest.raises(ValueError):
             strategies_module.check_predicted_name(bad)
     assert strategies_module.check_predicted_name("choicenet_v1") == "choicenet_v1"
@@ -179,4 +220,4 @@ def test_predicted_table_names_cannot_shadow_built_in_strategies():
 def test_score_ranking_handles_negative_scores_and_models_absent_from_the_table(scores):
     logme = table({"t1": {"a": -3.5, "b": -1.0, "c": -1.0, "d": -7.0}})
     s = create_strategy("proxy/logme", {**scores, "proxy/logme": logme}, None)
-    assert s.rank("t1", ["zz", "d", "c", "b", "a"]) == ["b", "c", "a", "d", "zz"]
+    assert groups(s, "t1", ["zz", "d", "c", "b", "a"]) == [["b", "c"], ["a"], ["d"], ["zz"]]

@@ -49,8 +49,8 @@ def seed(tmp_path_factory):
     Built with the plain functions (``build_model``, ``build_suite``): no Ray needed here.
     """
     from lightning_modules.offline import build_suite
-    from sweeps.config import load_zoo_config
     from sweeps.trials import build_model
+    from sweeps.zoo_config import load_zoo_config
 
     root = tmp_path_factory.mktemp("cluster-seed")
     (root / "zoo.yaml").write_text(ZOO)
