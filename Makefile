@@ -40,10 +40,10 @@ mlflow-server: install-test system-deps
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Counted from when make started, so the last line's quickstart_s includes the install.
+QUICKSTART_STARTED := $(shell date +%s)
 quickstart: install
-	$(BIN)/whichmodel tasks build > /dev/null
-	$(BIN)/whichmodel zoo build sweeps/configs/zoo.yaml
-	$(BIN)/whichmodel run sweeps/configs/quickstart.yaml
+	$(BIN)/python -m sweeps.quickstart --started $(QUICKSTART_STARTED)
 
 test: install-test system-deps
 	$(BIN)/ruff check .

@@ -122,12 +122,15 @@ def _train_heads(
     n, d = x.shape
     r_, l_, c_ = repeats, len(lrs), n_classes
     bsz = min(batch_size, n)
-    onehot = torch.nn.functional.one_hot(y, c_).to(torch.float32)
-    # Weights of all heads: repetition r, columns [l*C, (l+1)*C) are the head of lrs[l].
-    w = torch.zeros(r_, d, l_ * c_, dtype=torch.float32, device=device)
-    b = torch.zeros(r_, 1, l_ * c_, dtype=torch.float32, device=device)
-    scale = torch.tensor([lr / bsz for lr in lrs], dtype=torch.float32, device=device)
-    scale = scale.repeat_interleave(c_).view(1, 1, l_ * c_)
+    # Transposed layout (weights (R, L*C, D), logits (R, L*C, B)): the products are then
+    # (L*C x D) @ (D x B) and (L*C x B) @ (B x D), which BLAS runs about 1.7x faster on CPU than
+    # (B x D) @ (D x L*C) with L*C small. Rows [l*C, (l+1)*C) are the head of lrs[l].
+    onehot_t = torch.nn.functional.one_hot(y, c_).to(torch.float32).T.contiguous()  # (C, N)
+    w_t = torch.zeros(r_, l_ * c_, d, dtype=torch.float32, device=device)
+    b = torch.zeros(r_, l_ * c_, 1, dtype=torch.float32, device=device)
+    # Minus lr / B per row: g below is already the step.
+    step = torch.tensor([-lr / bsz for lr in lrs], dtype=torch.float32, device=device)
+    step = step.repeat_interleave(c_).view(1, l_ * c_, 1)
     samplers = [_EpochSampler(n, bsz, seed + r) for r in range(r_)]
     done = 0
     while done < steps:
@@ -137,16 +140,16 @@ def _train_heads(
         for t in range(block):
             it = idx[t]
             xb = x.index_select(0, it).view(r_, bsz, d)
-            yb = onehot.index_select(0, it).view(r_, bsz, 1, c_)
-            logits = torch.baddbmm(b, xb, w).view(r_, bsz, l_, c_)
-            # softmax by hand: torch.softmax over a short last dimension is ~3x slower on CPU.
-            e = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-            e = e.div_(e.sum(dim=-1, keepdim=True))
-            g = e.sub_(yb).view(r_, bsz, l_ * c_).mul_(scale)
-            w.baddbmm_(xb.transpose(1, 2), g, alpha=-1.0)
-            b.sub_(g.sum(dim=1, keepdim=True))
+            logits = torch.baddbmm(b, w_t, xb.transpose(1, 2)).view(r_, l_, c_, bsz)
+            # softmax by hand: torch.softmax over a short dimension is ~3x slower on CPU.
+            e = logits.sub_(logits.amax(dim=2, keepdim=True)).exp_()
+            e = e.div_(e.sum(dim=2, keepdim=True))
+            yb = onehot_t.index_select(1, it).view(c_, r_, bsz).transpose(0, 1).unsqueeze(1)
+            g = e.sub_(yb).view(r_, l_ * c_, bsz).mul_(step)
+            w_t.baddbmm_(g, xb)
+            b.add_(g.sum(dim=2, keepdim=True))
         done += block
-    w = w.view(r_, d, l_, c_).permute(0, 2, 1, 3).contiguous()
+    w = w_t.view(r_, l_, c_, d).transpose(2, 3).contiguous()  # (R, L, D, C)
     return w, b.view(r_, l_, c_)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from sweeps.config import WhichModelError
@@ -72,9 +73,10 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
         return 0
+    from sweeps.plan import expand_jobs
+
     n_pairs = len(plan.models) * len(plan.tasks)
-    trials = (n_pairs if cfg.probe.enabled else 0) + (
-        n_pairs * len(cfg.finetune.lrs) if cfg.finetune.enabled else 0)
+    trials = len(expand_jobs(cfg, plan.keys()))
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
@@ -84,6 +86,9 @@ def cmd_validate(args) -> int:
 def plan_json(plan) -> dict:
     """The resolved plan: each model with its metadata, each task with its group, each pool with
     its members (``whichmodel validate --json``)."""
+    from collections import Counter
+
+    from sweeps.plan import expand_jobs
     from sweeps.registry import task_group
 
     keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
@@ -95,7 +100,8 @@ def plan_json(plan) -> dict:
     return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
             "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
             "pools": {p: list(members) for p, members in plan.pools.items()},
-            "protocols": plan.protocols}
+            "protocols": plan.protocols, "trials": dict(Counter(
+                j.kind for j in expand_jobs(plan.cfg, plan.keys())))}
 
 
 def cmd_run(args) -> int:
@@ -116,8 +122,14 @@ def cmd_resume(args) -> int:
     return _after_sweep(args, paths, plan, outcome)
 
 
+#: Seconds of the last sweep command's stages in this process (``python -m sweeps.quickstart``).
+STAGES: dict[str, float] = {}
+
+
 def _after_sweep(args, paths, plan, outcome) -> int:
     uri = outcome.tracking_uri or None
+    STAGES.clear()
+    STAGES.update(outcome.stage_s)
     if outcome.failures:
         shown = "; ".join(outcome.failures[:10])
         more = f"; and {len(outcome.failures) - 10} more" if len(outcome.failures) > 10 else ""
@@ -127,10 +139,14 @@ def _after_sweep(args, paths, plan, outcome) -> int:
     if plan.cfg.search.enabled:
         from sweeps.search import run_search
 
+        start = time.perf_counter()
         run_search(plan, paths, paths.tracking_uri(uri))
+        STAGES["search"] = time.perf_counter() - start
     if not args.no_report:
+        start = time.perf_counter()
         _report(paths, uri, plan.cfg.experiment, plan=plan,
                 out_dir=Path(args.reports_dir) / plan.cfg.name)
+        STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
     if uri.startswith("sqlite:"):
         print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}")

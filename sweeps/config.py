@@ -129,6 +129,10 @@ class FinetuneProtocol(Strict):
     curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
     # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
+    # per_run: a trial per (learning rate, repetition), so a lost node loses little; per_pair:
+    # all runs of a pair (and its early-stop proxy) in one trial, sharing the loads and the head
+    # stage's frozen features (small runs on one machine).
+    trials: Literal["per_run", "per_pair"] = "per_run"
 
     _unique = field_validator("lrs")(unique_grid)
 
@@ -298,7 +302,9 @@ class SweepConfig(Strict):
         Only settings that change results are included (e.g. the settings of proxies the sweep
         runs, not of the others), so adding an option with a default keeps old results valid.
         """
-        data: dict[str, Any] = {"image_size": self.image_size, "seed": self.seed}
+        # "seeds": every run's RNGs are seeded from (seed, model, task, lr, repetition)
+        data: dict[str, Any] = {"image_size": self.image_size, "seed": self.seed,
+                                "seeds": "derived"}
         if protocol == "probe":
             data["proxies"] = list(self.probe.proxies)
             for name in self.probe.proxies:
@@ -307,7 +313,7 @@ class SweepConfig(Strict):
                     data[name] = block.model_dump()
         elif protocol == "finetune":
             data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable",
-                                                          "precision"}))
+                                                          "precision", "trials"}))
             if self.finetune.trainable != "all":
                 data["trainable"] = self.finetune.trainable
             if self.finetune.precision != "auto":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     experiment_path: str = ""
     tracking_uri: str = ""
+    # seconds from the sweep's start until its last probe and its last fine-tune were in
+    stage_s: dict[str, float] = field(default_factory=dict)
 
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
@@ -70,9 +73,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
         return outcome
 
     jobs = expand_jobs(cfg, todo)
-    n_probe = sum(j.kind == "probe" for j in jobs)
-    recorder = new_recorder(plan, paths, metas, uri,
-                            {"probe": n_probe, "finetune": len(jobs) - n_probe})
+    recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     state = write_state(paths, plan, name, uri)
     init_ray(cfg.resources.num_cpus)
@@ -83,6 +84,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     recorder.reconcile(done)
     outcome.pairs_logged, outcome.failures = recorder.logged, recorder.failures
     outcome.experiment_path = state["experiment_path"]
+    outcome.stage_s = recorder.progress.stage_seconds()
     return outcome
 
 
@@ -95,7 +97,7 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
     plan = plan_sweep(state["config"])
     metas = check_plan(plan, paths)
     cfg, uri = plan.cfg, state["tracking_uri"]
-    recorder = new_recorder(plan, paths, metas, uri, {"probe": 0, "finetune": 0})
+    recorder = new_recorder(plan, paths, metas, uri, {})
     Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
             spool_dir=paths.home / "spool")  # preflight; replays what a killed driver spooled
     print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
@@ -131,8 +133,10 @@ def trial_resources(cfg: SweepConfig):
     from sweeps.tune_runner import TrialResources
 
     r = cfg.resources
-    return TrialResources({"probe": (r.probe.cpus, r.probe.gpus),
-                           "finetune": (r.finetune.cpus, r.finetune.gpus)})
+    finetune = (r.finetune.cpus, r.finetune.gpus)
+    # the early-stop proxy is a short fine-tune: fine-tune resources
+    return TrialResources({"probe": (r.probe.cpus, r.probe.gpus), "finetune": finetune,
+                           "early_stop": finetune})
 
 
 # --------------------------------------------------------------------------- sweep state files

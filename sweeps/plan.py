@@ -45,35 +45,52 @@ def pair_key(model: str, task: str, protocol: str) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One trial: ``kind`` is ``probe``, ``finetune``, ``search`` or ``pretrain``; a fine-tune or
-    search trial has its learning rate. Travels to Tune as a plain dict (:meth:`to_dict`)."""
+    """One trial: ``kind`` is ``probe``, ``finetune``, ``early_stop``, ``search`` or ``pretrain``.
+
+    A fine-tune trial runs one or more ``runs`` of its pair, each a (learning rate, repetition),
+    and with ``early_stop`` also the pair's early-stop proxy (a short fine-tune, scheduled as
+    fine-tune work); an ``early_stop`` trial runs only that proxy; a search trial has one ``lr``.
+    Travels to Tune as a plain dict (:meth:`to_dict`).
+    """
 
     kind: str
     model: str
     task: str = ""
     lr: float | None = None
+    runs: tuple[tuple[float, int], ...] = ()
+    early_stop: bool = False
     params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # free-form
 
     @property
     def protocol(self) -> str:
-        return self.kind
+        """The protocol whose MLflow run this trial's results go to (early-stop: the probe's)."""
+        return "probe" if self.kind == "early_stop" else self.kind
 
     @property
     def pair_key(self) -> str:
         return pair_key(self.model, self.task, self.protocol)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != "" and v != {}}
+        out = {k: v for k, v in asdict(self).items() if v not in (None, "", {}, (), False)}
+        if self.runs:
+            out["runs"] = [[float(lr), int(rep)] for lr, rep in self.runs]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         lr = data.get("lr")
         return cls(str(data["kind"]), str(data["model"]), str(data.get("task", "")),
-                   None if lr is None else float(lr), dict(data.get("params") or {}))
+                   None if lr is None else float(lr),
+                   tuple((float(a), int(b)) for a, b in data.get("runs") or ()),
+                   bool(data.get("early_stop", False)), dict(data.get("params") or {}))
 
     def describe(self) -> str:
         where = f"{self.model}@{self.task}" if self.task else self.model
-        return f"{self.kind} {where}" + ("" if self.lr is None else f" lr={self.lr:g}")
+        runs = ", ".join(f"lr={lr:g}/rep{rep}" for lr, rep in self.runs)
+        extra = [f"lr={self.lr:g}"] if self.lr is not None else []
+        extra += [runs] if runs else []
+        extra += ["early-stop proxy"] if self.early_stop else []
+        return f"{self.kind} {where}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
 @dataclass
@@ -97,6 +114,10 @@ class Plan:
     @property
     def n_keys(self) -> int:
         return len(self.models) * len(self.tasks) * len(self.protocols)
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        """Every (model, task, protocol) key of the sweep."""
+        return [(m, t, p) for m in self.models for t in self.tasks for p in self.protocols]
 
     def data_root(self, paths: Paths) -> Path:
         """Where tasks are read and cached: the sweep's ``data.root`` or the home folder's."""
@@ -151,8 +172,27 @@ def check_plan(plan: Plan, paths: Paths) -> dict[str, dict[str, Any]]:
 
 def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]:
     """The trials of the (model, task, protocol) keys to run; probes first, so task-aware rankings
-    exist before the fine-tunes finish."""
-    jobs = [Job("probe", m, t) for m, t, p in todo if p == "probe"]
-    jobs += [Job("finetune", m, t, float(lr))
-             for m, t, p in todo if p == "finetune" for lr in cfg.finetune.lrs]
+    exist before the fine-tunes finish.
+
+    A probe trial is one frozen forward pass and the feature proxies; the early-stop proxy, a
+    short fine-tune, runs as fine-tune work: in the pair's fine-tune trial when
+    ``finetune.trials`` is ``per_pair`` and the pair is fine-tuned too, else as its own
+    ``early_stop`` trial. ``per_run`` gives each (learning rate, repetition) its own trial, so a
+    lost node loses little; ``per_pair`` runs all of a pair's runs in one trial, loading the
+    backbone and the task and computing the head stage's features once.
+    """
+    early = "early_stop" in cfg.probe.proxies
+    probes = [(m, t) for m, t, p in todo if p == "probe"]
+    tunes = [(m, t) for m, t, p in todo if p == "finetune"]
+    runs = tuple((float(lr), rep) for lr in cfg.finetune.lrs for rep in range(cfg.finetune.repeats))
+    jobs = [Job("probe", m, t) for m, t in probes]
+    grouped = cfg.finetune.trials == "per_pair"
+    if early:
+        jobs += [Job("early_stop", m, t, early_stop=True) for m, t in probes
+                 if not (grouped and (m, t) in tunes)]
+    for m, t in tunes:
+        if grouped:
+            jobs.append(Job("finetune", m, t, runs=runs, early_stop=early and (m, t) in probes))
+        else:
+            jobs += [Job("finetune", m, t, runs=(run,)) for run in runs]
     return jobs

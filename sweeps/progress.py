@@ -15,11 +15,20 @@ class Progress:
         self.failed = 0
         self.start = time.monotonic()
         self.stream, self.every_s, self._last = stream, every_s, 0.0
+        self.last: dict[str, float] = {}  # seconds from the start to the last result of a kind
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds from the start until the last probe, and from then until the last fine-tune
+        work (fine-tunes and early-stop proxies), were in."""
+        probes = self.last.get("probe", 0.0)
+        tunes = max(self.last.get("finetune", 0.0), self.last.get("early_stop", 0.0))
+        return {"probes": probes, "finetunes": max(0.0, tunes - probes)}
 
     def update(self, kind: str, failed: bool = False, force: bool = False) -> None:
         self.done[kind] = self.done.get(kind, 0) + 1
         self.failed += int(failed)
         now = time.monotonic()
+        self.last[kind] = now - self.start
         if force or now - self._last >= self.every_s or self.n_done == self.n_total:
             self._last = now
             print(self.line(), file=self.stream or sys.stderr, flush=True)

@@ -1,10 +1,10 @@
 """The MLflow recorder: finished trials become runs, one per (model, task, protocol) pair.
 
 The driver is the single MLflow writer. :class:`PairRecorder` is the sink of the Tune callback
-(:mod:`sweeps.tune_runner`): a probe is logged as soon as its trial finishes; a fine-tune pair once
-every learning rate's trial is in, as per repetition the learning rate with the best validation
-accuracy, that run's test accuracy, and the median over repetitions
-(:func:`aggregate_finetune`). A pair still waiting for a trial when the sweep ends is a named
+(:mod:`sweeps.tune_runner`): a probe is logged once its trial (and its early-stop proxy, fine-tune
+work) is in; a fine-tune pair once every (learning rate, repetition) run is in, as per repetition
+the learning rate with the best validation accuracy, that run's test accuracy, and the median
+over repetitions (:func:`aggregate_finetune`). A pair still waiting for a trial when the sweep ends is a named
 failure, never a silent gap.
 """
 
@@ -21,29 +21,29 @@ from sweeps.tracking import Tracker
 from whichmodel.uri import redact_uri
 
 
-def aggregate_finetune(by_lr: dict[float, dict[str, Any]], repeats: int) -> dict[str, float]:
-    """Per repetition the best learning rate by validation, its test accuracy; median over reps."""
+def aggregate_finetune(runs: dict[tuple[float, int], dict[str, Any]]) -> dict[str, float]:
+    """Per repetition the learning rate with the best validation accuracy and that run's test
+    accuracy; the median over repetitions (Renggli et al. 2022, Sec. 4.3). ``runs`` maps
+    (lr, repetition) to the run's ``val_acc`` and ``test_acc``."""
     from lightning_modules.training import best_by_validation, median_over_repeats
 
-    vals, tests, lrs = [], [], []
-    ordered = sorted(by_lr)  # ties in validation go to the smaller learning rate
-    for rep in range(repeats):
-        runs = [{"lr": lr, "val_acc": by_lr[lr][f"rep{rep}/val_acc"],
-                 "test_acc": by_lr[lr][f"rep{rep}/test_acc"]} for lr in ordered]
-        best = best_by_validation(runs)
+    lrs = sorted({lr for lr, _ in runs})  # ties in validation go to the smaller learning rate
+    reps = sorted({rep for _, rep in runs})
+    vals, tests, best_lrs = [], [], []
+    for rep in reps:
+        best = best_by_validation([{"lr": lr, **runs[(lr, rep)]} for lr in lrs])
         vals.append(best["val_acc"])
         tests.append(best["test_acc"])
-        lrs.append(best["lr"])
+        best_lrs.append(best["lr"])
     out = {"val/acc": median_over_repeats(vals), "test/acc": median_over_repeats(tests),
            "finetune_val_acc": median_over_repeats(vals),
-           "finetune_test_acc": median_over_repeats(tests),
-           "time/finetune": sum(m.get("time/finetune", 0.0) for m in by_lr.values())}
-    for lr in ordered:
-        for rep in range(repeats):
-            out[f"lr_{lr:g}/rep{rep}/val_acc"] = by_lr[lr][f"rep{rep}/val_acc"]
-            out[f"lr_{lr:g}/rep{rep}/test_acc"] = by_lr[lr][f"rep{rep}/test_acc"]
-    for rep, lr in enumerate(lrs):
+           "finetune_test_acc": median_over_repeats(tests)}
+    for (lr, rep), run in sorted(runs.items()):
+        out[f"lr_{lr:g}/rep{rep}/val_acc"] = run["val_acc"]
+        out[f"lr_{lr:g}/rep{rep}/test_acc"] = run["test_acc"]
+    for rep, lr in zip(reps, best_lrs):
         out[f"rep{rep}/best_lr"] = lr
+        out[f"rep{rep}/test_acc"] = tests[reps.index(rep)]
     return out
 
 
@@ -76,7 +76,9 @@ class PairRecorder:
         self.spool_dir = spool_dir  # results wait here while MLflow is down (sweeps/spool.py)
         self.hashes = {p: plan.cfg.protocol_hash(p) for p in PROTOCOLS}
         self.n_jobs = n_jobs
-        self.pending: dict[tuple[str, str], dict[float, dict]] = {}
+        # results of a pair waiting for the rest: fine-tune runs, or a probe and its early stop
+        self.pending: dict[tuple[str, str], dict[tuple[float, int], dict]] = {}
+        self.probes: dict[tuple[str, str], dict[str, Any]] = {}
         self.logged = 0
         self.failures: list[str] = []
         self._tracker = None
@@ -148,17 +150,24 @@ class PairRecorder:
             if with_retries(settle, FINAL_DRAIN_DELAYS_S)[1] is not None:
                 self._finished, self._unfinished = set(), {}  # unknown: spool what finished
         self.pending.clear()  # every finished trial is in finished_trials: accept them afresh
+        self.probes.clear()
         for job, metrics in finished_trials:
             if job.pair_key not in self._finished:
                 self._accept(job, metrics)
-        for (model, task), by_lr in self.pending.items():
+        for (model, task), runs in self.pending.items():
             if pair_key(model, task, "finetune") in self._finished:
                 continue
-            missing = [lr for lr in self.plan.cfg.finetune.lrs if float(lr) not in by_lr]
-            self.failures.append(f"finetune {model}@{task}: no result for lr "
-                                 + ", ".join(f"{lr:g}" for lr in missing)
+            missing = [k for k in self._expected_runs() if k not in runs]
+            self.failures.append(f"finetune {model}@{task}: no result for "
+                                 + ", ".join(f"lr {lr:g} rep {rep}" for lr, rep in missing)
                                  + " (the pair was not logged)")
+        for (model, task), parts in self.probes.items():
+            if pair_key(model, task, "probe") not in self._finished:
+                what = "its early-stop proxy" if "probe" in parts else "its probe trial"
+                self.failures.append(f"probe {model}@{task}: no result for {what} (the pair was "
+                                     "not logged)")
         self.pending.clear()
+        self.probes.clear()
         left = len(Spool(self.spool_dir, self.plan.cfg.experiment)) if self.spool_dir else 0
         if left:
             raise WhichModelError(
@@ -169,32 +178,58 @@ class PairRecorder:
                 f"first (check the server: python -m mlflow_server.health "
                 f"{redact_uri(self.uri)})")
 
+    def _expected_runs(self) -> list[tuple[float, int]]:
+        f = self.plan.cfg.finetune
+        return [(float(lr), rep) for lr in f.lrs for rep in range(f.repeats)]
+
     def _accept(self, job: Job, metrics: dict) -> None:
-        """Log a probe at once; a fine-tune pair once all its learning rates are in."""
-        missing = _missing_metrics(job, metrics, self.plan.cfg.finetune.repeats)
+        """Log a pair once all its results are in: a probe with its early-stop proxy (when the
+        sweep asks for it), a fine-tune with every (learning rate, repetition) run."""
+        missing = _missing_metrics(job, metrics)
         if missing:
             self.failures.append(f"{job.describe()}: its result lacks {', '.join(missing)}")
             return
-        if job.kind == "probe":
-            # The features file is on the trial's node: an artifact when the driver can read it
-            # (one machine), else found through its copy in shared storage (features_uri tag).
-            path = metrics.get("features_path")
-            readable = bool(path) and Path(path).is_file()
-            self._log(job.model, job.task, "probe",
-                      {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
-                      artifacts=[path] if readable else None,
-                      features_uri=metrics.get("features_uri"))
+        pair = (job.model, job.task)
+        if job.kind == "probe" or job.early_stop:
+            parts = self.probes.setdefault(pair, {})
+            parts["probe" if job.kind == "probe" else "early_stop"] = metrics
+            self._log_probe_when_complete(pair)
+        if job.kind != "finetune":
             return
-        by_lr = self.pending.setdefault((job.model, job.task), {})
-        by_lr[float(job.lr)] = metrics
-        if {float(lr) for lr in self.plan.cfg.finetune.lrs} <= set(by_lr):
-            del self.pending[(job.model, job.task)]
-            self._log(job.model, job.task, "finetune",
-                      aggregate_finetune(by_lr, self.plan.cfg.finetune.repeats), by_lr)
+        runs = self.pending.setdefault(pair, {})
+        curves = json.loads(metrics.get("curves", "{}"))
+        val_curves = json.loads(metrics.get("val_curves", "{}"))
+        for lr, rep in job.runs:
+            key = f"lr_{lr:g}/rep{rep}"
+            runs[(lr, rep)] = {"val_acc": metrics[f"{key}/val_acc"],
+                               "test_acc": metrics[f"{key}/test_acc"],
+                               "curve": curves.get(key, []), "val_curve": val_curves.get(key),
+                               "seconds": metrics.get("time/finetune", 0.0) / len(job.runs)}
+        if set(self._expected_runs()) <= set(runs):
+            del self.pending[pair]
+            aggregated = aggregate_finetune(runs)
+            aggregated["time/finetune"] = sum(r["seconds"] for r in runs.values())
+            self._log(job.model, job.task, "finetune", aggregated, runs)
+
+    def _log_probe_when_complete(self, pair: tuple[str, str]) -> None:
+        parts = self.probes[pair]
+        early = "early_stop" in self.plan.cfg.probe.proxies
+        if "probe" not in parts or (early and "early_stop" not in parts):
+            return
+        del self.probes[pair]
+        metrics = {**parts["probe"], **{k: v for k, v in parts.get("early_stop", {}).items()
+                                        if k in ("proxy/early_stop", "time/proxy/early_stop")}}
+        # The features file is on the trial's node: an artifact when the driver can read it
+        # (one machine), else found through its copy in shared storage (features_uri tag).
+        path = metrics.get("features_path")
+        readable = bool(path) and Path(path).is_file()
+        self._log(*pair, "probe",
+                  {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
+                  artifacts=[path] if readable else None, features_uri=metrics.get("features_uri"))
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
-             by_lr: dict[float, dict] | None = None, artifacts: list[str] | None = None,
+             runs: dict[tuple[float, int], dict] | None = None, artifacts: list[str] | None = None,
              features_uri: str | None = None) -> None:
         from sweeps.spool import Spool
         from sweeps.tracking import is_server_problem, pair_record, spool_record
@@ -215,7 +250,7 @@ class PairRecorder:
         if features_uri:
             tags["features_uri"] = features_uri
         record = pair_record(model, task, protocol, self.hashes[protocol], tags, params, metrics,
-                             children=_child_runs(model, task, by_lr) if by_lr else None,
+                             children=_child_runs(model, task, runs) if runs else None,
                              artifacts=artifacts)
         try:
             if self.is_finished(key):
@@ -231,26 +266,28 @@ class PairRecorder:
         self.logged += run_id is not None
 
 
-def _missing_metrics(job: Job, metrics: dict, repeats: int) -> list[str]:
+def _missing_metrics(job: Job, metrics: dict) -> list[str]:
     """What a finished trial's result should hold and does not (a result lost on the way)."""
-    if job.kind == "finetune":
-        want = [f"rep{r}/{s}_acc" for r in range(repeats) for s in ("val", "test")]
-    else:
-        want = ["time/features"]
+    want = [f"lr_{lr:g}/rep{rep}/{s}_acc" for lr, rep in job.runs for s in ("val", "test")]
+    if job.early_stop:
+        want.append("proxy/early_stop")
+    if job.kind == "probe":
+        want.append("time/features")
     return [k for k in want if k not in metrics]
 
 
-def _child_runs(model: str, task: str, by_lr: dict[float, dict]) -> list[dict]:
-    """One child run per (learning rate, repetition): its accuracies and loss curve."""
+def _child_runs(model: str, task: str, runs: dict[tuple[float, int], dict]) -> list[dict]:
+    """One child run per (learning rate, repetition): its accuracies and loss curve (and, where
+    the budgeted search is on, its validation accuracy at every rung)."""
     children = []
-    for lr, metrics in sorted(by_lr.items()):
-        curves = json.loads(metrics.get("curves", "{}"))
-        for rep_key, curve in sorted(curves.items()):
-            children.append({
-                "name": f"{model}@{task}:finetune/lr={lr:g}/{rep_key}",
-                "params": {"lr": lr, "repetition": rep_key},
-                "metrics": {"val/acc": metrics.get(f"{rep_key}/val_acc"),
-                            "test/acc": metrics.get(f"{rep_key}/test_acc")},
-                "history": {"train/loss": curve},
-            })
+    for (lr, rep), run in sorted(runs.items()):
+        history = {"train/loss": run["curve"]}
+        if run.get("val_curve"):
+            history["curve/val_acc"] = run["val_curve"]
+        children.append({
+            "name": f"{model}@{task}:finetune/lr={lr:g}/rep{rep}",
+            "params": {"lr": lr, "repetition": f"rep{rep}"},
+            "metrics": {"val/acc": run["val_acc"], "test/acc": run["test_acc"]},
+            "history": history,
+        })
     return children

@@ -7,11 +7,13 @@ itself through ``report(metrics)``, as the budgeted search does rung by rung). T
     settings = TrialSettings(cfg, data_root, zoo_root)
     metrics = run_trial(Job("probe", "tiny-shapes", "digits"), settings)
 
-- ``probe``: one frozen forward pass over the task's train800/val200/test, then every proxy the
-  sweep names (:mod:`selection.proxies`; the early-stop proxy fine-tunes copies of the backbone
-  for a few steps, :func:`lightning_modules.training.short_finetune`);
-- ``finetune``: one pair at one learning rate, every repetition (linear head on the frozen
-  backbone, then the whole network; :func:`lightning_modules.training.run_finetune`);
+- ``probe``: one frozen forward pass over the task's train800/val200/test, then every feature
+  proxy the sweep names (:mod:`selection.proxies`);
+- ``finetune``: runs of one pair, each a (learning rate, repetition) with its own seed (linear
+  head on the frozen backbone, then the whole network;
+  :func:`lightning_modules.training.run_finetune`), and the pair's early-stop proxy when asked;
+- ``early_stop``: the early-stop proxy alone (it fine-tunes copies of the backbone for a few
+  steps, :func:`lightning_modules.training.short_finetune`, so it runs as fine-tune work);
 - ``search``: one (model, task, lr) fine-tune reporting its validation accuracy every
   ``search.rung_steps`` steps, which ASHA may stop at any rung;
 - ``pretrain``: one zoo model (:mod:`sweeps.zoo`).
@@ -31,6 +33,7 @@ from sweeps.plan import Job
 from sweeps.registry import load_model_ref, load_task_ref
 from sweeps.zoo_config import ZooConfig
 from whichmodel.files import atomic_path
+from whichmodel.seeds import derive_seed
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -58,17 +61,20 @@ class TrialSettings:
 
 def run_trial(job: Job, settings: TrialSettings, report: Report | None = None) -> dict[str, Any]:
     """The body of a sweep's trial, by the job's kind."""
-    bodies = {"probe": probe_trial, "finetune": finetune_trial}
+    bodies = {"probe": probe_trial, "finetune": finetune_trial, "early_stop": early_stop_trial}
     if job.kind not in bodies:
         raise ValueError(f"unknown job kind {job.kind!r}; a sweep runs {', '.join(bodies)}")
-    return bodies[job.kind](job, settings, report)
+    start = time.perf_counter()
+    metrics = bodies[job.kind](job, settings, report)
+    metrics["time/trial"] = time.perf_counter() - start
+    return metrics
 
 
 def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
                 ) -> dict[str, Any]:
-    """One frozen forward pass over train, validation and test; then every proxy on it."""
+    """One frozen forward pass over train, validation and test; then every feature proxy on it
+    (the early-stop proxy, a short fine-tune, runs as fine-tune work: :func:`early_stop_trial`)."""
     from lightning_modules.backbones import extract_features
-    from lightning_modules.training import short_finetune
     from selection.proxies import make_inputs, score_proxies
 
     cfg = settings.cfg
@@ -80,11 +86,11 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
         feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
                                                       with_source_probs=True)
     metrics: dict[str, Any] = {"time/features": time.perf_counter() - t0}
-    finetune = short_finetune(backbone, data.splits, data.num_classes)
     inputs = make_inputs(feats["train800"], data.splits["train800"][1], feats["val200"],
-                         data.splits["val200"][1], source_probs_train=probs["train800"],
-                         finetune=finetune)
-    results = score_proxies(cfg.probe.proxies, inputs, cfg.probe.proxy_settings(cfg.seed))
+                         data.splits["val200"][1], source_probs_train=probs["train800"])
+    names = [n for n in cfg.probe.proxies if n != "early_stop"]
+    seed = derive_seed(cfg.seed, job.model, job.task, "probe")
+    results = score_proxies(names, inputs, cfg.probe.proxy_settings(seed))
     for name, (value, seconds) in results.items():
         metrics[f"proxy/{name}"] = float(value)
         metrics[f"time/proxy/{name}"] = seconds
@@ -113,32 +119,83 @@ def save_features(path: Path, feats: dict, probs: dict, splits: dict) -> Path:
     return path
 
 
+def run_key(lr: float, rep: int) -> str:
+    """A fine-tune run's metric prefix: ``lr_0.01/rep0``."""
+    return f"lr_{lr:g}/rep{rep}"
+
+
 def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = None
                    ) -> dict[str, Any]:
-    """Every repetition of one pair's fine-tune at one learning rate: validation and test
-    accuracy per repetition, and the training-loss curves (for the child runs)."""
+    """The job's fine-tune runs of one pair, each a (learning rate, repetition) with its own seed
+    (:func:`whichmodel.seeds.derive_seed`): validation and test accuracy per run, the
+    training-loss and validation curves (for the child runs and the budgeted search's replay),
+    and with ``job.early_stop`` the pair's early-stop proxy. The backbone, the task and the
+    frozen features of the head stage are loaded and computed once for all of them."""
     import copy
 
+    from lightning_modules.backbones import extract_features
     from lightning_modules.training import run_finetune
 
     cfg = settings.cfg
     f = cfg.finetune
     backbone, _ = settings.load_model(job.model)
     data = settings.load_task(job.task)
+    ftr, _ = extract_features(backbone, data.splits["train800"][0])
+    val_every = cfg.search.rung_steps if cfg.search.enabled else 0
     metrics: dict[str, Any] = {}
-    curves = {}
+    curves, val_curves, inside = {}, {}, 0.0
     t0 = time.perf_counter()
-    for rep in range(f.repeats):
-        run = run_finetune(copy.deepcopy(backbone), data.splits, data.num_classes, lr=job.lr,
+    for lr, rep in job.runs:
+        key = run_key(lr, rep)
+        run = run_finetune(copy.deepcopy(backbone), data.splits, data.num_classes, lr=lr,
                            steps=f.steps, head_steps=f.head_steps, batch_size=f.batch_size,
-                           seed=cfg.seed + rep, trainable=f.trainable, curve_every=f.curve_every,
-                           precision=f.precision)
-        metrics[f"rep{rep}/val_acc"] = run["val_acc"]
-        metrics[f"rep{rep}/test_acc"] = run["test_acc"]
-        curves[f"rep{rep}"] = run["curve"]
+                           seed=derive_seed(cfg.seed, job.model, job.task, lr, rep),
+                           trainable=f.trainable, curve_every=f.curve_every,
+                           precision=f.precision, train_features=ftr,
+                           val_every=val_every if rep == 0 else 0)
+        metrics[f"{key}/val_acc"] = run["val_acc"]
+        metrics[f"{key}/test_acc"] = run["test_acc"]
+        curves[key] = run["curve"]
+        if "val_curve" in run:
+            val_curves[key] = run["val_curve"]
+        inside += run["train_eval_s"]
     metrics["time/finetune"] = time.perf_counter() - t0
-    metrics["curves"] = json.dumps(curves)  # a string: Tune results stay flat
+    metrics["curves"] = json.dumps(curves)  # strings: Tune results stay flat
+    metrics["val_curves"] = json.dumps(val_curves)
+    if job.early_stop:
+        metrics.update(_early_stop(job, settings, backbone, data, ftr))
+        inside += metrics["time/proxy/early_stop"]
+    metrics["time/train_eval"] = inside
     return metrics
+
+
+def early_stop_trial(job: Job, settings: TrialSettings, report: Report | None = None
+                     ) -> dict[str, Any]:
+    """The pair's early-stop proxy alone (fine-tune work, on fine-tune resources)."""
+    from lightning_modules.backbones import extract_features
+
+    backbone, _ = settings.load_model(job.model)
+    data = settings.load_task(job.task)
+    ftr, _ = extract_features(backbone, data.splits["train800"][0])
+    metrics = _early_stop(job, settings, backbone, data, ftr)
+    metrics["time/train_eval"] = metrics["time/proxy/early_stop"]
+    return metrics
+
+
+def _early_stop(job: Job, settings: TrialSettings, backbone, data, ftr) -> dict[str, Any]:
+    from lightning_modules.backbones import extract_features
+    from lightning_modules.training import short_finetune
+    from selection.proxies import make_inputs, score_proxies
+
+    cfg = settings.cfg
+    fva, _ = extract_features(backbone, data.splits["val200"][0])
+    inputs = make_inputs(ftr, data.splits["train800"][1], fva, data.splits["val200"][1],
+                         finetune=short_finetune(backbone, data.splits, data.num_classes))
+    seed = derive_seed(cfg.seed, job.model, job.task, "early_stop")
+    settings_ = cfg.probe.proxy_settings(seed)
+    (value, seconds), = score_proxies(["early_stop"], inputs,
+                                      {"early_stop": settings_["early_stop"]}).values()
+    return {"proxy/early_stop": float(value), "time/proxy/early_stop": seconds}
 
 
 def search_trial(job: Job, settings: TrialSettings, report: Report | None = None) -> None:
@@ -163,7 +220,8 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
                         "steps": f.head_steps + trainer.global_step})
 
     run_finetune(backbone, data.splits, data.num_classes, lr=job.lr, steps=f.steps,
-                 head_steps=f.head_steps, batch_size=f.batch_size, seed=cfg.seed,
+                 head_steps=f.head_steps, batch_size=f.batch_size,
+                 seed=derive_seed(cfg.seed, job.model, job.task, job.lr, 0),  # repetition 0's
                  trainable=f.trainable, evaluate_test=False, precision=f.precision,
                  callbacks=[ReportRung()])
     return None

@@ -55,7 +55,7 @@ def test_zoo_build_writes_safetensors_and_metadata_and_skips_when_built(sweep_en
 def test_validate_passes_once_the_zoo_is_built_and_writes_nothing(sweep_env, capsys):
     before = sorted((sweep_env / "home").rglob("*"))
     assert main(["validate", str(sweep_env / "tiny.yaml")]) == 0
-    assert "ok: sweep 'tiny', 2 models x 2 tasks = 4 pairs, 12 trials" in capsys.readouterr().out
+    assert "ok: sweep 'tiny', 2 models x 2 tasks = 4 pairs, 16 trials" in capsys.readouterr().out
     assert sorted((sweep_env / "home").rglob("*")) == before
 
 
@@ -157,7 +157,7 @@ def lose_one_learning_rate(job, settings, report):
     its accuracies on the way (a result that does not arrive)."""
     from sweeps.trials import run_trial
 
-    if job.kind == "finetune" and job.lr == 0.001:
+    if job.kind == "finetune" and job.runs == ((0.001, 0),):
         return {"time/finetune": 0.0}
     return run_trial(job, settings, report)
 
@@ -183,7 +183,54 @@ def test_a_pair_whose_results_never_arrive_ends_the_sweep_non_zero_naming_it(
     err = capsys.readouterr().err
     assert rc == 1
     for model in ("tiny-shapes", "tiny-random"):
-        assert f"finetune {model}@digits: no result for lr 0.001 (the pair was not logged)" in err
+        assert f"finetune {model}@digits: no result for lr 0.001 rep 0 (the pair was not logged)" in err
     pairs, _ = _pair_runs(sweep_env, "lost")
     assert sorted(r.data.tags["pair_key"] for r in pairs) == [
         "tiny-random|digits|probe", "tiny-shapes|digits|probe"]  # no fine-tune pair half-logged
+
+
+def test_per_pair_trials_run_every_repetition_with_its_own_seed_and_the_early_stop_proxy(
+        sweep_env, tmp_path, capsys, monkeypatch):
+    """The quickstart's grouping: one fine-tune trial per pair runs both learning rates x both
+    repetitions and the pair's early-stop proxy; each run is its own child run with its own
+    seed; the budgeted search replays the rung-0 curves it logged."""
+    text = sweep("grouped", tasks="[digits]", steps=10).replace(
+        "repeats: 1\n", "repeats: 2\n  trials: per_pair\n").replace(
+        "save_features: true", "") + "search: {enabled: true, rung_steps: 5, reduction_factor: 2}\n"
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    (tmp_path / "grouped.yaml").write_text(text)
+    monkeypatch.setenv("WHICHMODEL_HOME", str(sweep_env / "home"))
+    assert main(["validate", str(tmp_path / "grouped.yaml")]) == 0
+    # 2 probes + 2 fine-tunes (each with 4 runs and the early-stop proxy), no early-stop trials
+    assert "2 models x 1 tasks = 2 pairs, 4 trials" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "grouped.yaml"), "--reports-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    pairs, _ = _pair_runs(sweep_env, "grouped")
+    assert sorted(r.data.tags["pair_key"] for r in pairs) == sorted(
+        f"{m}|digits|{p}" for m in ("tiny-shapes", "tiny-random") for p in ("probe", "finetune"))
+    probe = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-shapes|digits|probe")
+    assert "proxy/early_stop" in probe.data.metrics and "time/proxy/early_stop" in probe.data.metrics
+    client = _client(sweep_env)
+    ft = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-shapes|digits|finetune")
+    children = client.search_runs([ft.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{ft.info.run_id}'")
+    names = sorted(c.info.run_name for c in children)
+    assert names == sorted(f"tiny-shapes@digits:finetune/lr={lr}/rep{rep}"
+                           for lr in ("0.01", "0.001") for rep in (0, 1))
+    loss = {c.info.run_name: [m.value for m in client.get_metric_history(c.info.run_id,
+                                                                          "train/loss")]
+            for c in children}
+    # derived seeds: the two repetitions of one learning rate see other batches
+    assert loss["tiny-shapes@digits:finetune/lr=0.01/rep0"] != loss[
+        "tiny-shapes@digits:finetune/lr=0.01/rep1"]
+    # repetition 0 of each learning rate logs the validation accuracy at every rung
+    for c in children:
+        history = client.get_metric_history(c.info.run_id, "curve/val_acc")
+        assert len(history) == (2 if c.info.run_name.endswith("rep0") else 0)
+    assert {"rep0/best_lr", "rep1/best_lr", "rep0/test_acc", "rep1/test_acc"} <= set(
+        ft.data.metrics)
+    reps = sorted([ft.data.metrics["rep0/test_acc"], ft.data.metrics["rep1/test_acc"]])
+    assert ft.data.metrics["test/acc"] == pytest.approx(sum(reps) / 2)  # median of two
+    report = json.loads((tmp_path / "r" / "grouped" / "regret.json").read_text())
+    assert report["budgeted_search"]["replayed"] == 1
+    assert "replayed from the exhaustive sweep's validation curves" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from sweeps.search import rank_search, summarize_search
@@ -59,3 +60,55 @@ def test_asha_search_spends_fewer_steps_than_exhaustive_and_reports_it(tmp_path,
     assert summary["exhaustive_steps"] == 100
     assert 0 < summary["steps"] < summary["exhaustive_steps"]
     assert 0.0 <= summary["mean_relative_regret"] <= 1.0
+    # Replayed from the exhaustive sweep's validation curves (no new training) ...
+    assert summary["replayed"] == 1 and summary["per_task"]["digits"]["replayed"]
+    assert "replayed from the exhaustive sweep's validation curves" in out
+    # ... with the decisions real ASHA trials take, run one after another in the same order
+    from sweeps.paths import default_paths
+    from sweeps.plan import plan_sweep
+    from sweeps.search import _asha_trials, exhaustive_curves, replay_asha
+    from sweeps.tracking import Tracker
+
+    plan = plan_sweep(tmp_path / "s.yaml")
+    tracker = Tracker(default_paths().tracking_uri(), "srch", create=False)
+    curves = exhaustive_curves(tracker, plan, "digits", [0.3, 0.0001])
+    order = [(m, lr) for m in plan.models for lr in (0.3, 0.0001)]
+    replayed = replay_asha({k: [(i + 1, v) for i, (_, v) in enumerate(c)]
+                            for k, c in curves.items()}, order, grace=1, reduction_factor=2,
+                           max_t=4)
+    real = {(t["model"], t["lr"]): (t["iterations"], t["val_acc"])
+            for t in _asha_trials(plan, default_paths(), "digits", [0.3, 0.0001], 4)}
+    assert real == {k: (it, pytest.approx(v)) for k, (it, v) in replayed.items()}
+
+
+def test_replay_takes_the_decisions_of_tunes_asha_bracket():
+    """replay_asha against Ray's own _Bracket fed the same results in the same order."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from sweeps.search import replay_asha
+
+    rng = np.random.default_rng(0)
+    for trial_count, rf, max_t in ((9, 3, 9), (8, 2, 4), (12, 2, 8)):
+        curves = {f"t{i}": [(it, float(v)) for it, v in enumerate(
+            np.cumsum(rng.uniform(0, 0.1, max_t)) + rng.uniform(0, 0.3), start=1)]
+            for i in range(trial_count)}
+        order = list(curves)
+        ours = replay_asha(curves, order, grace=1, reduction_factor=rf, max_t=max_t)
+        bracket = _Bracket(1, max_t, rf, 0)
+
+        class T:
+            def __init__(self, trial_id):
+                self.trial_id = trial_id
+
+        expected = {}
+        for name in order:
+            trial = T(name)
+            for it, value in curves[name]:
+                if it >= max_t:  # ASHAScheduler stops it at max_t, then records it on completion
+                    bracket.on_result(trial, it, value)
+                    expected[name] = (it, value)
+                    break
+                if bracket.on_result(trial, it, value) == "STOP":
+                    expected[name] = (it, value)
+                    break
+        assert ours == expected

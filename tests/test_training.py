@@ -71,13 +71,13 @@ def test_best_by_validation_and_median_on_hand_made_numbers():
 
 
 def test_aggregate_finetune_picks_lr_per_repetition_then_takes_the_median():
-    by_lr = {
-        0.01: {"rep0/val_acc": 0.9, "rep0/test_acc": 0.80, "rep1/val_acc": 0.5, "rep1/test_acc": 0.50,
-               "rep2/val_acc": 0.7, "rep2/test_acc": 0.72},
-        0.001: {"rep0/val_acc": 0.6, "rep0/test_acc": 0.99, "rep1/val_acc": 0.6, "rep1/test_acc": 0.61,
-                "rep2/val_acc": 0.7, "rep2/test_acc": 0.10},
+    runs = {
+        (0.01, 0): {"val_acc": 0.9, "test_acc": 0.80}, (0.01, 1): {"val_acc": 0.5, "test_acc": 0.50},
+        (0.01, 2): {"val_acc": 0.7, "test_acc": 0.72},
+        (0.001, 0): {"val_acc": 0.6, "test_acc": 0.99}, (0.001, 1): {"val_acc": 0.6, "test_acc": 0.61},
+        (0.001, 2): {"val_acc": 0.7, "test_acc": 0.10},
     }
-    out = aggregate_finetune(by_lr, repeats=3)
+    out = aggregate_finetune(runs)
     # rep0 -> lr 0.01 (0.80); rep1 -> lr 0.001 (0.61); rep2 tie -> smaller lr 0.001 (0.10)
     assert out["test/acc"] == pytest.approx(0.61)
     assert out["val/acc"] == pytest.approx(0.7)
