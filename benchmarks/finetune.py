@@ -3,8 +3,9 @@ two-node speed-up and a many-small-trials sweep, measured side by side in one ru
 
 Commands (from the repository root; the last line of stdout is one JSON object)::
 
-    .venv/bin/python -m benchmarks.finetune            # full, ~8-15 min on 2 cores
-    .venv/bin/python -m benchmarks.finetune --quick    # ~3.5 min on 2 cores (< 5)
+    .venv/bin/python -m benchmarks.finetune            # full, ~25 min on 2 cores
+    .venv/bin/python -m benchmarks.finetune --quick    # ~8 min on 2 cores
+    .venv/bin/python -m benchmarks.finetune --quick --only two_node   # one phase (or several)
     .venv/bin/python -m benchmarks.finetune --quick --profile-scale /tmp/scale.prof  # + cProfile
 
 Keys of the JSON line (targets in brackets):
@@ -36,18 +37,25 @@ Keys of the JSON line (targets in brackets):
     (trial function returns -> run_jobs returns, incl. the MLflow write ``mlflow_log_s``).
     ``orchestration_overhead_fraction_warm`` (info): the same for a second trial on a reused
     actor (``reuse_actors=True``), i.e. what each further fine-tune of a sweep costs.
-``two_node_speedup`` [>= 1.7]
+``finetune_efficiency`` [>= 0.8], ``finetune_efficiency_per_run``
+    The share of the quickstart's fine-tune trials' wall time spent inside training steps and
+    evaluation, the trial layout it uses (``per_pair``) and the one it used before (``per_run``)
+    side by side: :mod:`benchmarks.finetune_efficiency`.
+``two_node_speedup_min`` [>= 1.8], ``two_node_speedup`` [>= 1.7]
     Wall time of 8 CPU-bound trials (torch matmuls, 1 thread, ~3.5 s each; ``--quick`` ~2 s) on
     a 1-node, 1-CPU ``ray.cluster_utils.Cluster`` over the same sweep on a 2-node cluster (1 CPU
     each), ``run_jobs`` with ``TrialResources({"work": (1, 0)})``, timed around ``run_jobs``
     (once every node's prestarted workers have finished preloading: a warm cluster, as a
-    long-running one is). ``two_node.machine_parallel_capacity_before_after`` is how
-    many cores the (shared) machine actually offered: the speed-up cannot exceed it;
-    ``one_node_overhead_s`` / ``two_node_overhead_s``: wall minus the trials' own work per node
-    (Tune start-up, one cold actor per node, scheduling), a fixed cost that does not parallelise.
-``scale_trials``, ``scale_overhead_s_per_trial`` [<= 0.3 s], ``scale_driver_peak_rss_gib``
+    long-running one is). The two-node sweep runs 10 times in a row on one cluster: the key
+    ``two_node_speedup_min`` is the worst of the 10, ``two_node_speedup`` their median;
+    ``two_node.phases_on_one_node_only`` counts sweeps that put every trial on one node.
+    ``two_node.machine_parallel_capacity_before_after`` is how many cores the (shared) machine
+    actually offered: the speed-up cannot exceed it; ``overhead_s`` of each sweep: wall minus
+    the trials' own work per node (Tune start-up, scheduling), a fixed cost that does not
+    parallelise.
+``scale_trials``, ``scale_overhead_s_per_trial`` [<= 0.05 s], ``scale_driver_peak_rss_gib``
 [<= 2 GiB], ``scale_unique_finished_runs`` [== scale_trials]
-    A sweep of 2,000 tiny trials (``--quick``: 500, see ``scale_note``), a ~1 ms numpy op each,
+    A sweep of 10,000 tiny trials (``--quick``: 2,000, see ``scale_note``), a ~1 ms numpy op each,
     on local Ray with 2 CPUs, ``max_concurrent_trials=2``, every trial logged by the driver-side
     sink as one MLflow run with a unique (model, task) key. Overhead per trial is
     (wall - sum(trial work) / 2) / trials. Peak RSS is the driver process's own high-water mark
@@ -67,23 +75,16 @@ The machine may be shared: timings are noisy, compare runs with ``machine.loadav
 from __future__ import annotations
 
 import argparse
-import contextlib
-import cProfile
 import dataclasses
 import json
-import logging
-import math
 import os
-import pstats
 import resource
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,24 +105,42 @@ _T_TORCH = time.time() - _T_MODULE  # seconds to import numpy + torch here
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from sweeps.plan import Job, pair_key  # noqa: E402
+from benchmarks.finetune_efficiency import phase_efficiency  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    BenchSink,
+    RssSampler,
+    count_runs,
+    driver_peak_rss_gib,
+    finite,
+    local_cluster,
+    local_ray,
+    log,
+    machine,
+    make_sink,
+    phase,
+    profiled,
+    reset_peak_rss,
+    threads,
+    timed_sweep,
+)
+from sweeps.plan import Job  # noqa: E402
 
 TARGETS = {"lightning_over_raw_throughput": (">=", 0.9),
            "orchestration_overhead_fraction": ("<=", 0.05),
+           "finetune_efficiency": (">=", 0.8),
            "two_node_speedup": (">=", 1.7),
-           "scale_overhead_s_per_trial": ("<=", 0.3),
+           "two_node_speedup_min": (">=", 1.8),
+           "scale_overhead_s_per_trial": ("<=", 0.05),
            "scale_driver_peak_rss_gib": ("<=", 2.0)}
-LOGGED_METRICS = ("fit_s", "images_per_s", "work_s", "value", "steps")
 N_TRAIN, BATCH, NUM_CLASSES, LR = 800, 64, 10, 0.01
 # Sizes per mode (quick, full): fine-tune steps and repetitions, target seconds of the
-# orchestrated fine-tune, seconds of work per two-node trial, number of scale trials.
-MODES = {True: {"steps": 300, "reps": 1, "finetune_s": 10.0, "work_s": 2.0, "trials": 500},
-         False: {"steps": 300, "reps": 3, "finetune_s": 30.0, "work_s": 3.5, "trials": 2000}}
+# orchestrated fine-tune, seconds of work per two-node trial, consecutive two-node phases, number
+# of scale trials.
+MODES = {True: {"steps": 300, "reps": 1, "finetune_s": 10.0, "work_s": 2.0, "phases": 10,
+                "trials": 2000},
+         False: {"steps": 300, "reps": 3, "finetune_s": 30.0, "work_s": 3.5, "phases": 10,
+                 "trials": 10000}}
 GIB = 1024 ** 3
-
-
-def _log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- data and models
@@ -231,7 +250,7 @@ def phase_throughput(args) -> dict[str, Any]:
     per_arch = {}
     for arch in ("cnn", "resnet"):
         per_arch[arch] = _throughput_arch(arch, steps, reps)
-        _log(f"throughput {arch}: "
+        log(f"throughput {arch}: "
              f"{json.dumps({k: round(v, 3) for k, v in per_arch[arch].items()})}")
     return {"lightning_over_raw_throughput": min(a["e2e_ratio"] for a in per_arch.values()),
             "lightning_over_raw_steady_state": min(a["steady_ratio"] for a in per_arch.values()),
@@ -284,111 +303,7 @@ def tiny_trial(job: Job, settings: Any, report=None) -> dict[str, float]:
     return {"work_s": time.perf_counter() - start, "value": value}
 
 
-class BenchSink:
-    """Driver-side sink: one MLflow run per finished trial (or none when ``uri`` is None)."""
-
-    def __init__(self, uri: str | None, experiment: str, protocol: str):
-        self.uri, self.experiment, self.protocol = uri, experiment, protocol
-        self.log_s, self.logged, self.errors = 0.0, 0, []
-        self._tracker = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tracker": None}
-
-    @property
-    def tracker(self):
-        from sweeps.tracking import Tracker
-
-        if self._tracker is None:
-            self._tracker = Tracker(self.uri, self.experiment)
-        return self._tracker
-
-    def on_result(self, job: Job, metrics: dict) -> None:
-        if self.uri is None:
-            return
-        start = time.perf_counter()
-        self.tracker.log_pair(job.model, job.task, self.protocol, "bench", tags={},
-                              params=dict(job.params),
-                              metrics={k: v for k, v in metrics.items() if k in LOGGED_METRICS})
-        self.log_s += time.perf_counter() - start
-        self.logged += 1
-
-    def on_error(self, job: Job, error: str) -> None:
-        self.errors.append(f"{job}: {error}")
-
-
-# --------------------------------------------------------------------------- Ray plumbing
-@contextlib.contextmanager
-def local_ray(root: Path, num_cpus: int):
-    """The project's ``init_ray`` on a private temp dir; yields the start-up seconds."""
-    import ray
-
-    from sweeps.tune_runner import init_ray
-
-    os.environ["WHICHMODEL_RAY_TEMP_DIR"] = str(root / "r")
-    start = time.perf_counter()
-    try:
-        init_ray(num_cpus)
-        yield time.perf_counter() - start
-    finally:
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def local_cluster(root: Path, nodes: int):
-    """A ``cluster_utils.Cluster`` of ``nodes`` 1-CPU nodes on loopback, the driver connected."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    common = {"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
-    cluster = None
-    try:
-        from sweeps.tune_runner import worker_system_config
-
-        # As cluster.yaml starts its nodes: every node prestarts workers that preload torch,
-        # Lightning, timm and Tune.
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={**common, "temp_dir": str(root / f"c{nodes}h"),
-                                          "_system_config": worker_system_config()})
-        for i in range(nodes - 1):
-            cluster.add_node(**common, temp_dir=str(root / f"c{nodes}w{i}"))
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.WARNING)
-        yield cluster
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-
-
-def _timed_sweep(fn: Callable, jobs: list[Job], root: Path, name: str, sink: BenchSink,
-                 kind: str, **kwargs) -> tuple[float, list[tuple[dict, dict]]]:
-    from sweeps.tune_runner import TrialResources, run_jobs
-
-    start = time.perf_counter()
-    done = run_jobs(fn, jobs, None, name=name, storage_path=root / "tune", sink=sink,
-                    resources=TrialResources({kind: (1, 0)}), **kwargs)
-    return time.perf_counter() - start, done
-
-
-def _make_sink(uri: str, experiment: str, protocol: str) -> BenchSink:
-    """Experiment (and SQLite schema) created once in the driver, before the sweep."""
-    sink = BenchSink(uri, experiment, protocol)
-    sink.tracker  # noqa: B018 - open the store now
-    return sink
-
-
 # --------------------------------------------------------------------------- phase 2: overhead
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _calibrate_steps(target_s: float, probe: int = 60) -> int:
     wall, _ = lightning_fit("cnn", probe)
     return max(probe, int(round(target_s / wall * probe)))
@@ -396,7 +311,7 @@ def _calibrate_steps(target_s: float, probe: int = 60) -> int:
 
 def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
     target = MODES[args.quick]["finetune_s"]
-    with _threads(1):  # the trial runs with 1 thread (TrialResources cpus=1)
+    with threads(1):  # the trial runs with 1 thread (TrialResources cpus=1)
         steps = _calibrate_steps(target)
         job = Job("finetune", "bench-cnn", "synthetic", params={"arch": "cnn", "steps": steps})
         start = time.perf_counter()
@@ -404,10 +319,10 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
         bare_s = time.perf_counter() - start
     from sweeps.tune_runner import settled_idle_workers
 
-    sink = _make_sink(uri, "bench-orchestration", "finetune")
+    sink = make_sink(uri, "bench-orchestration", "finetune")
     settled_idle_workers()  # the local Ray's prestarted workers have finished preloading
     called_at = time.time()
-    tune_s, done = _timed_sweep(finetune_trial, [job], root, "orchestration", sink, "finetune")
+    tune_s, done = timed_sweep(finetune_trial, [job], root, "orchestration", sink, "finetune")
     returned_at = called_at + tune_s
     m = done[0][1] if done else {}
     out = {"target_s": target, "steps": steps, "bare_s": bare_s, "tune_s": tune_s,
@@ -420,7 +335,7 @@ def phase_orchestration(args, root: Path, uri: str) -> dict[str, Any]:
                    worker_lightning_import_s=m["lightning_import_s"],
                    fit_delta_s=m["fit_s"] - bare["fit_s"], finish_s=returned_at - m["ended_at"])
     out.update(_warm_overhead(job, bare_s, root, uri))
-    _log(f"orchestration: {json.dumps(out)}")
+    log(f"orchestration: {json.dumps(out)}")
     return {"orchestration_overhead_fraction": (tune_s - bare_s) / bare_s,
             "orchestration_overhead_fraction_warm": out.get("warm_fraction"),
             "orchestration": out}
@@ -431,8 +346,8 @@ def _warm_overhead(job: Job, bare_s: float, root: Path, uri: str) -> dict[str, f
     time over the bare call = gap after the first trial (result, MLflow write, actor reset) plus
     its own slowdown; this is what each further fine-tune of a sweep costs."""
     jobs = [dataclasses.replace(job, model=f"bench-cnn-{i}") for i in range(2)]
-    sink = _make_sink(uri, "bench-orchestration", "finetune")
-    _, done = _timed_sweep(finetune_trial, jobs, root, "orchestration-warm", sink, "finetune",
+    sink = make_sink(uri, "bench-orchestration", "finetune")
+    _, done = timed_sweep(finetune_trial, jobs, root, "orchestration-warm", sink, "finetune",
                            max_concurrent_trials=1)
     if len(done) != 2:
         return {}
@@ -445,7 +360,7 @@ def _warm_overhead(job: Job, bare_s: float, root: Path, uri: str) -> dict[str, f
 
 # --------------------------------------------------------------------------- phase 3: two nodes
 def _calibrate_iters(target_s: float) -> int:
-    with _threads(1):
+    with threads(1):
         _burn(20)
         start = time.perf_counter()
         _burn(200)
@@ -456,7 +371,7 @@ def _calibrate_iters(target_s: float) -> int:
 def _parallel_capacity(iters: int) -> float:
     """Cores the machine gives right now: 2 x (one burn alone) / (two burns in parallel threads;
     torch releases the GIL). About 2 on an idle 2-core machine; the speed-up's ceiling."""
-    with _threads(1):
+    with threads(1):
         start = time.perf_counter()
         _burn(iters)
         one = time.perf_counter() - start
@@ -469,115 +384,59 @@ def _parallel_capacity(iters: int) -> float:
         return 2 * one / (time.perf_counter() - start)
 
 
-def _cluster_sweep(root: Path, nodes: int, jobs: list[Job]) -> tuple[float, set[str], float]:
+def _cluster_sweeps(root: Path, nodes: int, jobs: list[Job], phases: int) -> list[dict]:
+    """``phases`` consecutive sweeps of ``jobs`` on one warm cluster of ``nodes`` nodes."""
     from sweeps.tune_runner import settled_idle_workers
 
+    out = []
     with local_cluster(root, nodes):
         # Timed on a warm cluster, as a long-running one is: every node's prestarted workers
         # have finished preloading torch and Lightning.
         settled_idle_workers()
-        sink = BenchSink(None, "", "work")
-        wall, done = _timed_sweep(work_trial, jobs, root, f"two-node-{nodes}", sink, "work")
-    if len(done) != len(jobs):
-        raise RuntimeError(f"{nodes}-node sweep: {len(done)}/{len(jobs)} trials finished")
-    work = sum(m["work_s"] for _, m in done) / len(done)
-    return wall, {m["node"] for _, m in done}, work
+        for k in range(phases):
+            sink = BenchSink(None, "", "work")
+            wall, done = timed_sweep(work_trial, jobs, root, f"two-node-{nodes}-{k}", sink,
+                                     "work")
+            if len(done) != len(jobs):
+                raise RuntimeError(f"{nodes}-node sweep {k}: {len(done)}/{len(jobs)} trials "
+                                   "finished")
+            work = sum(m["work_s"] for _, m in done) / len(done)
+            per_node = Counter(m["node"] for _, m in done)
+            out.append({"wall_s": wall, "mean_work_s": work,
+                        "trials_per_node": sorted(per_node.values(), reverse=True),
+                        "overhead_s": wall - len(jobs) / nodes * work})
+    return out
 
 
 def phase_two_node(args, root: Path) -> dict[str, Any]:
-    per_trial = MODES[args.quick]["work_s"]
+    per_trial, phases = MODES[args.quick]["work_s"], MODES[args.quick]["phases"]
     iters = _calibrate_iters(per_trial)
     jobs = [Job("work", f"w{i}", params={"i": i, "iters": iters}) for i in range(8)]
     capacity = [_parallel_capacity(iters // 2)]
-    one_s, _, work1 = _cluster_sweep(root, 1, jobs)
-    two_s, nodes, work2 = _cluster_sweep(root, 2, jobs)
+    one, = _cluster_sweeps(root, 1, jobs, 1)
+    two = _cluster_sweeps(root, 2, jobs, phases)
     capacity.append(_parallel_capacity(iters // 2))
-    out = {"trials": len(jobs), "target_work_s": per_trial, "iters": iters,
+    speedups = [one["wall_s"] / p["wall_s"] for p in two]
+    out = {"trials": len(jobs), "target_work_s": per_trial, "iters": iters, "phases": phases,
            "machine_parallel_capacity_before_after": capacity,
-           "one_node_s": one_s, "two_node_s": two_s, "nodes_used": len(nodes),
-           "mean_work_s_one_node": work1, "mean_work_s_two_nodes": work2,
-           # wall minus the trials' own work per node: Tune start-up, cold actors, scheduling
-           "one_node_overhead_s": one_s - len(jobs) * work1,
-           "two_node_overhead_s": two_s - len(jobs) / 2 * work2}
-    _log(f"two-node: {json.dumps(out)}")
-    return {"two_node_speedup": one_s / two_s, "two_node": out}
+           "one_node": one, "two_node_phases": two, "speedups": speedups,
+           "phases_on_one_node_only": sum(len(p["trials_per_node"]) < 2 for p in two)}
+    log(f"two-node: {json.dumps(out)}")
+    return {"two_node_speedup": float(np.median(speedups)),
+            "two_node_speedup_min": min(speedups), "two_node": out}
 
 
 # --------------------------------------------------------------------------- phase 4: scale
-class RssSampler:
-    """Peak RSS of the driver and all its descendants, sampled every ``every_s``."""
-
-    def __init__(self, every_s: float = 1.0):
-        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil  # shipped with Ray (ray/thirdparty_files), importable once ray is
-
-        me = psutil.Process()
-        while not self._stop.wait(self.every_s):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _driver_peak_rss_gib(reset_ok: bool) -> float:
-    if reset_ok:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / GIB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-
-
-def _count_runs(sink: BenchSink, jobs: list[Job]) -> dict[str, int]:
-    finished = Counter(r.data.tags.get("pair_key") for r in sink.tracker.search()
-                       if r.info.status == "FINISHED")
-    keys = [pair_key(j.model, j.task, sink.protocol) for j in jobs]
-    return {"unique": sum(finished[k] == 1 for k in keys),
-            "duplicates": sum(max(0, finished[k] - 1) for k in keys),
-            "missing": sum(finished[k] == 0 for k in keys)}
-
-
-def _profiled(path: str | None, fn: Callable, *a, **kw):
-    if not path:
-        return fn(*a, **kw)
-    prof = cProfile.Profile()
-    try:
-        return prof.runcall(fn, *a, **kw)
-    finally:
-        prof.dump_stats(path)
-        stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative")
-        stats.print_stats(40)
-
-
 def phase_scale(args, root: Path, uri: str) -> dict[str, Any]:
     n = MODES[args.quick]["trials"]
     jobs = [Job("tiny", f"m{i:05d}", "synthetic", params={"i": i}) for i in range(n)]
-    sink = _make_sink(uri, "bench-scale", "scale")
-    reset_ok = _reset_peak_rss()
+    sink = make_sink(uri, "bench-scale", "scale")
+    reset_ok = reset_peak_rss()
     with RssSampler() as sampler:
-        wall, done = _profiled(args.profile_scale, _timed_sweep, tiny_trial, jobs, root, "scale",
+        wall, done = profiled(args.profile_scale, timed_sweep, tiny_trial, jobs, root, "scale",
                                sink, "tiny", max_concurrent_trials=2)
     work = sum(m.get("work_s", 0.0) for _, m in done)
-    runs = _count_runs(sink, jobs)
+    runs = count_runs(sink, jobs)
     out = {"wall_s": wall, "sum_work_s": work, "concurrency": 2, "finished_trials": len(done),
            "mlflow_log_s_total": sink.log_s, "errors": len(sink.errors), **runs,
            "ray_tree_peak_rss_gib": sampler.peak / GIB,
@@ -585,24 +444,16 @@ def phase_scale(args, root: Path, uri: str) -> dict[str, Any]:
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
            "rss": "driver VmHWM during the sweep" if reset_ok else "driver ru_maxrss (lifetime)",
            "overhead": "(wall - sum_work_s / concurrency) / trials"}
-    _log(f"scale: {json.dumps(out)}")
+    log(f"scale: {json.dumps(out)}")
     return {"scale_trials": n,
             "scale_note": (f"quick: {n} trials (full mode: {MODES[False]['trials']})"
                            if args.quick else f"full: {n} trials"),
             "scale_overhead_s_per_trial": (wall - work / 2) / n,
-            "scale_driver_peak_rss_gib": _driver_peak_rss_gib(reset_ok),
+            "scale_driver_peak_rss_gib": driver_peak_rss_gib(reset_ok),
             "scale_unique_finished_runs": runs["unique"], "scale": out}
 
 
 # --------------------------------------------------------------------------- driver
-def _machine() -> dict[str, Any]:
-    import pytorch_lightning as pl
-
-    return {"cpus": os.cpu_count(), "torch": torch.__version__, "lightning": pl.__version__,
-            "threads": torch.get_num_threads(), "loadavg": [round(v, 2) for v in os.getloadavg()],
-            "note": "shared machine: timings are noisy"}
-
-
 def _met(out: dict[str, Any]) -> dict[str, bool]:
     met = {}
     for key, (op, target) in TARGETS.items():
@@ -613,24 +464,18 @@ def _met(out: dict[str, Any]) -> dict[str, bool]:
     return met
 
 
-def _phase(out: dict, name: str, fn: Callable, *a) -> None:
-    start = time.perf_counter()
-    _log(f"{name} ...")
-    try:
-        out.update(fn(*a))
-    except Exception as exc:  # report the other phases anyway
-        traceback.print_exc()
-        out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-    _log(f"{name} done in {time.perf_counter() - start:.1f}s")
-
-
 def _ray_phases(out: dict, args, root: Path) -> dict:
     uri = f"sqlite:///{root}/mlflow.db"
     with local_ray(root, 2) as init_s:
         out["ray_init_s"] = init_s
-        _phase(out, "orchestration", phase_orchestration, args, root, uri)
-        _phase(out, "scale", phase_scale, args, root, uri)
+        if "orchestration" in args.only:
+            phase(out, "orchestration", phase_orchestration, args, root, uri)
+        if "scale" in args.only:
+            phase(out, "scale", phase_scale, args, root, uri)
     return {}
+
+
+PHASES = ("throughput", "orchestration", "efficiency", "scale", "two_node")
 
 
 def run(args) -> dict[str, Any]:
@@ -645,13 +490,18 @@ def run(args) -> dict[str, Any]:
     # machine two OpenMP threads stall at every barrier and a 16 ms step took 540 ms.
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    out: dict[str, Any] = {"quick": bool(args.quick),
-                           "machine": {**_machine(), "default_threads": default_threads}}
+    out: dict[str, Any] = {"quick": bool(args.quick), "phases": list(args.only),
+                           "machine": {**machine(), "default_threads": default_threads}}
     start = time.perf_counter()
     try:
-        _phase(out, "throughput", phase_throughput, args)
-        _phase(out, "ray", _ray_phases, out, args, root)
-        _phase(out, "two_node", phase_two_node, args, root)
+        if "throughput" in args.only:
+            phase(out, "throughput", phase_throughput, args)
+        if {"orchestration", "scale"} & set(args.only):
+            phase(out, "ray", _ray_phases, out, args, root)
+        if "efficiency" in args.only:
+            phase(out, "efficiency", phase_efficiency, args, root)
+        if "two_node" in args.only:
+            phase(out, "two_node", phase_two_node, args, root)
     finally:
         time.sleep(1.0)  # let exiting Ray processes finish writing before the temp dir goes
         shutil.rmtree(root, ignore_errors=True)
@@ -662,27 +512,19 @@ def run(args) -> dict[str, Any]:
     return out
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter phases (< 5 min)")
+    parser.add_argument("--quick", action="store_true", help="shorter phases")
+    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="run only these phases")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads in the driver (default 1, as in trials)")
     parser.add_argument("--profile-scale", metavar="PATH",
                         help="cProfile the scale sweep's driver, dump to PATH, top 40 to stderr")
     out = run(parser.parse_args(argv))
     sys.stdout.flush()
-    print(json.dumps(_finite(out)), flush=True)
+    print(json.dumps(finite(out)), flush=True)
     return 1 if out.get("errors") else 0
 
 

@@ -221,12 +221,14 @@ def extract_features(backbone: Backbone, images: Any, batch_size: int = 256,
                      with_source_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One frozen forward pass over uint8 NHWC images -> float32 features (and source softmax)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = backbone.to(device).eval()
+    # channels-last: what oneDNN and tensor cores want (the same arithmetic in another order)
+    backbone = backbone.to(device, memory_format=torch.channels_last).eval()
     images = torch.as_tensor(images)
     feats, probs = [], []
     use_amp = device.type == "cuda"
     for start in range(0, len(images), batch_size):
         x = backbone.preprocess(images[start:start + batch_size].to(device))
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             f = backbone.features(x)
             if with_source_probs and backbone.source_head is not None:

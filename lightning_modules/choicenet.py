@@ -68,7 +68,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from lightning_modules.backbones import Backbone, extract_features
 
@@ -296,9 +295,7 @@ class _ChoiceNet(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         m, t, y = batch
-        loss = F.mse_loss(self(m, t), y)
-        self.log("train/mse", loss)
-        return loss
+        return F.mse_loss(self(m, t), y)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -404,6 +401,19 @@ def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     return y
 
 
+class _Batches:
+    """A fixed list of batches as the iterable Lightning takes for a dataloader."""
+
+    def __init__(self, batches: list):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.ndarray, *,
                   seed: int = 0, steps: int = DEFAULT_STEPS, batch_size: int = 64,
                   **net_kwargs: Any) -> _ChoiceNet:
@@ -411,14 +421,12 @@ def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.n
     torch.manual_seed(seed)
     net = create_choicenet(version, model_x.shape[1], task_x.shape[1], **net_kwargs)
     net.init_output_bias(float(np.mean(y)))
-    data = TensorDataset(torch.as_tensor(model_x, dtype=torch.float32),
-                         torch.as_tensor(task_x, dtype=torch.float32),
-                         torch.as_tensor(y, dtype=torch.float32))
+    data = (torch.as_tensor(model_x, dtype=torch.float32),
+            torch.as_tensor(task_x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
     batch = min(int(batch_size), len(y))
-    # one epoch of `steps` batches drawn with replacement: no per-epoch overhead on tiny data
-    sampler = RandomSampler(data, replacement=True, num_samples=steps * batch,
-                            generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(data, batch_size=batch, sampler=sampler)
+    # `steps` batches drawn with replacement, one index operation each (no per-row collation)
+    rows = torch.randint(0, len(y), (steps, batch), generator=torch.Generator().manual_seed(seed))
+    loader = _Batches([tuple(t[r] for t in data) for r in rows])
     with _quiet_single_thread():
         trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,

@@ -275,18 +275,35 @@ def evaluate(module: FineTuneModule, images: np.ndarray, labels: np.ndarray) -> 
     return acc
 
 
+class StepClock(pl.Callback):
+    """Seconds inside training steps (batch start to batch end: forward, backward, optimizer),
+    summed; what a fit spends around them (set-up, data loading, teardown) is left out."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self._start
+
+
 class ValidationCurve(pl.Callback):
     """Validation accuracy every ``every`` steps of stage 2 (the rungs of a budgeted search:
-    a search can replay these instead of training again)."""
+    a search can replay these instead of training again); ``seconds`` spent evaluating."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, every: int, offset: int):
         self.images, self.labels, self.every, self.offset = images, labels, every, offset
         self.points: list[tuple[int, float]] = []
+        self.seconds = 0.0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.global_step % self.every == 0:
+            start = time.perf_counter()
             self.points.append((self.offset + trainer.global_step,
                                 evaluate(module, self.images, self.labels)))
+            self.seconds += time.perf_counter() - start
 
 
 def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -300,7 +317,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
 
     Returns validation and test accuracy (the caller picks the learning rate by validation),
     the training-loss curve of stage 2 and the seconds spent (``seconds``; ``train_eval_s`` of
-    them inside training and evaluation). ``head_steps=0`` leaves the head at zero (the
+    them inside training steps and evaluation, :class:`StepClock`). ``head_steps=0`` leaves the head at zero (the
     early-stop proxy's protocol); ``warmup_steps=0`` drops the warm-up. ``train_features``: the
     frozen backbone's features of the training images when the caller has them already (they
     are the same for every run of a pair). ``val_every``: also the validation accuracy every so
@@ -318,10 +335,10 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     head_module = LinearHeadModule(backbone.feature_dim, num_classes, head_lr or lr, head_steps)
     if head_steps > 0:
         ftr = train_features if train_features is not None else extract_features(backbone, xtr)[0]
-        t = time.perf_counter()
-        make_trainer(head_steps, accelerator="cpu").fit(
+        clock = StepClock()
+        make_trainer(head_steps, accelerator="cpu", callbacks=[clock]).fit(
             head_module, _loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
-        inside += time.perf_counter() - t
+        inside += clock.seconds
     head = head_module.head
 
     # Stage 2: full (or surgical) fine-tune.
@@ -329,11 +346,12 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     val_curve = ValidationCurve(xva, yva, val_every, head_steps) if val_every > 0 else None
     if steps > 0 and trainable != "head":
         module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every)
-        t = time.perf_counter()
-        make_trainer(steps, callbacks=[*(callbacks or []), *([val_curve] if val_curve else [])],
+        clock = StepClock()  # first, so that its batch end comes before the validation's
+        make_trainer(steps, callbacks=[clock, *(callbacks or []),
+                                       *([val_curve] if val_curve else [])],
                      precision=precision).fit(
             module, _loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
-        inside += time.perf_counter() - t
+        inside += clock.seconds + (val_curve.seconds if val_curve else 0.0)
         backbone, head, curve = module.backbone, module.head, module.curve
     t = time.perf_counter()
     backbone.eval()
@@ -372,12 +390,17 @@ def short_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.nd
                    num_classes: int) -> Callable[..., float]:
     """``finetune(lr, steps, batch_size, seed) -> validation accuracy``: a few steps of fine-tuning
     a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up (the training of
-    the early-stop proxy, :mod:`selection.early_stop`). The test split is never touched."""
+    the early-stop proxy, :mod:`selection.early_stop`). The test split is never touched.
+    ``finetune.train_eval_s`` adds up the seconds its runs spent in training steps and
+    evaluation."""
     import copy
 
     def finetune(lr: float, steps: int, batch_size: int, seed: int) -> float:
-        return run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
-                            head_steps=0, batch_size=batch_size, seed=seed, warmup_steps=0,
-                            evaluate_test=False)["val_acc"]
+        run = run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
+                           head_steps=0, batch_size=batch_size, seed=seed, warmup_steps=0,
+                           evaluate_test=False)
+        finetune.train_eval_s += run["train_eval_s"]
+        return run["val_acc"]
 
+    finetune.train_eval_s = 0.0
     return finetune

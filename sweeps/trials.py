@@ -141,7 +141,8 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     backbone, _ = settings.load_model(job.model)
     data = settings.load_task(job.task)
     ftr, _ = extract_features(backbone, data.splits["train800"][0])
-    val_every = cfg.search.rung_steps if cfg.search.enabled else 0
+    # the validation curve the budgeted search can replay: repetition 0 of its learning rates
+    search_lrs = set(cfg.search.lrs or f.lrs) if cfg.search.enabled else set()
     metrics: dict[str, Any] = {}
     curves, val_curves, inside = {}, {}, 0.0
     t0 = time.perf_counter()
@@ -152,7 +153,8 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
                            seed=derive_seed(cfg.seed, job.model, job.task, lr, rep),
                            trainable=f.trainable, curve_every=f.curve_every,
                            precision=f.precision, train_features=ftr,
-                           val_every=val_every if rep == 0 else 0)
+                           val_every=cfg.search.rung_steps if rep == 0 and lr in search_lrs
+                           else 0)
         metrics[f"{key}/val_acc"] = run["val_acc"]
         metrics[f"{key}/test_acc"] = run["test_acc"]
         curves[key] = run["curve"]
@@ -164,7 +166,7 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     metrics["val_curves"] = json.dumps(val_curves)
     if job.early_stop:
         metrics.update(_early_stop(job, settings, backbone, data, ftr))
-        inside += metrics["time/proxy/early_stop"]
+        inside += metrics["time/early_stop_train_eval"]
     metrics["time/train_eval"] = inside
     return metrics
 
@@ -178,7 +180,7 @@ def early_stop_trial(job: Job, settings: TrialSettings, report: Report | None = 
     data = settings.load_task(job.task)
     ftr, _ = extract_features(backbone, data.splits["train800"][0])
     metrics = _early_stop(job, settings, backbone, data, ftr)
-    metrics["time/train_eval"] = metrics["time/proxy/early_stop"]
+    metrics["time/train_eval"] = metrics["time/early_stop_train_eval"]
     return metrics
 
 
@@ -189,13 +191,15 @@ def _early_stop(job: Job, settings: TrialSettings, backbone, data, ftr) -> dict[
 
     cfg = settings.cfg
     fva, _ = extract_features(backbone, data.splits["val200"][0])
+    finetune = short_finetune(backbone, data.splits, data.num_classes)
     inputs = make_inputs(ftr, data.splits["train800"][1], fva, data.splits["val200"][1],
-                         finetune=short_finetune(backbone, data.splits, data.num_classes))
+                         finetune=finetune)
     seed = derive_seed(cfg.seed, job.model, job.task, "early_stop")
     settings_ = cfg.probe.proxy_settings(seed)
     (value, seconds), = score_proxies(["early_stop"], inputs,
                                       {"early_stop": settings_["early_stop"]}).values()
-    return {"proxy/early_stop": float(value), "time/proxy/early_stop": seconds}
+    return {"proxy/early_stop": float(value), "time/proxy/early_stop": seconds,
+            "time/early_stop_train_eval": finetune.train_eval_s}
 
 
 def search_trial(job: Job, settings: TrialSettings, report: Report | None = None) -> None:

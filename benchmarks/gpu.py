@@ -1,0 +1,221 @@
+"""The GPU benchmark: ResNet-50 at 224 px in bf16 with channels-last, through the sweep's own code.
+
+    python -m benchmarks.gpu            # on a GPU: 224 px, fine-tune batch 512 (the paper's)
+    python -m benchmarks.gpu --tiny     # anywhere: 32 px, batch 8, a few steps (CI runs this)
+
+The last line of stdout is one JSON object:
+
+``extract_images_per_s`` [>= 6,000 on one H100]
+    Images/s of :func:`lightning_modules.backbones.extract_features` (the probe trial's frozen
+    forward pass: uint8 images from host memory, bf16 autocast on a GPU, channels-last, features
+    back to the host), best of ``rounds`` passes over ``extract_images`` images.
+``finetune_images_per_s`` [>= 2,000 on one H100]
+    Images/s of stage 2 of a fine-tune (:class:`lightning_modules.training.FineTuneModule` with
+    :func:`~lightning_modules.training.make_trainer`, ``precision="bf16-mixed"``, batch 512,
+    images already on the device as the sweep's :class:`~lightning_modules.training.DeviceBatches`
+    keep them), from batch end to batch end with the device synchronised, the first ``warmup``
+    steps left out.
+``extract_fraction_of_peak`` / ``finetune_fraction_of_peak``
+    Achieved FLOP/s (FLOPs of one image counted by ``torch.utils.flop_counter`` for the forward
+    pass and for forward + backward) over the device's peak: its dense bf16 peak from the
+    vendor's sheet where the device is in ``PEAK_BF16_TFLOPS``, else (the CPU, unknown GPUs) the
+    bf16 matmul throughput measured here (``peak_source`` says which); ``matmul_tflops``: that
+    measurement, always.
+``projected_gpu_hours``
+    Hours on one such device for the paper's full fine-tune protocol at the measured fine-tune
+    rate: 46 models x 19 tasks x 10 runs (2 learning rates x 5 repetitions) x 2,500 steps x 512
+    images (stage 2 only; a ResNet-50 stands in for every model).
+
+Also ``device``, ``checks`` (the GPU paths: parameters on the device in channels-last, bf16
+activations under autocast, features returned to the host as float32) and ``tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.harness import finite, log
+
+# Dense bf16 tensor-core peak (TFLOP/s) from the vendors' data sheets, by device-name substring.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0,
+                    "L40S": 362.1, "L4": 121.0, "A10G": 70.0}
+PAPER = {"models": 46, "tasks": 19, "runs": 10, "steps": 2500, "batch_size": 512}
+SIZES = {True: {"size": 32, "batch": 8, "steps": 6, "warmup": 2, "extract": 64, "rounds": 2},
+         False: {"size": 224, "batch": 512, "steps": 30, "warmup": 10, "extract": 8192,
+                 "rounds": 3}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _backbone(size: int):
+    from lightning_modules.hub import load_model
+
+    backbone, _ = load_model("timm:resnet50", pretrained=False)
+    backbone.preprocessing["input_size"] = size  # the tiny mode's 32 px, else timm's 224
+    return backbone
+
+
+def _images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+def flops_per_image(backbone, size: int, device: torch.device) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of one image, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(2, 3, size, size, device=device)
+    with FlopCounterMode(display=False) as fwd, torch.no_grad():
+        backbone.features(x)
+    with FlopCounterMode(display=False) as both:
+        backbone.features(x).sum().backward()
+    backbone.zero_grad(set_to_none=True)
+    return fwd.get_total_flops() / 2, both.get_total_flops() / 2
+
+
+def matmul_tflops(device: torch.device, n: int) -> float:
+    """bf16 matmul throughput measured on this device (TFLOP/s), best of 5."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e12
+
+
+def measure_extraction(backbone, images: torch.Tensor, device: torch.device,
+                       rounds: int) -> dict[str, Any]:
+    from lightning_modules.backbones import extract_features
+
+    feats, _ = extract_features(backbone, images[:64], device=device)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        _sync(device)
+        start = time.perf_counter()
+        feats, _ = extract_features(backbone, images, device=device)
+        best = min(best, time.perf_counter() - start)
+    param = next(backbone.parameters())
+    conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    return {"images_per_s": len(images) / best, "seconds": best,
+            "checks": {"parameters_on": str(param.device),
+                       "conv_weight_channels_last":
+                           conv.weight.is_contiguous(memory_format=torch.channels_last),
+                       "features_on": str(feats.device), "features_dtype": str(feats.dtype)}}
+
+
+def measure_finetune(backbone, images: torch.Tensor, labels: torch.Tensor, batch: int,
+                     steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    from lightning_modules.training import FineTuneModule, _loader, make_trainer
+
+    class Stamps(pl.Callback):
+        def __init__(self):
+            self.t: list[float] = []
+            self.activation_dtype = ""
+
+        def on_train_batch_end(self, trainer, module, outputs, batch_, batch_idx):
+            _sync(device)
+            self.t.append(time.perf_counter())
+
+        def on_before_backward(self, trainer, module, loss):
+            self.activation_dtype = self.activation_dtype or str(module.last_logits_dtype)
+
+    class Module(FineTuneModule):  # records the dtype autocast gives the logits
+        def training_step(self, batch_, batch_idx):
+            if batch_idx == 0:
+                with torch.no_grad():
+                    self.last_logits_dtype = self.head(self.backbone.features(
+                        self.backbone.preprocess(batch_[0][:1]))).dtype
+            return super().training_step(batch_, batch_idx)
+
+    head = torch.nn.Linear(backbone.feature_dim, 10)
+    module = Module(backbone, head, lr=0.01, steps=steps)
+    stamps = Stamps()
+    trainer = make_trainer(steps, accelerator="gpu" if device.type == "cuda" else "cpu",
+                           callbacks=[stamps], precision="bf16-mixed")
+    trainer.fit(module, _loader(images, labels, batch, seed=0, device=device))
+    t = stamps.t
+    timed = len(t) - 1 - warmup
+    seconds = t[-1] - t[warmup]
+    return {"images_per_s": batch * timed / seconds, "timed_steps": timed,
+            "step_ms": 1000 * seconds / timed,
+            "checks": {"precision": str(trainer.precision),
+                       "activation_dtype_under_autocast": stamps.activation_dtype}}
+
+
+def _peak(device: torch.device, measured: float) -> tuple[float, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_BF16_TFLOPS.items():
+            if key in name:
+                return tflops, f"data sheet ({key}, dense bf16)"
+    return measured, "bf16 matmul measured here"
+
+
+def run(args) -> dict[str, Any]:
+    tiny = args.tiny or not torch.cuda.is_available()
+    size = SIZES[tiny]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = _backbone(size["size"])
+    fwd, train = flops_per_image(backbone, size["size"], torch.device("cpu"))
+    matmul = matmul_tflops(device, 1024 if tiny else 8192)
+    peak, source = _peak(device, matmul)
+    log(f"gpu bench: device {device}, {size}, matmul {matmul:.2f} TFLOP/s")
+    images, labels = _images(size["extract"], size["size"])
+    extract = measure_extraction(backbone, images, device, size["rounds"])
+    log(f"extraction: {extract}")
+    n_train = size["batch"] * 2
+    finetune = measure_finetune(backbone, images[:n_train], labels[:n_train], size["batch"],
+                                size["steps"], size["warmup"], device)
+    log(f"fine-tune: {finetune}")
+    total_images = (PAPER["models"] * PAPER["tasks"] * PAPER["runs"] * PAPER["steps"]
+                    * PAPER["batch_size"])
+    return {
+        "tiny": tiny, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else "cpu", "image_size": size["size"], "finetune_batch_size": size["batch"],
+        "extract_images_per_s": extract["images_per_s"],
+        "finetune_images_per_s": finetune["images_per_s"],
+        "extract_fraction_of_peak": extract["images_per_s"] * fwd / (peak * 1e12),
+        "finetune_fraction_of_peak": finetune["images_per_s"] * train / (peak * 1e12),
+        "peak_tflops": peak, "peak_source": source, "matmul_tflops": matmul,
+        "gflops_per_image": {"forward": fwd / 1e9, "train_step": train / 1e9},
+        "projected_gpu_hours": total_images / finetune["images_per_s"] / 3600,
+        "projection": {**PAPER, "images": total_images,
+                       "note": "stage 2 only, ResNet-50 for every model"
+                               + ("; tiny mode: 32 px on this device, not a projection for "
+                                  "224 px" if tiny else "")},
+        "finetune_step_ms": finetune["step_ms"],
+        "checks": {**extract["checks"], **finetune["checks"]},
+        "targets": {"extract_images_per_s": ">= 6000 (one H100)",
+                    "finetune_images_per_s": ">= 2000 (one H100)"},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true",
+                        help="32 px, batch 8, a few steps (the default without a GPU)")
+    out = run(parser.parse_args(argv))
+    print(json.dumps(finite(out)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
