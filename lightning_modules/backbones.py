@@ -159,6 +159,15 @@ def create_backbone(arch: str, source_classes: int = 0, **kwargs: Any) -> Backbo
     return ARCHITECTURES.get(arch)(source_classes=source_classes, **kwargs)
 
 
+def forward_flops(backbone: Backbone, image_size: int) -> int:
+    """FLOPs of one image's forward pass through the feature extractor (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        backbone.features(torch.zeros(1, 3, image_size, image_size))
+    return int(counter.get_total_flops())
+
+
 def count_parameters(backbone: Backbone) -> int:
     """Parameters of the feature extractor (the source head excluded)."""
     return sum(p.numel() for p in backbone.body.parameters())

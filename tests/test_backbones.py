@@ -85,3 +85,20 @@ def test_unreadable_metadata_names_the_file(tmp_path):
     (tmp_path / "m" / "meta.json").write_text("{oops")
     with pytest.raises(CheckpointError, match=r"m/meta\.json: unreadable metadata"):
         load_checkpoint(tmp_path / "m")
+
+
+def test_zoo_pretrains_the_costliest_models_first_by_counted_flops():
+    from lightning_modules.backbones import create_backbone, forward_flops
+    from sweeps.zoo import longest_first, pretrain_cost
+    from sweeps.zoo_config import ZooConfig
+
+    zoo = ZooConfig.model_validate({
+        "name": "z", "image_size": 32, "training": {"steps": 10, "batch_size": 8, "lr": 0.1},
+        "models": [{"name": "small", "arch": "cnn", "arch_kwargs": {"width": 8}, "upstream": ["shapes"]},
+                   {"name": "big", "arch": "resnet", "upstream": ["shapes"]},
+                   {"name": "long-small", "arch": "cnn", "arch_kwargs": {"width": 8},
+                    "upstream": ["shapes"], "training": {"steps": 40, "batch_size": 8, "lr": 0.1}}]})
+    cnn = forward_flops(create_backbone("cnn", width=8), 32)
+    assert cnn > 0 and forward_flops(create_backbone("resnet"), 32) > 4 * cnn
+    assert pretrain_cost(zoo, "long-small") == 4 * pretrain_cost(zoo, "small") == 4 * cnn * 80
+    assert longest_first(zoo, ["small", "long-small", "big"]) == ["big", "long-small", "small"]
