@@ -99,18 +99,19 @@ def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
     if not todo:
         print(f"[whichmodel] zoo: all {len(names)} models built in {paths.zoo_root}", file=stream)
         return []
+    controls = [n for n in todo if zoo.model(n).objective == "none"]
+    trained = longest_first(zoo, [n for n in todo if n not in controls])
+    if trained:
+        init_ray()  # first: its workers preload torch and Lightning while the sources render
     # Source families are rendered once here, not by concurrent trials.
     families = sorted({f for n in todo for f in zoo.model(n).upstream})
     for fam in families:
         load_source(fam, paths.data_root, image_size=zoo.image_size, seed=zoo.seed,
                     n_train=zoo.source.n_train, n_val=zoo.source.n_val)
-    controls = [n for n in todo if zoo.model(n).objective == "none"]
     for n in controls:
         build_model(zoo, n, paths.zoo_root, paths.data_root)
-    trained = longest_first(zoo, [n for n in todo if n not in controls])
     sink = _ZooSink(len(trained))
     if trained:
-        init_ray()
         settings = ZooTrialSettings(zoo, str(paths.zoo_root), str(paths.data_root))
         run_jobs(pretrain_trial, [Job("pretrain", n) for n in trained], settings,
                  name=f"zoo-{zoo.name}-{time.strftime('%Y%m%d-%H%M%S')}",
