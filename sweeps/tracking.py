@@ -81,6 +81,8 @@ class Tracker:
         # MLflow prints two "View run ... at URL" lines per run against a server: thousands in a
         # sweep; the driver prints the server's address once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        if tracking_uri.startswith("sqlite:"):
+            _sqlite_write_ahead()
         self.client = MlflowClient(tracking_uri)
         try:
             exp, error = with_retries(lambda: self.client.get_experiment_by_name(experiment),
@@ -418,6 +420,28 @@ def with_retries(fn: Callable[[], Any], delays: Iterable[float]
         if delay is not None:
             time.sleep(delay)
     return None, error
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def _sqlite_write_ahead() -> None:
+    """A local SQLite store in write-ahead mode with synchronous=NORMAL: a pair's log commits
+    without an fsync per transaction (9 ms instead of 14 ms a run here; durable across a process
+    crash, and the last commits only may be lost to a power cut, which the sweep's resume
+    re-runs). Readers (the MLflow UI, a report) do not block the sweep's writes."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
 
 
 @contextlib.contextmanager
