@@ -50,6 +50,15 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     picks: {strategy: {task: first max_budget models (tied models by name)}}
     finetune_test_acc: {task: {model: acc}}
     best_model: {task: model}                         # best per task, ties by name
+    # How sure (selection/noise.py; draws resample test examples, repetitions and tasks):
+    p_best: {task: {model: p} | null}      # P(model is the task's best); null: no noise estimate
+    noise_floor: {task: r | null}          # expected relative regret of the observed best model
+    noise_source: {task: "examples+repetitions" | "repetitions" | null}
+    ci: {strategy: {"B": {low, high}}}     # 95% percentile interval of the mean relative regret
+    better_than: {"B": {a: {b: p}}}        # P(a has the lower mean regret than b); ties 1/2
+    within_noise: {"B": [strategy]}        # not beaten by the best non-oracle one at P >= 0.95
+    above_noise_floor: {strategy: {"B": {task: bool | null}}}  # regret > the task's noise floor
+    noise: {draws, seed, level, resampled}
 
 Predicted tables: ``predictions={"choicenet_v1": table, "nearest_task": table}`` (index model,
 columns task, predicted accuracy in [0, 1], NaN where none; made without the task's own results)
@@ -67,6 +76,7 @@ import numpy as np
 import pandas as pd
 
 from selection.checks import check_accuracies
+from selection.noise import DRAWS, SEED, noise_section
 from selection.pools import Pools, resolve_pool
 from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
 from selection.records import (
@@ -148,6 +158,9 @@ def compute_report(
     log_odds_eps: float = 1e-4,
     tie_tolerance: float = TIE_TOLERANCE,
     proxy_notes: Mapping[str, str] | None = None,
+    test_results: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    noise_draws: int = DRAWS,
+    noise_seed: int = SEED,
 ) -> dict[str, Any]:
     """Regret of each strategy on each task of ``pool`` for budgets B = 1 .. min(max_budget, pool size).
 
@@ -165,6 +178,9 @@ def compute_report(
     name get group None and no group mean. ``tie_tolerance``: the task-agnostic rule's
     approximate ties. ``proxy_notes``: why a proxy may have no score (shown where it has none).
     Appendix G's table is computed for ``pool`` and for every named pool of ``pools``.
+    ``test_results[task][model]``: per-example test results (repetitions, examples; 1 where
+    right) for the noise keys (:mod:`selection.noise`, ``noise_draws`` draws from
+    ``noise_seed``); repeated ``finetune_test_acc`` rows count as repetitions.
 
     Returns the JSON-serialisable dict documented in the module docstring.
     """
@@ -228,6 +244,13 @@ def compute_report(
     rel_deltas, lo_deltas = strategy_deltas(scored, delta_pairs(names, proxies), tasks,
                                             len(budgets), log_odds_eps)
 
+    truth_rows = clean[clean["metric"] == GROUND_TRUTH]
+    reps = {key: g.to_numpy(dtype=float)
+            for key, g in truth_rows.groupby(["model", "task"])["value"]}
+    strategies_out = shape("relative")
+    noise = noise_section(tasks, task_pool, task_accs,
+                          {n: {t: scored[n][t].groups for t in tasks} for n in names}, budgets,
+                          strategies_out, reps, test_results, noise_draws, noise_seed)
     agreement, proxy_scores = _agreement(scores, proxies, view)
     choicenet = {v: _empty_choicenet(tasks) for v in CHOICENET_VERSIONS}
     for name, table in predicted.items():
@@ -243,7 +266,7 @@ def compute_report(
         "budgets": budgets,
         "strategy_order": names,
         "tie_tolerance": tie_tolerance,
-        "strategies": shape("relative"),
+        "strategies": strategies_out,
         "absolute": shape("absolute"),
         "log_odds": shape("log_odds"),
         "deltas": {k: summary(v) for k, v in rel_deltas.items()},
@@ -259,6 +282,7 @@ def compute_report(
         "picks": {name: {t: picks(scored[name][t], max_budget) for t in tasks} for name in names},
         "finetune_test_acc": accs,
         "best_model": {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks},
+        **noise,
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from selection.records import GROUND_TRUTH
+from selection.report_noise import has_noise, interval_rows, legend, mark_cell, task_rows
 
 CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "absolute_regret",
                "log_odds_regret")
@@ -86,6 +87,8 @@ def _regret_rows(report: Mapping[str, Any], budget: int,
     rows = []
     for group, task, kind, key in report_rows(report):
         values = [_fmt(_cell(report[which][n][str(budget)], kind, key)) for n in names]
+        if kind == "task" and which == "strategies":
+            values = [mark_cell(report, n, budget, key, v) for n, v in zip(names, values)]
         rows.append(([group] if grouped else []) + [task] + values)
     return header, rows
 
@@ -101,6 +104,10 @@ def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
         if "random" in report["strategies"]:
             title += " (random: exact expected regret)"
         out.append(title + "\n" + _plain_table(header, rows, n_labels))
+    if has_noise(report):
+        out.append("mean relative regret [95% interval] (~: within noise of the best)\n"
+                   + _plain_table(*interval_rows(report), 1))
+        out.append("noise of the ground truth per task\n" + _plain_table(*task_rows(report), 2))
     summary = _summary_rows(report)
     if summary:
         header = ["score", "mean weighted tau", "mean pearson", "tasks", "mse"]
@@ -169,6 +176,11 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("skipped_tasks"):
         parts.append(f"Skipped tasks (no `{GROUND_TRUTH}` in the pool): {', '.join(report['skipped_tasks'])}.")
+    if has_noise(report):
+        parts += ["## How sure: mean relative regret with 95% intervals", legend(report),
+                  _md_table(*interval_rows(report), 1),
+                  "## Noise of the ground truth per task (`p_best`: probability that the model "
+                  "is the task's best under resampling)", _md_table(*task_rows(report), 2)]
     for b in _check_budget(report, None):
         header, rows = _regret_rows(report, b)
         parts += [f"## Relative regret, B = {b}", _md_table(header, rows, len(header) - len(names))]

@@ -11,6 +11,7 @@ failure, never a silent gap.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +200,47 @@ class PairRecorder:
         runs = self.pending.setdefault(pair, {})
         curves = json.loads(metrics.get("curves", "{}"))
         val_curves = json.loads(metrics.get("val_curves", "{}"))
+        preds = json.loads(metrics.get("test_predictions", "{}"))
+        labels = json.loads(metrics.get("test_labels", "null"))
         for lr, rep in job.runs:
             key = f"lr_{lr:g}/rep{rep}"
             runs[(lr, rep)] = {"val_acc": metrics[f"{key}/val_acc"],
                                "test_acc": metrics[f"{key}/test_acc"],
                                "curve": curves.get(key, []), "val_curve": val_curves.get(key),
-                               "seconds": metrics.get("time/finetune", 0.0) / len(job.runs)}
+                               "seconds": metrics.get("time/finetune", 0.0) / len(job.runs),
+                               "test_pred": preds.get(key), "test_labels": labels}
         if set(self._expected_runs()) <= set(runs):
             del self.pending[pair]
             aggregated = aggregate_finetune(runs)
             aggregated["time/finetune"] = sum(r["seconds"] for r in runs.values())
-            self._log(job.model, job.task, "finetune", aggregated, runs)
+            path = self._save_predictions(job.model, job.task, runs, aggregated)
+            self._log(job.model, job.task, "finetune", aggregated, runs,
+                      artifacts=[str(path)] if path else None)
+
+    def _save_predictions(self, model: str, task: str, runs: dict[tuple[float, int], dict],
+                          aggregated: dict[str, float]) -> Path | None:
+        """The test predictions of each repetition's selected run (``rep<r>/best_lr``) and the
+        test labels as one compressed .npz (``predictions`` (repetitions, examples) int16,
+        ``labels``, ``best_lrs``): the report resamples the test examples from it. None when a
+        run has none (a result from before predictions were kept)."""
+        import numpy as np
+
+        from whichmodel.files import atomic_path
+
+        reps = sorted({rep for _, rep in runs})
+        best = [float(aggregated[f"rep{rep}/best_lr"]) for rep in reps]
+        chosen = [runs[(lr, rep)] for lr, rep in zip(best, reps)]
+        if any(r.get("test_pred") is None or r.get("test_labels") is None for r in chosen):
+            return None
+        home = self.spool_dir.parent if self.spool_dir else Path(tempfile.gettempdir())
+        path = home / "predictions" / self.plan.cfg.experiment / f"{model}@{task}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, predictions=np.asarray([r["test_pred"] for r in chosen],
+                                                          dtype=np.int16),
+                                labels=np.asarray(chosen[0]["test_labels"], dtype=np.int16),
+                                best_lrs=np.asarray(best), repetitions=np.asarray(reps))
+        return path
 
     def _log_probe_when_complete(self, pair: tuple[str, str]) -> None:
         parts = self.probes[pair]

@@ -49,10 +49,39 @@ def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None,
         raise WhichModelError(f"experiment {tracker.experiment!r} has no finished pair runs to "
                               "report on; run a sweep first (whichmodel run CONFIG)")
     predictions, extra = learned(records) if learned is not None else (None, {})
+    kwargs.setdefault("test_results", test_results(tracker, protocol_hashes))
     report = report_from_tables(records, metadata, groups, predictions=predictions, **kwargs)
     report.update(extra)
     report["experiment"] = tracker.experiment
     return report
+
+
+def test_results(tracker, protocol_hashes: dict[str, str] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """``{task: {model: correct}}`` from the fine-tune runs' predictions artifacts
+    (``predictions/<model>@<task>.npz``): 1 where a repetition's selected run got a test example
+    right, (repetitions, examples). Runs without the artifact are left out (the report then
+    resamples their task's repetitions only)."""
+    import tempfile
+
+    import numpy as np
+
+    finished, _ = tracker.runs_by_key(protocol_hashes)
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in finished.values():
+            tags = run.data.tags
+            if tags.get("protocol") != "finetune":
+                continue
+            name = f"predictions/{tags['model']}@{tags['task']}.npz"
+            listed = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "predictions")}
+            if name not in listed:  # a run from before predictions were kept
+                continue
+            path = tracker.client.download_artifacts(run.info.run_id, name, tmp)
+            with np.load(path) as npz:
+                correct = npz["predictions"] == npz["labels"][None, :]
+            out.setdefault(tags["task"], {})[tags["model"]] = correct
+    return out
 
 
 def probe_model(plan, key: str, chosen: str | None) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ RECORD_METRICS = {("finetune", "test/acc"): "finetune_test_acc",
                   ("finetune", "val/acc"): "finetune_val_acc"}
 MODEL_META_KEYS = ("imagenet_acc", "upstream_size", "params", "feature_dim", "upstream_acc")
 
+_REP_TEST = re.compile(r"rep\d+/test_acc")
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # a pair's log: 5 tries over ~15 s, then the spool
 # End of a sweep: wait ~60 s for the server, asking at least every 10 s.
 FINAL_DRAIN_DELAYS_S = (2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0, 10.0)
@@ -162,8 +164,9 @@ class Tracker:
         tlist = [RunTag(k, str(v)) for k, v in all_tags.items()]
         # create_run already set the tags of a new run; a resumed one gets them again.
         self._log_batches(run_id, mlist, plist, tlist if resume_run_id else [])
-        for path in artifacts or []:
-            self.client.log_artifact(run_id, path, artifact_path="features")
+        for path in artifacts or []:  # a probe's features, a fine-tune's test predictions
+            self.client.log_artifact(run_id, path, artifact_path="features" if protocol == "probe"
+                                     else "predictions")
         if children:
             existing = {r.data.tags.get("mlflow.runName"): r for r in self.search(
                 f"tags.`mlflow.parentRunId` = '{run_id}'")} if resume_run_id else {}
@@ -316,11 +319,16 @@ class Tracker:
             groups[task] = tags.get("group", "")
             meta.setdefault(model, {"model": model, **{
                 k: _num(params.get(f"model/{k}")) for k in MODEL_META_KEYS}})
-            for metric, value in run.data.metrics.items():
+            metrics = run.data.metrics
+            # a fine-tune's repetitions are rows of their own (their median is test/acc)
+            reps = [v for k, v in sorted(metrics.items()) if _REP_TEST.fullmatch(k)]
+            for metric, value in metrics.items():
                 name = RECORD_METRICS.get((proto, metric))
                 if name is None and metric.startswith("proxy/"):
                     name = metric
-                if name is not None:
+                if name == "finetune_test_acc" and reps:
+                    rows += [(model, task, name, float(v)) for v in reps]
+                elif name is not None:
                     rows.append((model, task, name, float(value)))
         records = pd.DataFrame(rows, columns=["model", "task", "metric", "value"])
         metadata = pd.DataFrame(list(meta.values()), columns=["model", *MODEL_META_KEYS])

@@ -133,6 +133,8 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     frozen features of the head stage are loaded and computed once for all of them."""
     import copy
 
+    import numpy as np
+
     from lightning_modules.backbones import extract_features
     from lightning_modules.training import run_finetune
 
@@ -144,7 +146,7 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     # the validation curve the budgeted search can replay: repetition 0 of its learning rates
     search_lrs = set(cfg.search.lrs or f.lrs) if cfg.search.enabled else set()
     metrics: dict[str, Any] = {}
-    curves, val_curves, inside = {}, {}, 0.0
+    curves, val_curves, preds, inside = {}, {}, {}, 0.0
     t0 = time.perf_counter()
     for lr, rep in job.runs:
         key = run_key(lr, rep)
@@ -158,12 +160,16 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
         metrics[f"{key}/val_acc"] = run["val_acc"]
         metrics[f"{key}/test_acc"] = run["test_acc"]
         curves[key] = run["curve"]
+        preds[key] = run["test_pred"].tolist()
         if "val_curve" in run:
             val_curves[key] = run["val_curve"]
         inside += run["train_eval_s"]
     metrics["time/finetune"] = time.perf_counter() - t0
     metrics["curves"] = json.dumps(curves)  # strings: Tune results stay flat
     metrics["val_curves"] = json.dumps(val_curves)
+    # per test example: the predictions of every run and the labels (the report resamples them)
+    metrics["test_predictions"] = json.dumps(preds)
+    metrics["test_labels"] = json.dumps(np.asarray(data.splits["test"][1]).tolist())
     if job.early_stop:
         metrics.update(_early_stop(job, settings, backbone, data, ftr))
         inside += metrics["time/early_stop_train_eval"]

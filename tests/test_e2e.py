@@ -231,6 +231,23 @@ def test_per_pair_trials_run_every_repetition_with_its_own_seed_and_the_early_st
         ft.data.metrics)
     reps = sorted([ft.data.metrics["rep0/test_acc"], ft.data.metrics["rep1/test_acc"]])
     assert ft.data.metrics["test/acc"] == pytest.approx(sum(reps) / 2)  # median of two
+    # the test predictions of each repetition's selected run: the report resamples them
+    assert [a.path for a in client.list_artifacts(ft.info.run_id, "predictions")] == [
+        "predictions/tiny-shapes@digits.npz"]
+    import numpy as np
+
+    with np.load(client.download_artifacts(ft.info.run_id, "predictions/tiny-shapes@digits.npz",
+                                           str(tmp_path))) as npz:
+        right = (npz["predictions"] == npz["labels"][None, :]).mean(axis=1)
+        assert npz["predictions"].shape[0] == 2
+    assert sorted(right) == pytest.approx(reps)
     report = json.loads((tmp_path / "r" / "grouped" / "regret.json").read_text())
+    assert report["noise_source"] == {"digits": "examples+repetitions"}
+    assert sum(report["p_best"]["digits"].values()) == pytest.approx(1.0)
+    assert report["noise_floor"]["digits"] >= 0
+    for name in report["strategy_order"]:
+        ci = report["ci"][name]["1"]
+        assert ci["low"] <= ci["high"]
+    assert report["better_than"]["1"]["random"]["task_agnostic"] >= 0
     assert report["budgeted_search"]["replayed"] == 1
     assert "replayed from the exhaustive sweep's validation curves" in out
