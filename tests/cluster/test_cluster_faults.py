@@ -97,7 +97,7 @@ def test_worker_node_killed_mid_sweep_leaves_one_finished_run_per_key(tmp_path, 
     # retried by Tune within the experiment or, when Tune gave up on it early, in a retry round.
     (experiment,) = [e for e in (home / "tune").glob("fault-*") if "-retry" not in e.name]
     trials = tune_trials(experiment)
-    assert len(trials) == 12
+    assert len(trials) == 16  # 4 probes, 8 fine-tunes, 4 early-stop proxies (fine-tune work)
     rounds = [t for e in sorted((home / "tune").glob(f"{experiment.name}-retry*"))
               for t in tune_trials(e)]
     assert all(t["num_failures"] == 0 and t["status"] == "TERMINATED" for t in rounds)

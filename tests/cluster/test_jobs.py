@@ -123,7 +123,8 @@ def test_the_driver_ran_on_the_head_and_every_trial_on_the_worker(cluster_env):
     assert info.driver_info.node_ip_address == cluster.HEAD_IP
     (experiment,) = (cluster_env["home"] / "tune").glob("jobs-*")
     trials = tune_trials(experiment)
-    assert len(trials) == 12  # 4 probes + 8 fine-tunes (2 learning rates)
+    # 4 probes + 8 fine-tunes (2 learning rates) + 4 early-stop proxies (fine-tune work)
+    assert len(trials) == 16
     assert {t["node_ip"] for t in trials} == {cluster.workers[0].ip}
     assert {t["status"] for t in trials} == {"TERMINATED"}
 
