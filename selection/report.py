@@ -59,6 +59,7 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     within_noise: {"B": [strategy]}        # not beaten by the best non-oracle one at P >= 0.95
     above_noise_floor: {strategy: {"B": {task: bool | null}}}  # regret > the task's noise floor
     noise: {draws, seed, level, resampled}
+    strategy_seconds: {strategy: s}        # building the strategy (a learner's leave-one-task-out fit)
 
 Predicted tables: ``predictions={"choicenet_v1": table, "nearest_task": table}`` (index model,
 columns task, predicted accuracy in [0, 1], NaN where none; made without the task's own results)
@@ -69,6 +70,7 @@ add one ranking strategy each; ChoiceNet's fill ``choicenet`` (``choicenet_v1`` 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -219,7 +221,11 @@ def compute_report(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"strategies: {duplicates} listed more than once; list each strategy once")
-    built = {name: create_strategy(name, scores, meta, tie_tolerance=tie_tolerance) for name in names}
+    built, seconds = {}, {}
+    for name in names:  # timed: the learned strategies fit here (choicenet_records)
+        start = time.perf_counter()
+        built[name] = create_strategy(name, scores, meta, tie_tolerance=tie_tolerance)
+        seconds[name] = time.perf_counter() - start
     scored = score_strategies(built, tasks, task_pool, task_accs, budgets)
     b_keys = [str(b) for b in budgets]
 
@@ -282,6 +288,7 @@ def compute_report(
         "picks": {name: {t: picks(scored[name][t], max_budget) for t in tasks} for name in names},
         "finetune_test_acc": accs,
         "best_model": {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks},
+        "strategy_seconds": seconds,
         **noise,
     }
 

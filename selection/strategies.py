@@ -42,6 +42,14 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from selection.learners import (
+    CHOICENET_RECORDS,
+    ENSEMBLE_ALL,
+    ENSEMBLE_PREFIX,
+    ensemble_proxies,
+    ensemble_table,
+    records_learner_table,
+)
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
 from whichmodel.registry import Registry
 
@@ -260,6 +268,7 @@ class StrategySpec:
     offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None
     uses_task_results: bool = False
     order: int = 50
+    prefix: str | None = None  # a family that also builds any name with this prefix
 
     def names(self, proxies: Sequence[str], predicted: Sequence[str]) -> list[str]:
         return [self.name] if self.offers is None else list(self.offers(proxies, predicted))
@@ -270,7 +279,8 @@ STRATEGIES: Registry[StrategySpec] = Registry("strategy")
 
 def register_strategy(name: str, factory: Callable[[StrategyContext], Strategy] | None = None, *,
                       offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None,
-                      uses_task_results: bool = False, order: int = 50):
+                      uses_task_results: bool = False, order: int = 50,
+                      prefix: str | None = None):
     """Register ``factory(ctx) -> Strategy`` as ``name`` (or, with ``offers``, as a family named
     ``name``); a decorator when ``factory`` is omitted. Names of the built-in strategies and
     families are refused."""
@@ -279,7 +289,8 @@ def register_strategy(name: str, factory: Callable[[StrategyContext], Strategy] 
         raise ValueError(f"register_strategy: {name!r} is built in or reserved; choose another name")
 
     def add(fn: Callable[[StrategyContext], Strategy]) -> Callable[[StrategyContext], Strategy]:
-        STRATEGIES.register(name, StrategySpec(name, fn, offers, uses_task_results, order))
+        STRATEGIES.register(name, StrategySpec(name, fn, offers, uses_task_results, order,
+                                               prefix))
         return fn
 
     return add if factory is None else add(factory)
@@ -300,7 +311,8 @@ def get_strategy_spec(name: str, proxies: Sequence[str] = (), predicted: Sequenc
                       ) -> StrategySpec:
     """The spec that provides ``name`` for these proxies and predicted tables."""
     for spec in _specs():
-        if name in spec.names(list(proxies), list(predicted)):
+        if name in spec.names(list(proxies), list(predicted)) or (
+                spec.prefix and name.startswith(spec.prefix)):
             return spec
     raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these scores: "
                                f"{list_strategies(proxies, predicted)}")
@@ -387,6 +399,27 @@ def _task_agnostic_oracle_loto(ctx: StrategyContext) -> Strategy:
 def _predicted(ctx: StrategyContext) -> Strategy:
     """A prediction made without the task's results (ChoiceNet, nearest task), best first."""
     return ScoreStrategy(ctx.name, ctx.table(ctx.name))
+
+
+@register_strategy("ensemble:<proxies>", order=45, prefix=ENSEMBLE_PREFIX,
+                   offers=lambda proxies, predicted: [ENSEMBLE_ALL] if len(proxies) > 1 else [])
+def _ensemble(ctx: StrategyContext) -> Strategy:
+    """Mean of the proxies' within-task z-scores (all, or ``ensemble:knn+logme``)."""
+    try:
+        proxies = ensemble_proxies(ctx.name, proxies_of(ctx.scores))
+    except KeyError as exc:
+        raise UnknownStrategyError(exc.args[0]) from None
+    return ScoreStrategy(ctx.name, ensemble_table([ctx.table(p) for p in proxies]))
+
+
+@register_strategy(CHOICENET_RECORDS, order=46,
+                   offers=lambda proxies, predicted: [CHOICENET_RECORDS] if proxies else [])
+def _choicenet_records(ctx: StrategyContext) -> Strategy:
+    """Ridge on within-task proxy z-scores and the model's mean accuracy on the other tasks,
+    fitted to within-task accuracy, leave-one-task-out (records only, no embeddings)."""
+    proxies = proxies_of(ctx.scores)
+    return ScoreStrategy(CHOICENET_RECORDS, records_learner_table(
+        [ctx.table(p) for p in proxies], ctx.table(GROUND_TRUTH)))
 
 
 @register_strategy(PER_TASK_BEST, order=90, uses_task_results=True)
