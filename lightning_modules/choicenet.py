@@ -34,8 +34,9 @@ does not depend on the architecture:
   |activation| are kept, ordered by it (zero rows pad tasks with fewer classes), and flattened.
   Its length depends only on the probe model, which is the same for every task.
 
-Nets. :class:`ChoiceNetV1` concatenates the two embeddings and applies the head: two fully
-connected layers with dropout (Linear -> ReLU -> Dropout -> Linear -> sigmoid).
+Nets. :class:`ChoiceNetV1` reduces the model embedding with a learned low-rank linear map (the
+study's LoRA-like reduction, no bias), concatenates it with the task embedding and applies the
+head: two fully connected layers with dropout (Linear -> ReLU -> Dropout -> Linear -> sigmoid).
 :class:`ChoiceNetV2` applies learned low-rank linear reductions (no bias) of each embedding to the
 same ``rank``, sums them, and applies the same head. Embeddings are centred on the training
 fold's models and tasks and scaled: per feature for the v1 model statistics (mixed units), by one
@@ -302,16 +303,18 @@ class _ChoiceNet(pl.LightningModule):
 
 
 class ChoiceNetV1(_ChoiceNet):
-    """(model embedding ++ task embedding) -> two FC layers with dropout -> sigmoid."""
+    """Low-rank (LoRA-like) model reduction ++ task embedding -> two FC layers -> sigmoid."""
 
-    def __init__(self, model_dim: int, task_dim: int, hidden: int = 64, dropout: float = 0.2,
-                 lr: float = 3e-3, weight_decay: float = 1e-4):
+    def __init__(self, model_dim: int, task_dim: int, rank: int = 16, hidden: int = 64,
+                 dropout: float = 0.2, lr: float = 3e-3, weight_decay: float = 1e-4):
         super().__init__(lr, weight_decay)
         self.save_hyperparameters()
-        self.head = _head(model_dim + task_dim, hidden, dropout)
+        self.model_proj = nn.Linear(model_dim, rank, bias=False)
+        self.head = _head(rank + task_dim, hidden, dropout)
 
     def forward(self, model_x: torch.Tensor, task_x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(torch.cat([model_x, task_x], dim=1))).squeeze(1)
+        joint = torch.cat([self.model_proj(model_x), task_x], dim=1)
+        return torch.sigmoid(self.head(joint)).squeeze(1)
 
 
 class ChoiceNetV2(_ChoiceNet):
@@ -333,7 +336,6 @@ def create_choicenet(version: str, model_dim: int, task_dim: int, **kwargs: Any)
     if version not in VERSIONS:
         raise ValueError(f"unknown ChoiceNet version {version!r}; known: {', '.join(VERSIONS)}")
     if version == "v1":
-        kwargs.pop("rank", None)
         return ChoiceNetV1(model_dim, task_dim, **kwargs)
     return ChoiceNetV2(model_dim, task_dim, **kwargs)
 
@@ -401,17 +403,8 @@ def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     return y
 
 
-class _Batches:
+class _Batches(list):
     """A fixed list of batches as the iterable Lightning takes for a dataloader."""
-
-    def __init__(self, batches: list):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.ndarray, *,
@@ -447,7 +440,7 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
     missing) of the *other* tasks, with inputs standardised over those pairs' models and tasks:
     nothing of task t's targets reaches it. Pairs whose model or task has no embedding are not
     used. A column stays NaN when the other tasks have no known pair. ``net_kwargs``: ``hidden``,
-    ``dropout``, ``lr``, ``weight_decay`` and (v2) ``rank``.
+    ``dropout``, ``lr``, ``weight_decay`` and ``rank``.
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown ChoiceNet version {version!r}; known: {', '.join(VERSIONS)}")

@@ -47,6 +47,8 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     proxy_scores: {proxy: {task: {model: score}}}     # the task pool's scores (for the plots)
     choicenet: {"v1"|"v2"|<name>: {mse, n_pairs, per_task_mse: {task}, weighted_tau: {task},
                                    pearson: {task}}}  # mse null, n_pairs 0 without predictions
+    choicenet_study_claim: {claim, v1_mse, v2_mse, reduction, reproduced, same_direction}
+                                     # reproduced: v2's MSE <= 20% of v1's; null without both
     picks: {strategy: {task: first max_budget models (tied models by name)}}
     finetune_test_acc: {task: {model: acc}}
     best_model: {task: model}                         # best per task, ties by name
@@ -59,12 +61,14 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     within_noise: {"B": [strategy]}        # not beaten by the best non-oracle one at P >= 0.95
     above_noise_floor: {strategy: {"B": {task: bool | null}}}  # regret > the task's noise floor
     noise: {draws, seed, level, resampled}
-    strategy_seconds: {strategy: s}        # building the strategy (a learner's leave-one-task-out fit)
+    strategy_seconds: {strategy: s}  # with timings=True: building each strategy (a learner's fit)
 
 Predicted tables: ``predictions={"choicenet_v1": table, "nearest_task": table}`` (index model,
 columns task, predicted accuracy in [0, 1], NaN where none; made without the task's own results)
 add one ranking strategy each; ChoiceNet's fill ``choicenet`` (``choicenet_v1`` reports as
-``v1``), with MSE over the reported tasks' pool pairs that have a prediction.
+``v1``), with MSE over the reported tasks' pool pairs that have a prediction. Ranking tables
+(``rankings={"choicenet_v3": scores}``: any real score, higher first, e.g. ChoiceNet v3's
+within-task z-scores) are strategies the same way, with rank agreement and no MSE.
 """
 
 from __future__ import annotations
@@ -112,8 +116,10 @@ def _check_max_budget(max_budget: object) -> int:
     return int(max_budget)
 
 
-def _check_predictions(predictions: Mapping[str, pd.DataFrame] | None) -> dict[str, pd.DataFrame]:
-    """Predicted-accuracy tables: index model, columns task, values in [0, 1] or NaN."""
+def _check_predictions(predictions: Mapping[str, pd.DataFrame] | None, accuracies: bool = True
+                       ) -> dict[str, pd.DataFrame]:
+    """Predicted-accuracy tables: index model, columns task, values in [0, 1] or NaN (with
+    ``accuracies=False``: ranking scores, any real number or NaN)."""
     if predictions is None:
         return {}
     if not isinstance(predictions, Mapping):
@@ -129,8 +135,11 @@ def _check_predictions(predictions: Mapping[str, pd.DataFrame] | None) -> dict[s
             raise ValueError(f"predictions[{name!r}]: duplicate model or task labels; one row per model, "
                              "one column per task")
         values = table.apply(pd.to_numeric, errors="coerce").astype(float)
-        check_accuracies(values.to_numpy(), f"predictions[{name!r}]",
-                         lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
+        if accuracies:
+            check_accuracies(values.to_numpy(), f"predictions[{name!r}]",
+                             lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
+        elif np.isinf(values.to_numpy()).any():
+            raise ValueError(f"rankings[{name!r}]: infinite scores; use finite numbers or NaN")
         values.index = values.index.astype(str)
         values.columns = values.columns.astype(str)
         out[name] = values
@@ -163,6 +172,8 @@ def compute_report(
     test_results: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     noise_draws: int = DRAWS,
     noise_seed: int = SEED,
+    timings: bool = False,
+    rankings: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Regret of each strategy on each task of ``pool`` for budgets B = 1 .. min(max_budget, pool size).
 
@@ -182,12 +193,14 @@ def compute_report(
     Appendix G's table is computed for ``pool`` and for every named pool of ``pools``.
     ``test_results[task][model]``: per-example test results (repetitions, examples; 1 where
     right) for the noise keys (:mod:`selection.noise`, ``noise_draws`` draws from
-    ``noise_seed``); repeated ``finetune_test_acc`` rows count as repetitions.
+    ``noise_seed``); repeated ``finetune_test_acc`` rows count as repetitions. ``timings``: add
+    the seconds each strategy took to build (the learners fit then), which vary run to run.
 
     Returns the JSON-serialisable dict documented in the module docstring.
     """
     max_budget = _check_max_budget(max_budget)
     predicted = _check_predictions(predictions)
+    ranked = _check_predictions(rankings, accuracies=False)
     clean = validate_records(records, source="records")
     agg = aggregate_records(clean)
     meta = index_metadata(metadata)
@@ -217,7 +230,9 @@ def compute_report(
     scores = {m: pivot_metric(agg, m) for m in proxies}
     scores[GROUND_TRUTH] = truth
     scores.update(predicted)
-    names = list(strategies) if strategies is not None else list_strategies(proxies, list(predicted))
+    scores.update(ranked)
+    names = (list(strategies) if strategies is not None
+             else list_strategies(proxies, [*predicted, *ranked]))
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"strategies: {duplicates} listed more than once; list each strategy once")
@@ -259,9 +274,18 @@ def compute_report(
                           strategies_out, reps, test_results, noise_draws, noise_seed)
     agreement, proxy_scores = _agreement(scores, proxies, view)
     choicenet = {v: _empty_choicenet(tasks) for v in CHOICENET_VERSIONS}
-    for name, table in predicted.items():
+    for name, table in [*predicted.items(), *ranked.items()]:
         if name.startswith("choicenet"):
-            choicenet[_choicenet_key(name)] = _prediction_summary(view.values(table), task_accs, tasks)
+            block = _prediction_summary(view.values(table), task_accs, tasks)
+            if name in ranked:  # ranking scores, not accuracies: no squared error
+                block.update(mse=None, per_task_mse={t: None for t in tasks})
+            choicenet[_choicenet_key(name)] = block
+    v1_mse, v2_mse = choicenet["v1"]["mse"], choicenet["v2"]["mse"]
+    both = v1_mse is not None and v2_mse is not None and v1_mse > 0
+    claim = {"claim": "the ChoiceNet study: v2 cuts v1's MSE by 80%", "v1_mse": v1_mse,
+             "v2_mse": v2_mse, "reduction": 1 - v2_mse / v1_mse if both else None,
+             "reproduced": bool(v2_mse <= 0.2 * v1_mse) if both else None,
+             "same_direction": bool(v2_mse < v1_mse) if both else None}
     return {
         "pool": pool,
         "models": members,
@@ -285,10 +309,11 @@ def compute_report(
         "proxy_coverage": _coverage(proxy_scores, proxies, task_pool, proxy_notes or {}),
         "proxy_scores": proxy_scores,
         "choicenet": choicenet,
+        "choicenet_study_claim": claim,
         "picks": {name: {t: picks(scored[name][t], max_budget) for t in tasks} for name in names},
         "finetune_test_acc": accs,
         "best_model": {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks},
-        "strategy_seconds": seconds,
+        **({"strategy_seconds": seconds} if timings else {}),
         **noise,
     }
 

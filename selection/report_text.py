@@ -113,6 +113,8 @@ def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
         header = ["score", "mean weighted tau", "mean pearson", "tasks", "mse"]
         out.append(f"rank agreement with {GROUND_TRUTH} (mean over tasks where defined)\n"
                    + _plain_table(header, summary, 1))
+    if claim_line(report):
+        out.append(claim_line(report))
     skipped = report.get("skipped_tasks") or []
     if skipped:
         out.append(f"skipped tasks (no {GROUND_TRUTH} in the pool): {', '.join(skipped)}")
@@ -143,12 +145,24 @@ def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
         r, _ = _defined_mean(report["pearson"][proxy])
         rows.append([proxy, _fmt(tau), _fmt(r), str(n), "-"])
     for version, block in (report.get("choicenet") or {}).items():
-        if not block or block.get("mse") is None:
+        if not block or not block.get("n_pairs"):
             continue
         tau, n = _defined_mean(block["weighted_tau"])
         r, _ = _defined_mean(block["pearson"])
-        rows.append([f"choicenet {version}", _fmt(tau), _fmt(r), str(n), _fmt(block["mse"], 5)])
+        mse = "-" if block.get("mse") is None else _fmt(block["mse"], 5)
+        rows.append([f"choicenet {version}", _fmt(tau), _fmt(r), str(n), mse])
     return rows
+
+
+def claim_line(report: Mapping[str, Any]) -> str | None:
+    """The ChoiceNet study's v2-over-v1 claim and whether this run reproduced it."""
+    c = report.get("choicenet_study_claim") or {}
+    if c.get("reduction") is None:
+        return None
+    verdict = ("reproduced" if c["reproduced"] else "same direction, smaller" if
+               c["same_direction"] else "not reproduced")
+    return (f"{c['claim']}; here v1 MSE {c['v1_mse']:.4f}, v2 {c['v2_mse']:.4f} "
+            f"({c['reduction']:+.0%} reduction): {verdict}")
 
 
 def _md_escape(text: object) -> str:
@@ -232,15 +246,19 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         rows.append([MEAN_ROW, *[_fmt(_defined_mean(table[p])[0]) for p in proxies]])
         parts.append(_md_table(["task", *proxies], rows, 1))
 
-    cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("mse") is not None}
+    cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("n_pairs")}
     if cn:
-        parts.append("## ChoiceNet, leave-one-task-out (predicted vs fine-tune test accuracy)")
+        parts.append("## ChoiceNet, leave-one-task-out (predicted vs fine-tune test accuracy; "
+                     "v3 ranks, so it has no MSE)")
         rows = []
         for version, block in cn.items():
             tau, n = _defined_mean(block["weighted_tau"])
-            rows.append([version, _fmt(block["mse"], 5), str(block["n_pairs"]), _fmt(tau),
+            mse = "-" if block.get("mse") is None else _fmt(block["mse"], 5)
+            rows.append([version, mse, str(block["n_pairs"]), _fmt(tau),
                          _fmt(_defined_mean(block["pearson"])[0])])
         parts.append(_md_table(["version", "MSE", "pairs", "mean weighted tau", "mean pearson"], rows, 1))
+        if claim_line(report):
+            parts.append(claim_line(report) + ".")
 
     parts.append(f"## Fine-tune test accuracy (`{GROUND_TRUTH}`; best per task in bold)")
     acc = report["finetune_test_acc"]

@@ -168,7 +168,8 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
                       protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
                       pool_models=plan.pools.get(pool), pools=plan.pools,
                       tie_tolerance=cfg.report.task_agnostic.tie_tolerance,
-                      learned=lambda records: learned_predictions(records, plan, paths))
+                      learned=lambda records, metadata: learned_predictions(
+                          records, plan, paths, metadata=metadata))
         if pool not in plan.pools:
             raise WhichModelError(f"{plan.path}: key 'pools': no pool {pool!r}; known: "
                                   f"{', '.join(plan.pools)}")

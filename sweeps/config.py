@@ -169,6 +169,9 @@ class ChoiceNetSettings(Strict):
     # sweep whose name contains "generalist", else the first model).
     probe_model: str | None = None
     steps: int = Field(500, ge=1)
+    # The low-rank reductions of the embeddings (v1: the model's, the study's LoRA-like map; v2
+    # and v3: both), fixed here, never tuned on held-out tasks.
+    rank: int = Field(16, ge=1)
 
 
 class TaskAgnosticSettings(Strict):

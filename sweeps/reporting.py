@@ -34,6 +34,7 @@ def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
     from selection.report import compute_report
 
     kwargs.setdefault("proxy_notes", proxy_notes())
+    kwargs.setdefault("timings", True)
     try:
         return compute_report(records, metadata, task_groups=task_groups, **kwargs)
     except (RecordsError, KeyError, ValueError) as exc:
@@ -42,15 +43,18 @@ def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
 
 def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None, learned=None,
                       **kwargs: Any) -> dict[str, Any]:
-    """The report of an experiment's finished runs. ``learned(records) -> (predictions, extra)``
-    adds the learned strategies (ChoiceNet, nearest task) and extra report keys when given."""
+    """The report of an experiment's finished runs. ``learned(records, metadata) -> (predictions,
+    rankings, extra)`` adds the learned strategies (ChoiceNet, nearest task) and extra report
+    keys when given."""
     records, metadata, groups = tracker.records(protocol_hashes)
     if records.empty:
         raise WhichModelError(f"experiment {tracker.experiment!r} has no finished pair runs to "
                               "report on; run a sweep first (whichmodel run CONFIG)")
-    predictions, extra = learned(records) if learned is not None else (None, {})
+    predictions, rankings, extra = (learned(records, metadata) if learned is not None
+                                    else (None, None, {}))
     kwargs.setdefault("test_results", test_results(tracker, protocol_hashes))
-    report = report_from_tables(records, metadata, groups, predictions=predictions, **kwargs)
+    report = report_from_tables(records, metadata, groups, predictions=predictions,
+                                rankings=rankings, **kwargs)
     report.update(extra)
     report["experiment"] = tracker.experiment
     return report
@@ -94,22 +98,26 @@ def probe_model(plan, key: str, chosen: str | None) -> str:
     return name
 
 
-def learned_predictions(records: pd.DataFrame, plan, paths, stream=None
-                        ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """The sweep's learned strategies, each leave-one-task-out: ChoiceNet v1/v2 and the nearest
-    task by Task2Vec (Appendix H); and the nearest task of each task for the report."""
+def learned_predictions(records: pd.DataFrame, plan, paths, stream=None, metadata=None):
+    """The sweep's learned strategies, each leave-one-task-out: ChoiceNet v1/v2 (predicted
+    accuracy), v3 (ranking scores) and the nearest task by Task2Vec (Appendix H); and the
+    nearest task of each task for the report. Returns (predictions, rankings, extra)."""
     from lightning_modules.choicenet import targets_from_records
     from sweeps.driver import trial_settings
 
     targets = targets_from_records(records)
     report = plan.cfg.report
     if targets.shape[1] < 2:  # leave-one-task-out needs another task to learn from
-        return {}, {}
+        return {}, {}, {}
     stream = stream or sys.stderr
     trial = trial_settings(plan, paths)
-    predictions, extra = {}, {}
+    predictions, rankings, extra = {}, {}, {}
     if report.choicenet.enabled:
-        predictions.update(choicenet_predictions(targets, plan, paths, trial, stream))
+        tables, seconds = choicenet_predictions(targets, plan, paths, trial, stream,
+                                                records=records, metadata=metadata)
+        rankings["choicenet_v3"] = tables.pop("choicenet_v3")
+        predictions.update(tables)
+        extra["choicenet_seconds"] = seconds
     if report.nearest_task.enabled:
         table, nearest, seconds = nearest_task_predictions(targets, plan, trial)
         predictions["nearest_task"] = table
@@ -118,7 +126,7 @@ def learned_predictions(records: pd.DataFrame, plan, paths, stream=None
                                                             report.nearest_task.probe_model)}
         print(f"[whichmodel] nearest task by Task2Vec on {len(nearest)} tasks in {seconds:.0f}s",
               file=stream, flush=True)
-    return predictions, extra
+    return predictions, rankings, extra
 
 
 def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
@@ -143,15 +151,19 @@ def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
     return table, nearest, time.perf_counter() - start
 
 
-def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream
-                          ) -> dict[str, pd.DataFrame]:
-    """Leave-one-task-out ChoiceNet v1 and v2 predictions for the plan's models and tasks.
+def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, records=None,
+                          metadata=None) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """Leave-one-task-out ChoiceNet v1 and v2 predictions (accuracies) and v3 ranking scores
+    for the plan's models and tasks, and the seconds each took to fit (embeddings apart).
 
     Embeddings come from the sweep's models (zoo or hub) and its tasks' training images (see
     :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
-    set and probe model keep them comparable between reports.
+    set and probe model keep them comparable between reports. v3 also reads the records' proxy
+    scores and the models' metadata (:mod:`lightning_modules.choicenet_v3`).
     """
     from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet
+    from lightning_modules.choicenet_v3 import fit_predict_v3
+    from selection.records import aggregate_records, list_proxy_metrics, pivot_metric
 
     cfg = plan.cfg
     settings = cfg.report.choicenet
@@ -162,10 +174,24 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream
     probe_x, probe_y = load_probe_set(paths.data_root, cfg.image_size, cfg.seed)
     emb = compute_embeddings(backbones, tasks, probe_x, probe_y,
                              probe_backbone=backbones[probe_name])
-    predictions = predict_choicenet(emb, targets, seed=cfg.seed, steps=settings.steps)
-    print(f"[whichmodel] ChoiceNet v1/v2 fitted leave-one-task-out on {targets.shape[1]} tasks "
+    embedded = time.perf_counter()
+    seconds, predictions = {}, {}
+    for version in ("v1", "v2"):
+        t0 = time.perf_counter()
+        predictions.update(predict_choicenet(emb, targets, seed=cfg.seed, steps=settings.steps,
+                                             rank=settings.rank, versions=(version,)))
+        seconds[version] = time.perf_counter() - t0
+    agg = aggregate_records(records) if records is not None else None
+    proxies = {m: pivot_metric(agg, m) for m in list_proxy_metrics(agg)} if agg is not None else {}
+    t0 = time.perf_counter()
+    predictions["choicenet_v3"] = fit_predict_v3(emb.model["v2"], emb.task["v2"], targets, proxies,
+                                                 metadata, seed=cfg.seed, steps=settings.steps,
+                                                 rank=settings.rank)
+    seconds["v3"] = time.perf_counter() - t0
+    seconds["embeddings"] = embedded - start
+    print(f"[whichmodel] ChoiceNet v1/v2/v3 fitted leave-one-task-out on {targets.shape[1]} tasks "
           f"in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
-    return predictions
+    return predictions, seconds
 
 
 def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None,

@@ -76,7 +76,7 @@ def test_records_learner_beats_random_on_tables_with_a_model_effect():
     rows += [(m, t, f"proxy/p{k}", p.loc[m, t]) for k, p in enumerate(proxies)
              for m in truth.index for t in truth]
     report = compute_report(pd.DataFrame(rows, columns=["model", "task", "metric", "value"]),
-                            noise_draws=2000)
+                            noise_draws=2000, timings=True)
     assert {"ensemble:all", "choicenet_records"} <= set(report["strategy_order"])
     assert report["better_than"]["1"]["choicenet_records"]["random"] > 0.95
     assert report["better_than"]["1"]["ensemble:all"]["random"] > 0.95

@@ -42,7 +42,7 @@ LINEAR = {  # proxy/linear; t5 has proxy scores only (no fine-tune: skipped)
 }
 GROUPS = {"t1": "natural", "t2": "natural", "t3": "structured", "t4": "specialized"}
 STRATEGIES = ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "task_agnostic_oracle",
-              "task_agnostic_oracle_loto", "per_task_best", "random"]
+              "task_agnostic_oracle_loto", "choicenet_records", "per_task_best", "random"]
 
 
 def long_records(**metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -289,7 +289,8 @@ def test_format_markdown_has_regret_and_bold_best_accuracy(report):
     md = format_markdown(report)
     assert "## Relative regret, B = 1" in md and "## Relative regret, B = 3" in md
     assert ("| group | task | task_agnostic | proxy/linear | hybrid:proxy/linear | "
-            "task_agnostic_oracle | task_agnostic_oracle_loto | per_task_best | random |") in md
+            "task_agnostic_oracle | task_agnostic_oracle_loto | choicenet_records | per_task_best | "
+            "random |") in md
     assert "| a | **0.9000** | 0.5000 | **0.7000** | **1.0000** |" in md
     assert "| c | 0.7000 | 0.4000 | - | **1.0000** |" in md
 
@@ -468,7 +469,8 @@ def test_choicenet_predictions_become_strategies_with_mse(records, metadata):
     rep = compute_report(records, metadata, predictions={"choicenet_v1": predictions_v1()})
     assert rep["strategy_order"] == ["task_agnostic", "proxy/linear", "hybrid:proxy/linear",
                                      "task_agnostic_oracle", "task_agnostic_oracle_loto",
-                                     "choicenet_v1", "per_task_best", "random"]
+                                     "choicenet_v1", "choicenet_records", "per_task_best",
+                                     "random"]
     # B = 1: t1 picks b (0.9 predicted): (0.9 - 0.8) / 0.2; t2 picks a: (0.6 - 0.5) / 0.5;
     # t3 and t4 have no predictions: one tie group, at zero regret (a and b tie on t3)
     assert regret(rep, "choicenet_v1", 1, "t1") == pytest.approx(0.5)

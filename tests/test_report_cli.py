@@ -39,3 +39,21 @@ def test_percent_scale_records_are_refused_naming_the_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.csv" in err and "line 2" in err and "divide percentages by 100" in err
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_a_records_table_with_proxies_ranks_with_the_records_learner_and_the_ensemble(
+        tmp_path, capsys):
+    rows = ["model,task,metric,value"]
+    for t, offset in (("t1", 0.0), ("t2", 0.1), ("t3", -0.1)):
+        for m, acc in (("a", 0.6), ("b", 0.7), ("c", 0.8)):
+            rows += [f"{m},{t},finetune_test_acc,{acc + offset:.2f}",
+                     f"{m},{t},proxy/knn,{acc:.2f}", f"{m},{t},proxy/logme,{2 * acc:.2f}"]
+    (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
+    assert main(["report", "--records", str(tmp_path / "rec.csv"), "--format", "json",
+                 "--output", "-", "--reports-dir", str(tmp_path / "r")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for name in ("ensemble:all", "choicenet_records"):
+        assert name in report["strategy_order"]
+        # both proxies order the models as their accuracy does: no regret
+        assert report["strategies"][name]["1"]["mean"] == 0.0
+        assert report["strategy_seconds"][name] >= 0.0

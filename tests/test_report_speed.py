@@ -52,8 +52,9 @@ def test_200_models_15_tasks_10_proxies_report_within_10_seconds(tmp_path):
     text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False)
     elapsed = time.perf_counter() - start
     assert report["budgets"] == list(range(1, 11))
-    # task_agnostic, proxies, hybrids, the two oracles, two ChoiceNets, per_task_best, random
-    assert len(report["strategy_order"]) == 1 + 2 * N_PROXIES + 2 + 2 + 2
+    # task_agnostic, proxies, hybrids, the two oracles, two ChoiceNets, the ensemble and the
+    # records learner, per_task_best, random
+    assert len(report["strategy_order"]) == 1 + 2 * N_PROXIES + 2 + 2 + 2 + 2
     assert len(table) > 0 and len(text) > 0
     assert elapsed <= BUDGET_S, f"report took {elapsed:.1f} s (budget {BUDGET_S} s)"
 

@@ -57,12 +57,13 @@ def groups(strategy, task, models=MODELS):
 def test_list_strategies_order():
     assert list_strategies(["proxy/knn", "proxy/linear"]) == [
         "task_agnostic", "proxy/knn", "proxy/linear", "hybrid:proxy/knn", "hybrid:proxy/linear",
-        "task_agnostic_oracle", "task_agnostic_oracle_loto", "per_task_best", "random",
+        "task_agnostic_oracle", "task_agnostic_oracle_loto", "ensemble:all", "choicenet_records",
+        "per_task_best", "random",
     ]
     assert list_strategies([]) == ["task_agnostic", "task_agnostic_oracle",
                                    "task_agnostic_oracle_loto", "per_task_best", "random"]
-    assert list_strategies(["proxy/knn"], predicted=["choicenet_v1", "nearest_task"])[-4:] == [
-        "choicenet_v1", "nearest_task", "per_task_best", "random"]
+    assert list_strategies(["proxy/knn"], predicted=["choicenet_v1", "nearest_task"])[-5:] == [
+        "choicenet_v1", "nearest_task", "choicenet_records", "per_task_best", "random"]
 
 
 def test_task_agnostic_orders_by_accuracy_then_upstream_size(scores, metadata):

@@ -28,7 +28,7 @@ def client_env(stack, monkeypatch):
 
 def _record(model: str, tmp_path, protocol: str = "finetune") -> dict:
     artifact = tmp_path / f"{model}.npz"
-    artifact.write_bytes(b"features of " + model.encode())
+    artifact.write_bytes(b"test predictions of " + model.encode())
     children = [{"name": f"{model}@digits:finetune/lr={lr}/rep0", "params": {"lr": lr},
                  "metrics": {"val/acc": 0.5, "test/acc": 0.4},
                  "history": {"train/loss": [(0, 2.0), (10, 1.0)]}} for lr in (0.01, 0.001)]
@@ -80,8 +80,9 @@ def test_pair_logged_while_the_server_is_down_waits_in_the_spool_then_is_logged_
     children = [r for r in runs
                 if r["tags"].get("mlflow.parentRunId") == replayed["info"]["run_id"]]
     assert len(children) == 2
-    listed = rest.get("artifacts/list", run_id=replayed["info"]["run_id"], path="features").json()
-    assert [f["path"] for f in listed["files"]] == ["features/m-a.npz"]
+    listed = rest.get("artifacts/list", run_id=replayed["info"]["run_id"], path="predictions").json()
+    # a fine-tune's artifact is its test predictions (a probe's: its features)
+    assert [f["path"] for f in listed["files"]] == ["predictions/m-a.npz"]
 
     # Replaying again, or logging a record whose key is finished, adds nothing.
     again = Tracker(stack.tracking_uri, "spool-outage", spool_dir=spool_dir)
