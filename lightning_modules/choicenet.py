@@ -276,12 +276,12 @@ def load_probe_set(root: Any, image_size: int = 32, seed: int = 0,
 
 
 # ============================================================================ nets
-def _head(d_in: int, hidden: int, dropout: float) -> nn.Sequential:
+def fc_head(d_in: int, hidden: int, dropout: float) -> nn.Sequential:
     """Two fully connected layers with dropout; the sigmoid is applied in forward."""
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
 
-class _ChoiceNet(pl.LightningModule):
+class ChoiceNetBase(pl.LightningModule):
     head: nn.Sequential
 
     def __init__(self, lr: float, weight_decay: float):
@@ -302,7 +302,7 @@ class _ChoiceNet(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-class ChoiceNetV1(_ChoiceNet):
+class ChoiceNetV1(ChoiceNetBase):
     """Low-rank (LoRA-like) model reduction ++ task embedding -> two FC layers -> sigmoid."""
 
     def __init__(self, model_dim: int, task_dim: int, rank: int = 16, hidden: int = 64,
@@ -310,14 +310,14 @@ class ChoiceNetV1(_ChoiceNet):
         super().__init__(lr, weight_decay)
         self.save_hyperparameters()
         self.model_proj = nn.Linear(model_dim, rank, bias=False)
-        self.head = _head(rank + task_dim, hidden, dropout)
+        self.head = fc_head(rank + task_dim, hidden, dropout)
 
     def forward(self, model_x: torch.Tensor, task_x: torch.Tensor) -> torch.Tensor:
         joint = torch.cat([self.model_proj(model_x), task_x], dim=1)
         return torch.sigmoid(self.head(joint)).squeeze(1)
 
 
-class ChoiceNetV2(_ChoiceNet):
+class ChoiceNetV2(ChoiceNetBase):
     """Low-rank linear reductions of both embeddings to ``rank``, summed -> the v1 head."""
 
     def __init__(self, model_dim: int, task_dim: int, rank: int = 16, hidden: int = 64,
@@ -326,13 +326,13 @@ class ChoiceNetV2(_ChoiceNet):
         self.save_hyperparameters()
         self.model_proj = nn.Linear(model_dim, rank, bias=False)
         self.task_proj = nn.Linear(task_dim, rank, bias=False)
-        self.head = _head(rank, hidden, dropout)
+        self.head = fc_head(rank, hidden, dropout)
 
     def forward(self, model_x: torch.Tensor, task_x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.model_proj(model_x) + self.task_proj(task_x))).squeeze(1)
 
 
-def create_choicenet(version: str, model_dim: int, task_dim: int, **kwargs: Any) -> _ChoiceNet:
+def create_choicenet(version: str, model_dim: int, task_dim: int, **kwargs: Any) -> ChoiceNetBase:
     if version not in VERSIONS:
         raise ValueError(f"unknown ChoiceNet version {version!r}; known: {', '.join(VERSIONS)}")
     if version == "v1":
@@ -342,7 +342,7 @@ def create_choicenet(version: str, model_dim: int, task_dim: int, **kwargs: Any)
 
 # ============================================================================ training
 @contextlib.contextmanager
-def _quiet_single_thread() -> Iterator[None]:
+def quiet_single_thread() -> Iterator[None]:
     """Lightning's info lines and warnings off, and one intra-op thread: the net is tiny, and
     several threads spinning on a shared CPU made each step ~10x slower."""
     loggers = [logging.getLogger(n) for n in _LIGHTNING_LOGGERS]
@@ -361,7 +361,7 @@ def _quiet_single_thread() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _stack(embeddings: Mapping[str, np.ndarray], what: str) -> tuple[list[str], np.ndarray]:
+def stack_embeddings(embeddings: Mapping[str, np.ndarray], what: str) -> tuple[list[str], np.ndarray]:
     names = sorted(embeddings)
     if not names:
         raise ValueError(f"{what} embeddings: none given")
@@ -378,7 +378,7 @@ def _stack(embeddings: Mapping[str, np.ndarray], what: str) -> tuple[list[str], 
     return names, matrix
 
 
-def _standardise(x: np.ndarray, rows: np.ndarray, per_feature: bool) -> np.ndarray:
+def standardise_embeddings(x: np.ndarray, rows: np.ndarray, per_feature: bool) -> np.ndarray:
     """Centre on the training rows, then scale: per feature (mixed units, the v1 model
     statistics) or by one RMS for all (homogeneous coordinates -- PCA scores, similarities,
     activations -- whose relative sizes carry information; per-feature scaling over a handful of
@@ -391,7 +391,7 @@ def _standardise(x: np.ndarray, rows: np.ndarray, per_feature: bool) -> np.ndarr
     return centred / (rms if rms > 1e-12 else 1.0)
 
 
-def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
+def check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(targets, pd.DataFrame):
         raise TypeError(f"targets must be a DataFrame (index model, columns task), got {type(targets).__name__}")
     from selection.checks import check_accuracies
@@ -403,13 +403,13 @@ def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     return y
 
 
-class _Batches(list):
+class Batches(list):
     """A fixed list of batches as the iterable Lightning takes for a dataloader."""
 
 
 def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.ndarray, *,
                   seed: int = 0, steps: int = DEFAULT_STEPS, batch_size: int = 64,
-                  **net_kwargs: Any) -> _ChoiceNet:
+                  **net_kwargs: Any) -> ChoiceNetBase:
     """Train one net on rows (model_x[i], task_x[i]) -> y[i] (already standardised inputs)."""
     torch.manual_seed(seed)
     net = create_choicenet(version, model_x.shape[1], task_x.shape[1], **net_kwargs)
@@ -419,8 +419,8 @@ def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.n
     batch = min(int(batch_size), len(y))
     # `steps` batches drawn with replacement, one index operation each (no per-row collation)
     rows = torch.randint(0, len(y), (steps, batch), generator=torch.Generator().manual_seed(seed))
-    loader = _Batches([tuple(t[r] for t in data) for r in rows])
-    with _quiet_single_thread():
+    loader = Batches([tuple(t[r] for t in data) for r in rows])
+    with quiet_single_thread():
         trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -446,9 +446,9 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
         raise ValueError(f"unknown ChoiceNet version {version!r}; known: {', '.join(VERSIONS)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer")
-    models, mx = _stack(model_emb, "model")
-    tasks, tx = _stack(task_emb, "task")
-    y = _check_targets(targets).reindex(index=models, columns=tasks).to_numpy(dtype=float)
+    models, mx = stack_embeddings(model_emb, "model")
+    tasks, tx = stack_embeddings(task_emb, "task")
+    y = check_targets(targets).reindex(index=models, columns=tasks).to_numpy(dtype=float)
     known_i, known_j = np.nonzero(np.isfinite(y))
     out = np.full((len(models), len(tasks)), np.nan)
     for j in range(len(tasks)):
@@ -456,8 +456,8 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
         if not train.any():
             continue
         rows_i, rows_j = known_i[train], known_j[train]
-        m_std = _standardise(mx, np.unique(rows_i), per_feature=version == "v1")
-        t_std = _standardise(tx, np.unique(rows_j), per_feature=False)
+        m_std = standardise_embeddings(mx, np.unique(rows_i), per_feature=version == "v1")
+        t_std = standardise_embeddings(tx, np.unique(rows_j), per_feature=False)
         net = fit_choicenet(version, m_std[rows_i], t_std[rows_j], y[rows_i, rows_j], seed=seed,
                             steps=steps, batch_size=batch_size, **net_kwargs)
         with torch.no_grad():

@@ -32,20 +32,20 @@ from torch import nn
 
 from lightning_modules.choicenet import (
     DEFAULT_STEPS,
-    _Batches,
-    _check_targets,
-    _ChoiceNet,
-    _head,
-    _quiet_single_thread,
-    _stack,
-    _standardise,
+    Batches,
+    ChoiceNetBase,
+    check_targets,
+    fc_head,
+    quiet_single_thread,
+    stack_embeddings,
+    standardise_embeddings,
 )
 from selection.learners import standardise_within_task
 
 META_KEYS = ("params", "upstream_size")
 
 
-class ChoiceNetV3(_ChoiceNet):
+class ChoiceNetV3(ChoiceNetBase):
     """Low-rank model and task reductions (product and sum) ++ pair features -> the FC head;
     a real-valued ranking score (no sigmoid)."""
 
@@ -56,7 +56,7 @@ class ChoiceNetV3(_ChoiceNet):
         self.save_hyperparameters()
         self.model_proj = nn.Linear(model_dim, rank, bias=False)
         self.task_proj = nn.Linear(task_dim, rank, bias=False)
-        self.head = _head(2 * rank + pair_dim, hidden, dropout)
+        self.head = fc_head(2 * rank + pair_dim, hidden, dropout)
 
     def forward(self, model_x: torch.Tensor, task_x: torch.Tensor,
                 pair_x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +90,9 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
                    steps: int = DEFAULT_STEPS, batch_size: int = 64, rank: int = 16,
                    **net_kwargs) -> pd.DataFrame:
     """Leave-one-task-out ranking scores (index model, columns task) of ChoiceNet v3."""
-    models, mx = _stack(model_emb, "model")
-    tasks, tx = _stack(task_emb, "task")
-    truth = _check_targets(targets).reindex(index=models, columns=tasks)
+    models, mx = stack_embeddings(model_emb, "model")
+    tasks, tx = stack_embeddings(task_emb, "task")
+    truth = check_targets(targets).reindex(index=models, columns=tasks)
     y = standardise_within_task(truth).to_numpy(dtype=float)
     pz = [np.nan_to_num(standardise_within_task(p.reindex(index=models, columns=tasks))
                         .to_numpy(dtype=float), nan=0.0) for _, p in sorted(proxies.items())]
@@ -109,8 +109,8 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
         if not train.any():
             continue
         ri, rj = known_i[train], known_j[train]
-        m_std = _standardise(mx, np.unique(ri), per_feature=False)
-        t_std = _standardise(tx, np.unique(rj), per_feature=False)
+        m_std = standardise_embeddings(mx, np.unique(ri), per_feature=False)
+        t_std = standardise_embeddings(tx, np.unique(rj), per_feature=False)
         torch.manual_seed(seed)
         p = pair(ri, rj)
         net = ChoiceNetV3(mx.shape[1], tx.shape[1], p.shape[1], rank=rank, **net_kwargs)
@@ -118,11 +118,11 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
                 for a in (m_std[ri], t_std[rj], p, y[ri, rj])]
         rows = torch.randint(0, len(ri), (steps, min(batch_size, len(ri))),
                              generator=torch.Generator().manual_seed(seed))
-        with _quiet_single_thread():
+        with quiet_single_thread():
             pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                        enable_checkpointing=False, enable_progress_bar=False,
                        enable_model_summary=False, num_sanity_val_steps=0,
-                       limit_val_batches=0).fit(net, _Batches([tuple(d[r] for d in data)
+                       limit_val_batches=0).fit(net, Batches([tuple(d[r] for d in data)
                                                                for r in rows]))
         everyone = np.arange(len(models))
         with torch.no_grad():
