@@ -414,17 +414,22 @@ def fit_choicenet(version: str, model_x: np.ndarray, task_x: np.ndarray, y: np.n
     torch.manual_seed(seed)
     net = create_choicenet(version, model_x.shape[1], task_x.shape[1], **net_kwargs)
     net.init_output_bias(float(np.mean(y)))
-    data = (torch.as_tensor(model_x, dtype=torch.float32),
-            torch.as_tensor(task_x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
-    batch = min(int(batch_size), len(y))
-    # `steps` batches drawn with replacement, one index operation each (no per-row collation)
-    rows = torch.randint(0, len(y), (steps, batch), generator=torch.Generator().manual_seed(seed))
-    loader = Batches([tuple(t[r] for t in data) for r in rows])
+    return train_net(net, (model_x, task_x, y), seed=seed, steps=steps, batch_size=batch_size)
+
+
+def train_net(net: ChoiceNetBase, arrays: tuple[np.ndarray, ...], *, seed: int, steps: int,
+              batch_size: int) -> ChoiceNetBase:
+    """Train ``net`` for ``steps`` batches of rows of ``arrays`` (inputs ..., target) drawn with
+    replacement, one index operation each (no per-row collation); returns it in eval mode."""
+    data = [torch.as_tensor(a, dtype=torch.float32) for a in arrays]
+    n = len(data[-1])
+    rows = torch.randint(0, n, (steps, min(int(batch_size), n)),
+                         generator=torch.Generator().manual_seed(seed))
     with quiet_single_thread():
         trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-        trainer.fit(net, loader)
+        trainer.fit(net, Batches([tuple(t[r] for t in data) for r in rows]))
     return net.eval()
 
 

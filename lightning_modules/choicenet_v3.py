@@ -25,22 +25,20 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.choicenet import (
     DEFAULT_STEPS,
-    Batches,
     ChoiceNetBase,
     check_targets,
     fc_head,
-    quiet_single_thread,
     stack_embeddings,
     standardise_embeddings,
+    train_net,
 )
-from selection.learners import standardise_within_task
+from selection.learners import standardise_within_task, zscore_finite
 
 META_KEYS = ("params", "upstream_size")
 
@@ -76,11 +74,7 @@ def metadata_features(models: list[str], metadata: pd.DataFrame | None) -> np.nd
             cols.append(np.zeros(len(models)))
             continue
         raw = pd.to_numeric(metadata[key].reindex(models), errors="coerce").to_numpy(float)
-        v = np.log10(1.0 + np.clip(raw, 0.0, None))
-        ok = np.isfinite(v)
-        if ok.sum() > 1 and v[ok].std() > 0:
-            v[ok] = (v[ok] - v[ok].mean()) / v[ok].std()
-        cols.append(np.where(ok, v, 0.0))
+        cols.append(zscore_finite(np.log10(1.0 + np.clip(raw, 0.0, None))))
     return np.stack(cols, axis=1)
 
 
@@ -114,19 +108,10 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
         torch.manual_seed(seed)
         p = pair(ri, rj)
         net = ChoiceNetV3(mx.shape[1], tx.shape[1], p.shape[1], rank=rank, **net_kwargs)
-        data = [torch.as_tensor(a, dtype=torch.float32)
-                for a in (m_std[ri], t_std[rj], p, y[ri, rj])]
-        rows = torch.randint(0, len(ri), (steps, min(batch_size, len(ri))),
-                             generator=torch.Generator().manual_seed(seed))
-        with quiet_single_thread():
-            pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
-                       enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, num_sanity_val_steps=0,
-                       limit_val_batches=0).fit(net, Batches([tuple(d[r] for d in data)
-                                                               for r in rows]))
+        train_net(net, (m_std[ri], t_std[rj], p, y[ri, rj]), seed=seed, steps=steps,
+                  batch_size=batch_size)
         everyone = np.arange(len(models))
         with torch.no_grad():
-            net.eval()
             out[:, j] = net(torch.as_tensor(m_std, dtype=torch.float32),
                             torch.as_tensor(np.repeat(t_std[j:j + 1], len(models), axis=0),
                                             dtype=torch.float32),

@@ -260,9 +260,12 @@ def set_trainable(backbone: Backbone, trainable: str) -> None:
 
 
 @torch.no_grad()
+def _predict(features: torch.Tensor, head: nn.Module) -> np.ndarray:
+    return head(features).argmax(1).cpu().numpy()
+
+
 def _accuracy(features: torch.Tensor, labels: np.ndarray, head: nn.Module) -> float:
-    pred = head(features).argmax(1).cpu().numpy()
-    return float((pred == np.asarray(labels)).mean())
+    return float((_predict(features, head) == np.asarray(labels)).mean())
 
 
 @torch.no_grad()
@@ -360,8 +363,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     out = {"val_acc": _accuracy(fva.cpu(), yva, head), "curve": curve}
     if evaluate_test:
         fte, _ = extract_features(backbone, xte)
-        with torch.no_grad():
-            pred = head(fte.cpu()).argmax(1).numpy()
+        pred = _predict(fte.cpu(), head)
         out["test_acc"] = float((pred == np.asarray(yte)).mean())
         out["test_pred"] = pred.astype(np.int16)  # per test example, for the report's resampling
     inside += time.perf_counter() - t

@@ -62,14 +62,20 @@ def ensemble_table(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def _features(z_proxies: list[np.ndarray], mean_acc: np.ndarray, task: int) -> np.ndarray:
     """(models, proxies + 1) features of one task's pairs."""
     cols = [np.nan_to_num(z[:, task], nan=0.0) for z in z_proxies]
-    m = mean_acc.copy()
-    ok = np.isfinite(m)
-    if ok.sum() > 1 and m[ok].std() > 0:
-        m[ok] = (m[ok] - m[ok].mean()) / m[ok].std()
-    else:
-        m[ok] = 0.0
-    cols.append(np.nan_to_num(m, nan=0.0))
+    cols.append(zscore_finite(mean_acc))
     return np.stack(cols, axis=1)
+
+
+def zscore_finite(values: np.ndarray) -> np.ndarray:
+    """The finite values z-scored among themselves; 0 where a value is missing, or for all when
+    fewer than two differ."""
+    v = np.asarray(values, dtype=float).copy()
+    ok = np.isfinite(v)
+    if ok.sum() > 1 and v[ok].std() > 0:
+        v[ok] = (v[ok] - v[ok].mean()) / v[ok].std()
+    else:
+        v[ok] = 0.0
+    return np.where(ok, v, 0.0)
 
 
 def _mean_over(acc: np.ndarray, tasks: list[int]) -> np.ndarray:

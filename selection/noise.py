@@ -40,7 +40,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from selection.regret import random_max_probabilities
+from selection.regret import random_max_probabilities, relative_regret_unchecked
 
 DRAWS = 10_000
 SEED = 0
@@ -108,11 +108,6 @@ def resample_task(ev: TaskEvidence, draws: int, rng: np.random.Generator) -> np.
     return out
 
 
-def _relative(star: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    denom = 1.0 - np.minimum(star, sel)
-    return np.where(denom <= 0.0, 0.0, (star - sel) / np.where(denom <= 0.0, 1.0, denom))
-
-
 def task_noise(task: str, ev: TaskEvidence, point: np.ndarray, draws: int = DRAWS,
                seed: int = SEED
                ) -> tuple[dict[str, float] | None, float | None, np.ndarray | None]:
@@ -126,13 +121,13 @@ def task_noise(task: str, ev: TaskEvidence, point: np.ndarray, draws: int = DRAW
     share = is_best / is_best.sum(axis=1, keepdims=True)
     p_best = {m: float(share[:, i].mean()) for i, m in enumerate(ev.models)}
     observed = int(np.argmax(point))
-    floor = float(_relative(best[:, 0], acc[:, observed]).mean())
+    floor = float(relative_regret_unchecked(best[:, 0], acc[:, observed]).mean())
     return p_best, floor, acc
 
 
 def regret_matrix(acc: np.ndarray) -> np.ndarray:
     """Relative regret of picking each model, per draw: (draws, models)."""
-    return _relative(acc.max(axis=1, keepdims=True), acc)
+    return relative_regret_unchecked(acc.max(axis=1, keepdims=True), acc)
 
 
 def regret_draws(groups: Sequence[Sequence[int]], acc: np.ndarray, budgets: Sequence[int],

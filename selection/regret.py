@@ -45,10 +45,14 @@ def relative_regret(s_star: ArrayLike, s_sel: ArrayLike) -> ArrayLike:
     """
     star = _as_fractions("s_star", s_star)
     sel = _as_fractions("s_sel", s_sel)
+    return _scalar_or_array(np.asarray(relative_regret_unchecked(star, sel), dtype=float))
+
+
+def relative_regret_unchecked(star: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """:func:`relative_regret` of arrays already known to be fractions (no input check: the
+    bootstrap's hot loop, :mod:`selection.noise`, calls it on millions of values)."""
     denom = 1.0 - np.minimum(star, sel)
-    safe = np.where(denom == 0.0, 1.0, denom)
-    regret = np.where(denom == 0.0, 0.0, (star - sel) / safe)
-    return _scalar_or_array(np.asarray(regret, dtype=float))
+    return np.where(denom == 0.0, 0.0, (star - sel) / np.where(denom == 0.0, 1.0, denom))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

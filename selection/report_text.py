@@ -113,8 +113,9 @@ def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
         header = ["score", "mean weighted tau", "mean pearson", "tasks", "mse"]
         out.append(f"rank agreement with {GROUND_TRUTH} (mean over tasks where defined)\n"
                    + _plain_table(header, summary, 1))
-    if claim_line(report):
-        out.append(claim_line(report))
+    claim = claim_line(report)
+    if claim:
+        out.append(claim)
     skipped = report.get("skipped_tasks") or []
     if skipped:
         out.append(f"skipped tasks (no {GROUND_TRUTH} in the pool): {', '.join(skipped)}")
@@ -257,8 +258,9 @@ def format_markdown(report: Mapping[str, Any]) -> str:
             rows.append([version, mse, str(block["n_pairs"]), _fmt(tau),
                          _fmt(_defined_mean(block["pearson"])[0])])
         parts.append(_md_table(["version", "MSE", "pairs", "mean weighted tau", "mean pearson"], rows, 1))
-        if claim_line(report):
-            parts.append(claim_line(report) + ".")
+        claim = claim_line(report)
+        if claim:
+            parts.append(claim + ".")
 
     parts.append(f"## Fine-tune test accuracy (`{GROUND_TRUTH}`; best per task in bold)")
     acc = report["finetune_test_acc"]
