@@ -46,7 +46,8 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     proxy_coverage: {proxy: {pairs, of, note}}        # pairs with a score; why some have none
     proxy_scores: {proxy: {task: {model: score}}}     # the task pool's scores (for the plots)
     choicenet: {"v1"|"v2"|<name>: {mse, n_pairs, per_task_mse: {task}, weighted_tau: {task},
-                                   pearson: {task}}}  # mse null, n_pairs 0 without predictions
+                                   pearson: {task}}}  # mse null, n_pairs 0 without predictions;
+                                   # also "choicenet_records" and "ensemble:..." (mse null)
     choicenet_study_claim: {claim, v1_mse, v2_mse, reduction, reproduced, same_direction}
                                      # reproduced: v2's MSE <= 20% of v1's; null without both
     picks: {strategy: {task: first max_budget models (tied models by name)}}
@@ -82,6 +83,7 @@ import numpy as np
 import pandas as pd
 
 from selection.checks import check_accuracies
+from selection.learners import is_records_learner
 from selection.noise import DRAWS, SEED, noise_section
 from selection.pools import Pools, resolve_pool
 from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
@@ -96,7 +98,13 @@ from selection.records import (
     validate_records,
 )
 from selection.scoring import delta_pairs, full_zero_regret_budget, picks, score_strategies, strategy_deltas
-from selection.strategies import TIE_TOLERANCE, check_predicted_name, create_strategy, list_strategies
+from selection.strategies import (
+    TIE_TOLERANCE,
+    ScoreStrategy,
+    check_predicted_name,
+    create_strategy,
+    list_strategies,
+)
 
 MAX_BUDGET = 10  # Renggli et al. 2022: budgets B = 1 .. min(10, pool size)
 CHOICENET_VERSIONS = ("v1", "v2")
@@ -280,6 +288,10 @@ def compute_report(
             if name in ranked:  # ranking scores, not accuracies: no squared error
                 block.update(mse=None, per_task_mse={t: None for t in tasks})
             choicenet[_choicenet_key(name)] = block
+    for name in names:  # the records learners rank by scores: rank agreement, no squared error
+        if is_records_learner(name) and isinstance(built[name], ScoreStrategy):
+            block = _prediction_summary(view.values(built[name].table), task_accs, tasks)
+            choicenet[name] = {**block, "mse": None, "per_task_mse": {t: None for t in tasks}}
     v1_mse, v2_mse = choicenet["v1"]["mse"], choicenet["v2"]["mse"]
     both = v1_mse is not None and v2_mse is not None and v1_mse > 0
     claim = {"claim": "the ChoiceNet study: v2 cuts v1's MSE by 80%", "v1_mse": v1_mse,

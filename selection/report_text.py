@@ -249,8 +249,8 @@ def format_markdown(report: Mapping[str, Any]) -> str:
 
     cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("n_pairs")}
     if cn:
-        parts.append("## ChoiceNet, leave-one-task-out (predicted vs fine-tune test accuracy; "
-                     "v3 ranks, so it has no MSE)")
+        parts.append("## ChoiceNet and the records learners, leave-one-task-out (predicted vs fine-tune "
+                     "test accuracy; v3, `choicenet_records` and the ensemble rank, so they have no MSE)")
         rows = []
         for version, block in cn.items():
             tau, n = _defined_mean(block["weighted_tau"])

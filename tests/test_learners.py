@@ -83,6 +83,24 @@ def test_records_learner_beats_random_on_tables_with_a_model_effect():
     assert report["strategy_seconds"]["choicenet_records"] >= 0
 
 
+def test_report_gives_the_learners_weighted_tau_on_their_own_scores_and_no_mse():
+    from scipy.stats import weightedtau
+
+    truth, proxies = _tables(models=9, tasks=5)
+    rows = [(m, t, "finetune_test_acc", truth.loc[m, t]) for m in truth.index for t in truth]
+    rows += [(m, t, f"proxy/p{k}", p.loc[m, t]) for k, p in enumerate(proxies)
+             for m in truth.index for t in truth]
+    report = compute_report(pd.DataFrame(rows, columns=["model", "task", "metric", "value"]), noise_draws=200)
+    learner = records_learner_table(proxies, truth)
+    ensemble = ensemble_table(proxies)
+    for name, table in (("choicenet_records", learner), ("ensemble:all", ensemble)):
+        block = report["choicenet"][name]
+        assert block["mse"] is None and block["n_pairs"] == truth.size
+        for t in truth.columns:
+            expected = weightedtau(truth[t].to_numpy(), table.loc[truth.index, t].to_numpy(), rank=None).statistic
+            assert block["weighted_tau"][t] == pytest.approx(expected)
+
+
 def test_ensemble_of_listed_proxies_and_an_unknown_proxy_is_a_named_error():
     truth, (a, b) = _tables()
     scores = {"finetune_test_acc": truth, "proxy/knn": a, "proxy/logme": b}

@@ -362,8 +362,11 @@ def test_json_has_the_documented_shape(report):
                 assert set(block["per_task"]) == set(report["tasks"])
     assert set(report["weighted_tau"]) == set(report["pearson"]) == {"proxy/linear"}
     assert set(report["weighted_tau"]["proxy/linear"]) == set(report["tasks"])
-    # no embeddings, no predictions: the ChoiceNet block is there with null values
-    assert set(report["choicenet"]) == {"v1", "v2"}
+    # no embeddings, no predictions: the ChoiceNet block is there with null values; the records
+    # learner ranks, so it has rank agreement and no MSE
+    assert set(report["choicenet"]) == {"v1", "v2", "choicenet_records"}
+    learner = report["choicenet"]["choicenet_records"]
+    assert learner["mse"] is None and set(learner["weighted_tau"]) == set(report["tasks"])
     assert report["choicenet"]["v1"]["mse"] is None and report["choicenet"]["v2"]["n_pairs"] == 0
     json.dumps(report, allow_nan=False)
 

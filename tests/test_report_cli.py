@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,22 @@ def test_a_records_table_with_proxies_ranks_with_the_records_learner_and_the_ens
         # both proxies order the models as their accuracy does: no regret
         assert report["strategies"][name]["1"]["mean"] == 0.0
         assert report["strategy_seconds"][name] >= 0.0
+
+
+def test_public_logme_table_reports_with_the_records_learner(tmp_path):
+    """The table reconstructed from LogME's published fine-tune accuracies (benchmarks/public)
+    reports through the CLI with the records learner, the proxy, its hybrid and task-agnostic."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "public"
+    out = tmp_path / "report.json"
+    rc = main(["report", "--records", str(root / "logme11_records.csv"), "--models",
+               str(root / "logme11_models.csv"), "--reports-dir", str(tmp_path / "r"),
+               "--format", "json", "--output", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert len(report["tasks"]) == 11 and len(report["models"]) == 11
+    assert {"choicenet_records", "proxy/linear", "hybrid:proxy/linear", "task_agnostic"} <= set(
+        report["strategy_order"])
+    assert report["best_model"]["aircraft"] == "resnet152"  # 86.29 in the published table
+    assert report["strategies"]["per_task_best"]["1"]["mean"] == 0
+    for name in ("choicenet_records", "proxy/linear"):
+        assert report["strategies"][name]["1"]["mean"] < report["strategies"]["random"]["1"]["mean"]
