@@ -260,6 +260,9 @@ def scan_folder(info: TaskInfo, path: pathlib.Path, expect_classes: int | None =
         if not (path / split).is_dir():
             raise DatasetError(f"ImageFolder {path} has no {split}/ folder: prepare {layout}")
     classes, train_files = scan_split(path / "train")
+    if len(classes) < 2:
+        raise DatasetError(f"ImageFolder {path / 'train'} has a single class folder "
+                           f"({classes[0]!r}): a classification task needs two or more classes")
     if expect_classes is not None and len(classes) != expect_classes:
         raise DatasetError(f"{info.name}: {path / 'train'} has {len(classes)} class folders; "
                            f"the task has {expect_classes} classes ({info.note})")

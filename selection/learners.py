@@ -32,6 +32,8 @@ CHOICENET_RECORDS = "choicenet_records"
 def is_records_learner(name: str) -> bool:
     """True for the strategies this module builds from records (the ensemble, ``choicenet_records``)."""
     return name == CHOICENET_RECORDS or name.startswith(ENSEMBLE_PREFIX)
+
+
 RIDGE = 1.0  # L2 penalty of the records learner (features are standardised)
 
 

@@ -7,6 +7,7 @@
     whichmodel resume quickstart                     continue an interrupted sweep (Tune restore)
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
     whichmodel list models|tasks|proxies|strategies|architectures [--config FILE]
+    whichmodel recommend --task TASK --budget B [--config FILE]   which model to fine-tune
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
@@ -423,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait for the job to end (default 60)")
     st.set_defaults(func=cmd_stop)
+
+    from sweeps.recommend_cli import add_parser as add_recommend
+
+    add_recommend(sub)
     return p
 
 

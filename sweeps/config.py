@@ -227,6 +227,7 @@ class PoolDefinition(Strict):
 
 HUB_PREFIXES = ("timm:", "torchvision:", "local:")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+NAME_PATTERN = _NAME  # names of sweeps, tasks and models
 
 
 class ModelEntry(Strict):

@@ -44,7 +44,13 @@ class Outcome:
 
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
-              stream=None) -> Outcome:
+              stream=None, *, keys: list[tuple[str, str, str]] | None = None,
+              label: str | None = None) -> Outcome:
+    """Run the plan's (model, task, protocol) keys that MLflow has not finished.
+
+    ``keys``: only these keys of the plan (``whichmodel recommend``: the pool's probes, then the
+    picks' fine-tunes). ``label``: the Tune experiment's name prefix for such a partial run,
+    which writes no sweep state (``resume`` continues whole sweeps only)."""
     from sweeps.tune_runner import init_ray, run_jobs
 
     stream = stream or sys.stderr
@@ -63,10 +69,11 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
                       spool_dir=paths.home / "spool")  # preflight; replays an earlier spool
     finished, _ = tracker.runs_by_key(hashes)
 
-    todo = [(m, t, p) for p in plan.protocols for m in plan.models for t in plan.tasks
-            if pair_key(m, t, p) not in finished]
-    outcome = Outcome(cfg.experiment, plan.n_keys, plan.n_keys - len(todo), tracking_uri=uri)
-    print(f"[whichmodel] sweep {cfg.name}: {plan.n_keys} (model, task, protocol) keys, "
+    wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
+                                            for m in plan.models for t in plan.tasks]
+    todo = [(m, t, p) for m, t, p in wanted if pair_key(m, t, p) not in finished]
+    outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri)
+    print(f"[whichmodel] {label or 'sweep ' + cfg.name}: {len(wanted)} (model, task, protocol) keys, "
           f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
           f"{len(todo)} to run", file=stream, flush=True)
     if not todo:
@@ -74,8 +81,13 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
 
     jobs = expand_jobs(cfg, todo)
     recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
-    name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    state = write_state(paths, plan, name, uri)
+    name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if label is None:
+        state = write_state(paths, plan, name, uri)
+    else:
+        from sweeps.tune_runner import experiment_path
+
+        state = {"experiment_path": experiment_path(paths.tune_root, name)}
     init_ray(cfg.resources.num_cpus)
     done = run_jobs(run_trial, jobs, settings, name=name, storage_path=paths.tune_root,
                     sink=recorder, resources=trial_resources(cfg),

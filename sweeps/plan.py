@@ -125,13 +125,22 @@ class Plan:
         return (self.path.parent / root).resolve() if root else paths.data_root
 
 
-def plan_sweep(config_path: str | Path, *, structure: bool = False) -> Plan:
+def plan_sweep(config_path: str | Path, *, structure: bool = False,
+               catalog: str | Path | None = None) -> Plan:
     """Parse and validate a sweep file and its zoo file; nothing is run or written.
 
     ``structure``: count every model's backbone parameters and feature width (on the
-    architecture, without weights) where the metadata lacks them; pool rules do so anyway."""
+    architecture, without weights) where the metadata lacks them; pool rules do so anyway.
+    ``catalog``: the sweep's protocols over this catalog's models and pools instead of the
+    sweep's own (``whichmodel recommend --catalog``)."""
     cfg, zoo_path = load_sweep_config(config_path)
     path = Path(config_path)
+    if catalog is not None:
+        if not Path(catalog).is_file():
+            raise WhichModelError(f"{catalog}: no such catalog file; pass a catalog YAML with "
+                                  "'models' (and optional 'pools'), e.g. sweeps/configs/pools/")
+        cfg = cfg.model_copy(update={"catalog": str(Path(catalog).resolve()), "models": "all",
+                                     "pools": {"all": "all"}})
     zoo = load_zoo_config(zoo_path) if _needs_zoo(cfg, zoo_path) else None
     models, model_refs, catalog_pools = resolve_model_refs(cfg, zoo, path)
     tasks, task_refs = resolve_task_refs(cfg, path)
