@@ -61,7 +61,7 @@ def holdout_split(labels: np.ndarray, fraction: float = 0.2, seed: int = 0
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if len(idx) < 2:
-            raise ValueError(f"labels: class {c!r} has {len(idx)} example; each class needs two or "
+            raise ValueError(f"labels: class {c.item()!r} has {len(idx)} example; each class needs two or "
                              "more to hold some out (or pass val_features and val_labels)")
         k = max(1, int(round(fraction * len(idx))))
         held.append(idx[:k])

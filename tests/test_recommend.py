@@ -174,3 +174,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_in_mlflow(tmp_path, capsys, mo
                                           "--budget", "0")
     assert "has none" in _bad(tmp_path, home, capsys, "--task", str(folder), "--budget", "1",
                               "--strategy", "choicenet_records")
+    # --catalog: its models and pools replace the config's
+    catalog = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "pools" / "renggli2022.yaml"
+    err = _bad(tmp_path, home, capsys, "--task", str(folder), "--budget", "1", "--catalog",
+               str(catalog), "--pool", "nope")
+    assert "renggli2022.yaml" in err and "known: All, ResNet-50" in err
+    assert "no such catalog file" in _bad(tmp_path, home, capsys, "--task", str(folder),
+                                          "--budget", "1", "--catalog", str(tmp_path / "no.yaml"))
