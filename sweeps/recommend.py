@@ -178,6 +178,21 @@ def check_strategy(name: str, proxies: list[str], models: list[str], task: str) 
         raise WhichModelError(f"--strategy {name!r}: {str(exc).strip(chr(34))}") from None
 
 
+def run_keys(plan, paths, uri: str, stream, models: list[str], protocol: str):
+    """The (model, task, protocol) keys of ``models`` on the plan's one task, through the sweep
+    driver (finished keys are skipped); (outcome, wall seconds). A key that fails is named."""
+    from sweeps.driver import run_sweep
+
+    task = plan.tasks[0]
+    start = time.perf_counter()
+    outcome = run_sweep(plan, paths, uri, stream, keys=[(m, task, protocol) for m in models],
+                        label=f"recommend-{task}-{protocol}")
+    if outcome.failures:
+        raise RecommendFailed(f"{len(outcome.failures)} {protocol} trial(s) of {task} failed: "
+                              + "; ".join(outcome.failures[:5]))
+    return outcome, time.perf_counter() - start
+
+
 def existing_tracker(uri: str, experiment: str):
     """The experiment's tracker, creating nothing: a local store that is not there yet is no
     experiment (opening it would create the file)."""
@@ -317,7 +332,6 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
               group: str = "natural", stream=None) -> dict[str, Any]:
     """The decision for ``task`` at ``budget`` fine-tunes (module docstring); the documented
     JSON as a dict. Bad input is a :class:`WhichModelError` before anything is written."""
-    from sweeps.driver import run_sweep
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
     from sweeps.recorder import artifact_root
@@ -365,13 +379,7 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     if note:
         print(f"[whichmodel] {note}", file=stream, flush=True)
 
-    start = time.perf_counter()
-    outcome = run_sweep(sub, paths, uri, stream, keys=[(m, name, "probe") for m in members],
-                        label=f"recommend-{name}-probe")
-    if outcome.failures:
-        raise RecommendFailed(f"{len(outcome.failures)} probe(s) failed: "
-                              + "; ".join(outcome.failures[:5]))
-    probe_wall = time.perf_counter() - start
+    outcome, probe_wall = run_keys(sub, paths, uri, stream, members, "probe")
     tracker = Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root))
     ranking, _, _ = rank_pool(tracker, hashes, chosen, name, members,
                               cfg.report.task_agnostic.tie_tolerance, proxies)
@@ -389,13 +397,7 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     cost = {"probe_s": sum(probe_seconds(probes[m]) for m in members), "finetune_s": 0.0,
             "exhaustive_finetune_s_estimate": None, "wall_s": {"probe": probe_wall}}
     if finetune:
-        start = time.perf_counter()
-        outcome = run_sweep(sub, paths, uri, stream, keys=[(m, name, "finetune") for m in picks],
-                            label=f"recommend-{name}-finetune")
-        if outcome.failures:
-            raise RecommendFailed(f"{len(outcome.failures)} fine-tune(s) failed: "
-                                  + "; ".join(outcome.failures[:5]))
-        cost["wall_s"]["finetune"] = time.perf_counter() - start
+        outcome, cost["wall_s"]["finetune"] = run_keys(sub, paths, uri, stream, picks, "finetune")
         decision["reused"]["finetune"] = outcome.pairs_skipped
         tuned = {m: run.data.metrics
                  for m, run in pair_runs(tracker, hashes, name, "finetune", picks).items()}

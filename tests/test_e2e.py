@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from tests.tiny import ZOO, sweep
+from tests.tiny import ZOO, sweep, zoo_home
 
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def sweep_env(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("e2e")
-    (root / "zoo.yaml").write_text(ZOO)
-    (root / "tiny.yaml").write_text(sweep("tiny"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WHICHMODEL_HOME", str(root / "home"))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["zoo", "build", str(root / "zoo.yaml")]) == 0
-    yield root
-    mp.undo()
+    with zoo_home(tmp_path_factory.mktemp("e2e"), tiny=sweep("tiny")) as root:
+        yield root
 
 
 def _client(root: Path):

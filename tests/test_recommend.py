@@ -11,7 +11,7 @@ import pytest
 
 from sweeps.cli import main
 from tests.test_hub_e2e import write_digits_imagefolder
-from tests.tiny import ZOO, sweep
+from tests.tiny import ZOO, sweep, zoo_home
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,10 @@ THREE = ZOO.rstrip() + "\n  - {name: tiny-glyphs, arch: cnn, arch_kwargs: {width
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("recommend")
-    (root / "zoo.yaml").write_text(THREE)
-    (root / "rec.yaml").write_text(sweep("rec", tasks="[digits]"))
-    write_digits_imagefolder(root / "myfolder")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WHICHMODEL_HOME", str(root / "home"))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["zoo", "build", str(root / "zoo.yaml")]) == 0
-    yield root
-    mp.undo()
+    with zoo_home(tmp_path_factory.mktemp("recommend"), THREE,
+                  rec=sweep("rec", tasks="[digits]")) as root:
+        write_digits_imagefolder(root / "myfolder")
+        yield root
 
 
 def _runs(root: Path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 ZOO = """
 name: tiny-zoo
 image_size: 32
@@ -36,3 +40,24 @@ report: {{max_budget: 3}}
 
 def sweep(name: str, tasks: str = "[digits, sprite_location]", steps: int = 5) -> str:
     return SWEEP.format(name=name, tasks=tasks, steps=steps)
+
+
+@contextmanager
+def zoo_home(root: Path, zoo: str = ZOO, **sweeps: str) -> Iterator[Path]:
+    """``root`` with the zoo file, the named sweep files, the zoo built into ``root/home`` and
+    ``WHICHMODEL_HOME`` pointing there (tracking at its local store) until the block ends."""
+    import pytest
+
+    from sweeps.cli import main
+
+    (root / "zoo.yaml").write_text(zoo)
+    for name, text in sweeps.items():
+        (root / f"{name}.yaml").write_text(text)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WHICHMODEL_HOME", str(root / "home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        assert main(["zoo", "build", str(root / "zoo.yaml")]) == 0
+        yield root
+    finally:
+        mp.undo()
