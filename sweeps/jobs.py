@@ -150,10 +150,20 @@ class Cluster:
         except Exception as exc:
             raise self._error(exc) from None
 
-    def submit(self, sub: Submission) -> str:
+    def submit(self, sub: Submission, agent_wait_s: float = 30.0) -> str:
+        # A head whose Ray just started may not have registered its agent yet: Ray answers "No
+        # available agent to submit job, please try again later" -- so, a while, we do.
+        deadline = time.monotonic() + agent_wait_s
         try:
-            return self.client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
-                                          submission_id=sub.submission_id, metadata=sub.metadata)
+            while True:
+                try:
+                    return self.client.submit_job(
+                        entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
+                        submission_id=sub.submission_id, metadata=sub.metadata)
+                except RuntimeError as exc:
+                    if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(2.0)
         except Exception as exc:  # packaging the working dir, or the cluster refusing the job
             message = str(exc)
             for value in sub.env.values():  # an echoed runtime env must not show a secret
