@@ -24,7 +24,13 @@ Then, as a user: ``ray up -y``, ``ray dashboard -p PORT``, ``whichmodel submit``
 session's authenticated MLflow server; its password only in the secrets file ``ray up`` copies),
 the runs read back, ``whichmodel jobs`` and ``logs``, ``ray down -y``. Everything is stopped
 also on failure: the tunnel, the cluster (``ray down``), the SSH server and with it every
-process of its namespace. The transcript goes to test-artifacts/ray-up.log.
+process of its namespace. The user's commands run with HOME and TMPDIR under the test's folder
+(Ray's CLI keeps its state there); only Ray's ssh control-socket folder goes to /tmp, and is
+removed. The transcript goes to test-artifacts/ray-up.log.
+
+The head takes Ray's fixed default ports (GCS 6379, dashboard 8265, client server 10001,
+dashboard agent 52365): the test waits until no other process of the machine holds them (a
+local ``whichmodel run``'s Ray holds 52365), then fails naming the port.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +80,32 @@ def node_virtualenv(venv: Path) -> None:
     ray.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\n"
                    "from ray.scripts.scripts import main\nsys.exit(main())\n")
     ray.chmod(0o755)
+
+
+# The fixed ports cluster-local.yaml's head takes (Ray's defaults, on 127.0.0.1 or every
+# interface): another Ray of this machine holding one would make the head fail or, for the
+# agent, start without the HTTP server that job submission goes through.
+HEAD_PORTS = {6379: "the GCS (--port=6379)", 8265: "the dashboard", 10001: "Ray's client server",
+              52365: "the dashboard agent"}
+
+
+def wait_for_head_ports(timeout_s: float = 300.0) -> None:
+    def held() -> list[int]:
+        taken = []
+        for port in HEAD_PORTS:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    taken.append(port)
+        return taken
+
+    deadline = time.monotonic() + timeout_s
+    while (taken := held()) and time.monotonic() < deadline:
+        time.sleep(2)
+    if taken:
+        pytest.fail("held by another process of this machine after "
+                    f"{timeout_s:.0f} s: " + ", ".join(f"port {p} ({HEAD_PORTS[p]})" for p in taken)
+                    + "; cluster-local.yaml's head needs them")
 
 
 def filled_config(path: Path, name: str, client_key: Path, port: int) -> None:
@@ -125,7 +158,10 @@ def test_ray_up_then_submit_through_the_tunnel_read_results_and_ray_down(stack, 
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "MLFLOW_", "AWS_"))}
-    env.update(HOME=str(local_home), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **AUTH)
+    # TMPDIR: where Ray's CLI keeps the local provider's state and its config cache.
+    (root / "local-tmp").mkdir()
+    env.update(HOME=str(local_home), TMPDIR=str(root / "local-tmp"), RAY_USAGE_STATS_ENABLED="0",
+               PYTHONUNBUFFERED="1", **AUTH)
     user_env = dict(env, MLFLOW_TRACKING_URI=stack.tracking_uri,
                     MLFLOW_TRACKING_USERNAME=stack.username,
                     MLFLOW_TRACKING_PASSWORD=stack.password, WHICHMODEL_HOME=str(wm_home))
@@ -138,11 +174,15 @@ def test_ray_up_then_submit_through_the_tunnel_read_results_and_ray_down(stack, 
         return done
 
     whichmodel = [sys.executable, "-m", "sweeps.cli"]
+    # The node's environment: its virtualenv, and pip told to install from what that
+    # virtualenv already has (no download, no isolated build env), as on an offline machine.
     head = SshNode(root / "head", "127.0.0.1", port, host_key, authorized,
-                   {"WHICHMODEL_VENV": str(root / "venv")})
+                   {"WHICHMODEL_VENV": str(root / "venv"), "PIP_NO_INDEX": "1",
+                    "PIP_NO_BUILD_ISOLATION": "0"})  # pip's spelling: 0 turns isolation off
     tunnel: subprocess.Popen | None = None
     up = down = False
     try:
+        wait_for_head_ports()
         head.start()
         done = run(RAY, "up", "-y", "--no-config-cache", str(config), cwd=project, env=env,
                    timeout=600)
@@ -209,18 +249,15 @@ def test_ray_up_then_submit_through_the_tunnel_read_results_and_ray_down(stack, 
             with contextlib.suppress(Exception):
                 run(RAY, "down", "-y", str(config), cwd=project, env=env, timeout=120)
         head.stop()  # the SSH server, and every process left in its namespace
-        remove_ray_client_files(name)
+        remove_ssh_control_folder(name)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def remove_ray_client_files(cluster_name: str) -> None:
-    """What the ``ray`` commands leave in /tmp for a cluster: the local provider's state file
-    and lock, and the folder of the ssh control sockets (command_runner.py's naming)."""
+def remove_ssh_control_folder(cluster_name: str) -> None:
+    """The one thing Ray's CLI puts in /tmp whatever TMPDIR says: the folder of its ssh
+    control sockets for the cluster (command_runner.py's naming)."""
     import hashlib
 
-    for leftover in (Path(f"/tmp/cluster-{cluster_name}.state"),
-                     Path(f"/tmp/cluster-{cluster_name}.lock")):
-        leftover.unlink(missing_ok=True)
     user = Path("/tmp") / f"ray_ssh_{hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]}"
     shutil.rmtree(user / hashlib.sha256(cluster_name.encode()).hexdigest()[:10],
                   ignore_errors=True)
