@@ -11,14 +11,16 @@ head). The file's setup commands install the synced project into the node's virt
 ``WHICHMODEL_VENV`` (set in the node's environment, as the file reads it) points at: a fresh
 virtualenv that sees this one's packages, so nothing like torch is installed again.
 
-Head only, no worker on 127.0.0.2 (read from Ray 2.60's code, not tried): the file starts every
-node without --node-ip-address or --dashboard-agent-listen-port, as real machines need, and on
-one machine that makes two nodes clash. A node joining through a loopback address registers
-under the machine's own address (``resolve_ip_for_localhost``), so the local provider's
-autoscaler, which knows the worker as 127.0.0.2, would not see it heartbeat and would restart
-it; and each node's dashboard agent binds the fixed port 52365 on its address and on 127.0.0.1
-(``http_server_agent.py``), which the head already holds. Adding those flags to the copy would
-test another file. The multi-node cases run on tests/cluster/raycluster.py's nodes.
+Head only, no worker on 127.0.0.2 (read from Ray 2.60's code, not tried): the file starts a
+worker with ``ray start --address=$RAY_HEAD_IP:6379`` and no --node-ip-address, as real
+machines need, and on one machine such a node registers under the machine's own address (the
+route to the head at 127.0.0.1 gives it 127.0.0.1, which Ray swaps for the machine's address,
+``resolve_ip_for_localhost``, as it does for the head), not 127.0.0.2. The local provider's
+autoscaler knows the worker only as 127.0.0.2, would never see it heartbeat, and would restart
+its Ray every heartbeat timeout (30 s) under the trials.
+(Its dashboard agent would also find the head's fixed port 52365 taken on 127.0.0.1 and run
+without its HTTP server.) Adding --node-ip-address to the copy would test another file.
+The multi-node cases run on tests/cluster/raycluster.py's nodes.
 
 Then, as a user: ``ray up -y``, ``ray dashboard -p PORT``, ``whichmodel submit`` (tracking on the
 session's authenticated MLflow server; its password only in the secrets file ``ray up`` copies),
