@@ -11,15 +11,16 @@ head). The file's setup commands install the synced project into the node's virt
 ``WHICHMODEL_VENV`` (set in the node's environment, as the file reads it) points at: a fresh
 virtualenv that sees this one's packages, so nothing like torch is installed again.
 
-Head only, no worker on 127.0.0.2 (read from Ray 2.60's code, not tried): the file starts a
-worker with ``ray start --address=$RAY_HEAD_IP:6379`` and no --node-ip-address, as real
-machines need, and on one machine such a node registers under the machine's own address (the
-route to the head at 127.0.0.1 gives it 127.0.0.1, which Ray swaps for the machine's address,
-``resolve_ip_for_localhost``, as it does for the head), not 127.0.0.2. The local provider's
-autoscaler knows the worker only as 127.0.0.2, would never see it heartbeat, and would restart
-its Ray every heartbeat timeout (30 s) under the trials.
-(Its dashboard agent would also find the head's fixed port 52365 taken on 127.0.0.1 and run
-without its HTTP server.) Adding --node-ip-address to the copy would test another file.
+Head only, no worker on 127.0.0.2. Tried once, outside the suite: the same filled copy with
+``worker_ips: [127.0.0.2]`` and a second SSH server there (own PID namespace, HOME and Ray temp
+dir); for 150 s after ``ray up`` the head's autoscaler logged "Adding 1 node(s) of type
+local.cluster.node" every 5 s and never ran the worker's setup over SSH, and ``ray status``
+showed the head alone (cause not found). Read from Ray 2.60's code, it would not hold either:
+the file starts a worker without --node-ip-address, as real machines need, and on one machine
+such a node registers under the machine's own address (the route to the head at 127.0.0.1
+gives it 127.0.0.1, which Ray swaps, ``resolve_ip_for_localhost``), not the 127.0.0.2 the
+local provider knows it by; its dashboard agent would find the head's fixed port 52365 taken.
+Adding flags to the copy would test another file.
 The multi-node cases run on tests/cluster/raycluster.py's nodes.
 
 Then, as a user: ``ray up -y``, ``ray dashboard -p PORT``, ``whichmodel submit`` (tracking on the
