@@ -23,13 +23,18 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q --no-compile -e '.[test]'
 	touch $@
 
-# Debian packages the cluster tests use: PostgreSQL (the tracking server's backend store) and
-# Chromium (the MLflow UI test). Installed only when missing; needs root or sudo.
+# Debian packages the cluster tests use: PostgreSQL (the tracking server's backend store),
+# Chromium (the MLflow UI test), and for the `ray up` test (tests/cluster/test_ray_up.py) an SSH
+# server that the test runs on loopback itself (openssh-server; on a machine whose init starts
+# services on install, Debian also starts its own sshd), rsync (Ray's file_mounts) and netcat
+# (the test's ssh_proxy_command). Installed only when missing; needs root or sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null \
+		|| ! test -x /usr/sbin/sshd || ! command -v rsync >/dev/null || ! command -v nc >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql chromium >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql chromium \
+			openssh-server rsync netcat-openbsd >/dev/null; \
 	fi
 
 # The tracking server on this machine (mlflow_server/README.md): PostgreSQL, moto's S3 and MLflow

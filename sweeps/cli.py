@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from sweeps.config import WhichModelError
+from sweeps.node_secrets import load_secrets
 from sweeps.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
@@ -435,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     try:
+        # On a cluster node, the secrets a submitted job does not carry (sweeps/node_secrets.py).
+        load_secrets()
         return args.func(args)
     except WhichModelError as exc:
         print(f"whichmodel: error: {exc}", file=sys.stderr)

@@ -8,11 +8,14 @@
 
 ``submit`` validates the sweep file here, then submits ``python -m sweeps.cli run CONFIG`` with the
 project folder as the job's working dir (Ray uploads it; every node of the job runs that code) and
-the tracking, storage and credential variables of *this* shell as the job's environment: a Ray
-cluster YAML cannot read the submitter's environment, so this is where they cross. Only variable
-names are ever printed. The address defaults to ``$RAY_API_SERVER_ADDRESS``, then
-``$RAY_ADDRESS``; an explicit ``--address`` wins over both (Ray's own client would let the
-environment win).
+the tracking, storage and hub variables of *this* shell as the job's environment: a Ray cluster
+YAML cannot read the submitter's environment, so this is where they cross. Secrets never do: Ray
+keeps a job's runtime env in its job table, shown by the Jobs API and the dashboard, so a secret
+set here (``sweeps.node_secrets.is_secret``: the tracking password or token, AWS keys, ...) is
+left out, and the job's driver and trials read it from the secrets file on the nodes (or use
+the nodes' instance profile): :mod:`sweeps.node_secrets`. Only variable names are ever printed.
+The address defaults to ``$RAY_API_SERVER_ADDRESS``, then ``$RAY_ADDRESS``; an explicit
+``--address`` wins over both (Ray's own client would let the environment win).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sweeps.config import WhichModelError
+from sweeps.node_secrets import DEFAULT_PATH, WORKER_SETUP_HOOK, is_secret
 
-# Variables a sweep needs on the cluster, passed from the submitter's environment when set.
+# Variables a sweep needs on the cluster, passed from the submitter's environment when set,
+# except the secrets among them (is_secret: never in the runtime env; the nodes' secrets file).
 # Ray's own address variables are left out on purpose: inside a job, Ray sets RAY_ADDRESS to the
 # cluster itself, and the submitter's (the dashboard URL) would break ``ray.init``.
 ENV_PASSTHROUGH = (
@@ -145,10 +150,20 @@ class Cluster:
         except Exception as exc:
             raise self._error(exc) from None
 
-    def submit(self, sub: Submission) -> str:
+    def submit(self, sub: Submission, agent_wait_s: float = 30.0) -> str:
+        # A head whose Ray just started may not have registered its agent yet: Ray answers "No
+        # available agent to submit job, please try again later" -- so, a while, we do.
+        deadline = time.monotonic() + agent_wait_s
         try:
-            return self.client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
-                                          submission_id=sub.submission_id, metadata=sub.metadata)
+            while True:
+                try:
+                    return self.client.submit_job(
+                        entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
+                        submission_id=sub.submission_id, metadata=sub.metadata)
+                except RuntimeError as exc:
+                    if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(2.0)
         except Exception as exc:  # packaging the working dir, or the cluster refusing the job
             message = str(exc)
             for value in sub.env.values():  # an echoed runtime env must not show a secret
@@ -215,16 +230,31 @@ def project_root() -> Path:
     return root
 
 
-def job_env(extra: Iterable[str] = (), environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The job's environment: the allow-listed variables that are set here, plus ``extra``
-    names (each must be set)."""
+def passed_names(environ: dict[str, str]) -> list[str]:
+    """The allow-listed variables set in ``environ``, secrets included (see :func:`job_env`)."""
+    return [k for k in environ if k in ENV_PASSTHROUGH or k.startswith(ENV_PREFIXES)]
+
+
+def withheld_secrets(environ: dict[str, str] | None = None) -> list[str]:
+    """The allow-listed secrets set here that ``job_env`` leaves out of the job."""
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items()
-           if k in ENV_PASSTHROUGH or k.startswith(ENV_PREFIXES)}
+    return sorted(k for k in passed_names(environ) if is_secret(k))
+
+
+def job_env(extra: Iterable[str] = (), environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's environment: the allow-listed variables that are set here, less the secrets,
+    plus ``extra`` names (each must be set, none a secret)."""
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in passed_names(environ) if not is_secret(k)}
     for name in extra:
         if not name.isidentifier():
             raise WhichModelError(f"--env {name!r}: give a variable's name (its value is read "
                                   "from this environment, never from the command line)")
+        if is_secret(name):
+            raise WhichModelError(
+                f"--env {name}: a secret never goes into the job's runtime env (Ray shows it in "
+                f"the job table); put it in the secrets file on the nodes ({DEFAULT_PATH}, "
+                "README 'Secrets on a cluster')")
         if name not in environ:
             raise WhichModelError(f"--env {name}: not set in this environment")
         env[name] = environ[name]
@@ -239,11 +269,13 @@ class Submission:
     sweep: str
     env: dict[str, str] = field(repr=False)
     submission_id: str = ""
+    withheld: list[str] = field(default_factory=list)  # secrets set here, not sent (names)
 
     @property
     def runtime_env(self) -> dict:
+        """What Ray stores in its job table: no secret value, only where to read them."""
         return {"working_dir": str(self.working_dir), "excludes": list(WORKING_DIR_EXCLUDES),
-                "env_vars": dict(self.env)}
+                "env_vars": dict(self.env), "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -282,7 +314,8 @@ def plan_submission(config: str | Path, *, working_dir: str | Path | None = None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Submission(entrypoint=shlex.join(args), working_dir=root, config=rel,
                       sweep=plan.cfg.name, env=job_env(extra_env, environ),
-                      submission_id=f"whichmodel-{plan.cfg.name}-{stamp}-{secrets.token_hex(2)}")
+                      submission_id=f"whichmodel-{plan.cfg.name}-{stamp}-{secrets.token_hex(2)}",
+                      withheld=withheld_secrets(environ))
 
 
 def describe_submission(sub: Submission, job_id: str, address: str) -> str:
@@ -294,6 +327,10 @@ def describe_submission(sub: Submission, job_id: str, address: str) -> str:
         f"{', '.join(WORKING_DIR_EXCLUDES[:6])}, ... and what .gitignore ignores)",
         f"  environment: {names} (values not shown)",
     ]
+    if sub.withheld:
+        lines.append(f"  secrets:     {', '.join(sub.withheld)} set here, not sent (Ray would "
+                     "show them in its job table): the job reads them from $WHICHMODEL_SECRETS_FILE "
+                     f"on the nodes (default {DEFAULT_PATH}), or uses the nodes' own identity")
     if "MLFLOW_TRACKING_URI" not in sub.env:
         lines.append("  note: MLFLOW_TRACKING_URI is not set here, so runs go to the head node's "
                      "local store ($WHICHMODEL_HOME/mlflow.db there)")

@@ -59,8 +59,10 @@ def test_no_secret_tracking_uri_or_bucket_in_the_file(name):
     assert not re.search(r"(s3|postgresql|postgres|mysql|sqlite|file|https)://", text)
     # The only URL is the tunnelled dashboard in the usage notes.
     assert set(re.findall(r"http://[^\s'\"]+", text)) <= {"http://127.0.0.1:8265"}
-    # Ray's auth token travels as a file mount of the user's own ~/.ray/auth_token, never inline.
+    # Ray's auth token and the nodes' secrets travel as file mounts of the user's own files
+    # (~/.ray/auth_token, ~/.whichmodel/secrets.env), never inline.
     text = text.replace("~/.ray/auth_token: ~/.ray/auth_token", "")
+    text = text.replace("~/.whichmodel/secrets.env: ~/.whichmodel/secrets.env", "")
     assert not re.search(r"(password|secret|token)\s*[:=]\s*\S", text, re.IGNORECASE)
 
 
@@ -99,7 +101,8 @@ def test_dashboard_is_bound_to_the_loopback_and_no_port_is_opened(name):
 @pytest.mark.parametrize("name", FILES)
 def test_every_node_installs_the_synced_project_with_its_pins(name):
     cfg = _load(name)
-    assert cfg["file_mounts"] == {"~/whichmodel": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    assert cfg["file_mounts"] == {"~/whichmodel": ".", "~/.ray/auth_token": "~/.ray/auth_token",
+                                  "~/.whichmodel/secrets.env": "~/.whichmodel/secrets.env"}
     assert any(re.search(r"pip install (-q )?-e ~/whichmodel$", c) for c in cfg["setup_commands"])
     # The project's own pins do the pinning: torch and torchvision are a pair, Ray is exact.
     pins = _pins()

@@ -12,7 +12,15 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.config import WhichModelError
-from sweeps.jobs import WORKING_DIR_EXCLUDES, Cluster, describe_submission, job_env, plan_submission, resolve_address
+from sweeps.jobs import (
+    WORKING_DIR_EXCLUDES,
+    Cluster,
+    describe_submission,
+    job_env,
+    plan_submission,
+    resolve_address,
+    withheld_secrets,
+)
 from tests.cluster.raycluster import free_port
 from tests.tiny import ZOO, sweep
 
@@ -33,15 +41,23 @@ def test_job_env_passes_the_allow_list_and_named_variables_only():
         "MY_FLAG": "on",
     }
     env = job_env(["MY_FLAG"], environ)
-    assert set(env) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD",
-                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+    # Secrets (the tracking password, AWS keys) are left out: Ray keeps the runtime env in its
+    # job table (tests/cluster/test_job_secrets.py runs a job without them).
+    assert set(env) == {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
                         "HF_HUB_OFFLINE", "WHICHMODEL_HOME", "TUNE_MAX_PENDING_TRIALS_PG",
                         "MY_FLAG"}
     assert env["MY_FLAG"] == "on"
+    assert withheld_secrets(environ) == ["AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"]
     with pytest.raises(WhichModelError, match="--env NOT_SET: not set in this environment"):
         job_env(["NOT_SET"], environ)
     with pytest.raises(WhichModelError, match="never from the command line"):
         job_env(["MY_FLAG=on"], environ)
+    for name in ("GITHUB_TOKEN", "MY_DB_PASSWORD", "AWS_SECRET_ACCESS_KEY"):
+        with pytest.raises(WhichModelError, match=f"--env {name}: a secret never goes into the "
+                                                  "job's runtime env"):
+            job_env([name], environ | {name: "x"})
+    assert job_env(["WHICHMODEL_SECRETS_FILE"], {"WHICHMODEL_SECRETS_FILE": "/s"}) == {
+        "WHICHMODEL_SECRETS_FILE": "/s"}  # a file's place is no secret
 
 
 def test_a_packaged_sweep_runs_from_the_project_root_with_its_relative_path():
@@ -52,6 +68,7 @@ def test_a_packaged_sweep_runs_from_the_project_root_with_its_relative_path():
     assert re.fullmatch(r"whichmodel-quickstart-\d{8}-\d{6}-[0-9a-f]{4}", sub.submission_id)
     env = sub.runtime_env
     assert env["working_dir"] == str(REPO) and env["env_vars"] == {}
+    assert env["worker_process_setup_hook"] == "sweeps.node_secrets.load_secrets"
     assert {".venv", ".git", ".whichmodel", "reports", "*.db"} <= set(env["excludes"])
     assert env["excludes"] == WORKING_DIR_EXCLUDES
     assert sub.metadata == {"whichmodel_sweep": "quickstart",
@@ -68,7 +85,8 @@ def test_the_summary_names_variables_and_never_shows_a_value(tmp_path):
                           environ={"MLFLOW_TRACKING_URI": "https://user:hunter2@mlflow.example",
                                    "AWS_SECRET_ACCESS_KEY": "hunter3"})
     text = describe_submission(sub, "whichmodel-s-1", "http://127.0.0.1:8265")
-    assert "AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_URI (values not shown)" in text
+    assert "environment: MLFLOW_TRACKING_URI (values not shown)" in text
+    assert "secrets:     AWS_SECRET_ACCESS_KEY set here, not sent" in text
     assert "hunter2" not in text and "hunter3" not in text and "hunter" not in repr(sub)
     assert "whichmodel logs whichmodel-s-1 --address http://127.0.0.1:8265 --follow" in text
 
@@ -126,3 +144,34 @@ def test_an_explicit_address_wins_over_the_environment(monkeypatch):
     port = free_port()
     with pytest.raises(WhichModelError, match=f"http://127.0.0.1:{port}"):
         Cluster(f"http://127.0.0.1:{port}")
+
+
+def test_the_nodes_secrets_file_fills_what_is_unset_and_must_be_private(tmp_path, capsys,
+                                                                        monkeypatch):
+    from sweeps.node_secrets import load_secrets
+
+    path = tmp_path / "secrets.env"
+    path.write_text("# the nodes' secrets\n\nexport MLFLOW_TRACKING_PASSWORD='pw 1'\n"
+                    "AWS_SECRET_ACCESS_KEY=k=2\nAWS_SESSION_TOKEN=\"t3\"\n")
+    path.chmod(0o600)
+    environ = {"WHICHMODEL_SECRETS_FILE": str(path), "AWS_SESSION_TOKEN": "set-here"}
+    assert load_secrets(environ) == ["MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"]
+    assert environ["MLFLOW_TRACKING_PASSWORD"] == "pw 1" and environ["AWS_SECRET_ACCESS_KEY"] == "k=2"
+    assert environ["AWS_SESSION_TOKEN"] == "set-here"  # the process's own environment wins
+    path.chmod(0o640)
+    with pytest.raises(WhichModelError, match=f"{path}: secrets file readable by others .* "
+                                              f"chmod 600 {path}"):
+        load_secrets({"WHICHMODEL_SECRETS_FILE": str(path)})
+    path.chmod(0o600)
+    path.write_text("MLFLOW_TRACKING_PASSWORD hunter2\n")
+    with pytest.raises(WhichModelError, match=r"line 1: write NAME=VALUE") as exc:
+        load_secrets({"WHICHMODEL_SECRETS_FILE": str(path)})
+    assert "hunter2" not in str(exc.value)
+    with pytest.raises(WhichModelError, match="WHICHMODEL_SECRETS_FILE=.*missing.env: no such file"):
+        load_secrets({"WHICHMODEL_SECRETS_FILE": str(tmp_path / "missing.env")})
+    # Any whichmodel command on a node reads it first: a bad file is a one-line error, exit 2.
+    path.chmod(0o644)
+    monkeypatch.setenv("WHICHMODEL_SECRETS_FILE", str(path))
+    assert main(["jobs", "--address", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "secrets file readable by others" in err
