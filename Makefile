@@ -25,16 +25,21 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 # Debian packages the cluster tests use: PostgreSQL (the tracking server's backend store),
 # Chromium (the MLflow UI test), and for the `ray up` test (tests/cluster/test_ray_up.py) an SSH
-# server that the test runs on loopback itself (openssh-server; on a machine whose init starts
-# services on install, Debian also starts its own sshd), rsync (Ray's file_mounts) and netcat
-# (the test's ssh_proxy_command). Installed only when missing; needs root or sudo.
+# server that the test runs on loopback itself (openssh-server), rsync (Ray's file_mounts) and
+# netcat (the test's ssh_proxy_command). Installed only when missing; needs root or sudo. A
+# policy-rc.d guard, while apt runs, keeps Debian from starting the packages' own services (an
+# sshd on port 22 of every address, a PostgreSQL): the tests start theirs, on loopback.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null \
 		|| ! test -x /usr/sbin/sshd || ! command -v rsync >/dev/null || ! command -v nc >/dev/null; then \
+		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+			$(SUDO) chmod 755 /usr/sbin/policy-rc.d; fi; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql chromium \
 			openssh-server rsync netcat-openbsd >/dev/null; \
+		status=$$?; [ -z "$$guard" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	fi
 
 # The tracking server on this machine (mlflow_server/README.md): PostgreSQL, moto's S3 and MLflow
