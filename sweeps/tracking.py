@@ -334,8 +334,10 @@ class Tracker:
         metadata = pd.DataFrame(list(meta.values()), columns=["model", *MODEL_META_KEYS])
         return records, metadata.set_index("model"), groups
 
-    def log_report(self, name: str, files: Iterable[Path], tags: dict[str, str]) -> str:
-        """One report run per name in the experiment, its artifacts replaced on every report."""
+    def log_report(self, name: str, files: Iterable[Path], tags: dict[str, str],
+                   description: str | None = None) -> str:
+        """One report run per name in the experiment, its artifacts replaced on every report;
+        ``description`` (Markdown, the leaderboard) is the run's description in the UI."""
         key = f"report|{name}"
         existing = self.search(f"tags.report_key = '{key}'")
         if existing:
@@ -344,6 +346,8 @@ class Tracker:
             run_id = self.client.create_run(self.experiment_id, run_name=f"report:{name}",
                                             tags={"report_key": key, "protocol": "report",
                                                   **tags}).info.run_id
+        if description is not None:
+            self.client.set_tag(run_id, "mlflow.note.content", description)
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path="report")
         self.client.set_terminated(run_id, "FINISHED")
