@@ -148,9 +148,20 @@ def _after_sweep(args, paths, plan, outcome) -> int:
                 out_dir=Path(args.reports_dir) / plan.cfg.name)
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
-    if uri.startswith("sqlite:"):
-        print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}")
+    _print_ui(uri, getattr(outcome, "experiment_id", "") or None)
     return 0
+
+
+def _print_ui(uri: str, experiment_id: str | None) -> None:
+    """Where to see the runs: the MLflow UI's address of the experiment's runs table, in the
+    model-training view (``workflowType=machine_learning``: not the GenAI traces page)."""
+    from sweeps.mlflow_store import ui_url
+
+    if uri.startswith("sqlite:"):
+        print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}\n"
+              f"[whichmodel] then open {ui_url('http://127.0.0.1:5000', experiment_id)}")
+    elif uri.startswith(("http://", "https://")):
+        print(f"\n[whichmodel] browse the runs: {ui_url(uri, experiment_id)}")
 
 
 def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",

@@ -39,6 +39,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     experiment_path: str = ""
     tracking_uri: str = ""
+    experiment_id: str = ""  # the MLflow experiment's id (the UI's address)
     # seconds from the sweep's start until its last probe and its last fine-tune were in
     stage_s: dict[str, float] = field(default_factory=dict)
 
@@ -65,7 +66,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
 
     todo = [(m, t, p) for p in plan.protocols for m in plan.models for t in plan.tasks
             if pair_key(m, t, p) not in finished]
-    outcome = Outcome(cfg.experiment, plan.n_keys, plan.n_keys - len(todo), tracking_uri=uri)
+    outcome = Outcome(cfg.experiment, plan.n_keys, plan.n_keys - len(todo), tracking_uri=uri,
+                      experiment_id=tracker.experiment_id)
     print(f"[whichmodel] sweep {cfg.name}: {plan.n_keys} (model, task, protocol) keys, "
           f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
           f"{len(todo)} to run", file=stream, flush=True)
@@ -112,7 +114,7 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
         return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream)
     recorder.reconcile(done)
     outcome = Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged, recorder.failures,
-                      state["experiment_path"], uri)
+                      state["experiment_path"], uri, recorder.tracker.experiment_id)
     return plan, outcome
 
 
