@@ -194,6 +194,8 @@ class PairRecorder:
         if job.kind == "probe" or job.early_stop:
             parts = self.probes.setdefault(pair, {})
             parts["probe" if job.kind == "probe" else "early_stop"] = metrics
+            if job.kind == "finetune":  # the proxy ran inside a fine-tune trial: not the
+                parts["early_stop_in_finetune"] = True  # probe run's time
             self._log_probe_when_complete(pair)
         if job.kind != "finetune":
             return
@@ -254,7 +256,9 @@ class PairRecorder:
         del self.probes[pair]
         metrics = {**parts["probe"], **{k: v for k, v in parts.get("early_stop", {}).items()
                                         if k in ("proxy/early_stop", "time/proxy/early_stop")}}
-        span = trial_span(parts.values())
+        own = [parts["probe"], *([] if parts.get("early_stop_in_finetune") or "early_stop" not in
+                                 parts else [parts["early_stop"]])]
+        span = trial_span(own)
         # The features file is on the trial's node: an artifact when the driver can read it
         # (one machine), else found through its copy in shared storage (features_uri tag).
         path = metrics.get("features_path")
