@@ -107,6 +107,7 @@ def test_mlflow_ui_opens_on_the_runs_table_with_durations_and_datasets(stack, re
             body = page.inner_text("body")
             headers = [h.inner_text().strip() for h in page.get_by_role("columnheader").all()]
             rows = {name: _row_cells(page, name) for name in NAMES}
+            _readme_steps(page)  # README, "Comparing models in the UI": filter, then compare
         finally:
             browser.close()
     assert "matching runs" in body and "No data available" not in body  # not the traces page
@@ -121,6 +122,10 @@ def test_mlflow_ui_opens_on_the_runs_table_with_durations_and_datasets(stack, re
             assert duration > 1.0, (name, cells)  # the fine-tune's compute, not its logging
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000
+    # the report run's description (the UI's Description) is the leaderboard in Markdown
+    (report_run,) = [r for r in rest.runs("ui-sweep") if r["tags"].get("protocol") == "report"]
+    note = report_run["tags"]["mlflow.note.content"]
+    assert note.startswith("## Which strategy finds the best model") and "\n| 1 | " in note
 
 
 def test_report_html_shows_the_leaderboard_and_requests_nothing(ui_sweep):
@@ -153,6 +158,23 @@ def test_report_html_shows_the_leaderboard_and_requests_nothing(ui_sweep):
     # the page itself, and nothing else: no host asked for anything
     assert [u for u in requests if not u.startswith("data:")] == [page_file.resolve().as_uri()]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _readme_steps(page) -> None:
+    """The README's steps: a filter in the search box keeps one task's two fine-tunes; ticking
+    both and *Compare* opens the comparison (screenshot ``mlflow-compare.png``)."""
+    search = page.get_by_placeholder(re.compile(r"metrics\.|params\."))
+    search.fill("tags.protocol = 'finetune' and tags.task = 'digits'")
+    search.press("Enter")
+    page.get_by_text(re.compile(r"^2 matching runs$")).wait_for(timeout=30_000)
+    boxes = [b for b in page.get_by_role("checkbox").all() if b.is_visible()][1:3]  # not "all"
+    assert len(boxes) == 2
+    for box in boxes:
+        b = box.bounding_box()
+        page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("Comparing 2 Runs").wait_for(timeout=30_000)
+    page.screenshot(path=str(services.artifacts_dir() / "mlflow-compare.png"))
 
 
 def _row_cells(page, name: str) -> list[str]:
