@@ -194,8 +194,8 @@ class PairRecorder:
         if job.kind == "probe" or job.early_stop:
             parts = self.probes.setdefault(pair, {})
             parts["probe" if job.kind == "probe" else "early_stop"] = metrics
-            if job.kind == "finetune":  # the proxy ran inside a fine-tune trial: not the
-                parts["early_stop_in_finetune"] = True  # probe run's time
+            if job.kind == "finetune":  # the proxy ran inside a fine-tune trial
+                parts["early_stop_in_finetune"] = True
             self._log_probe_when_complete(pair)
         if job.kind != "finetune":
             return
@@ -256,9 +256,10 @@ class PairRecorder:
         del self.probes[pair]
         metrics = {**parts["probe"], **{k: v for k, v in parts.get("early_stop", {}).items()
                                         if k in ("proxy/early_stop", "time/proxy/early_stop")}}
-        own = [parts["probe"], *([] if parts.get("early_stop_in_finetune") or "early_stop" not in
-                                 parts else [parts["early_stop"]])]
-        span = trial_span(own)
+        own_trials = [parts["probe"]]  # the run's time: its probe and its own early-stop trial
+        if "early_stop" in parts and not parts.get("early_stop_in_finetune"):
+            own_trials.append(parts["early_stop"])
+        span = trial_span(own_trials)
         # The features file is on the trial's node: an artifact when the driver can read it
         # (one machine), else found through its copy in shared storage (features_uri tag).
         path = metrics.get("features_path")

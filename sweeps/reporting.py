@@ -3,8 +3,9 @@
     whichmodel report --experiment quickstart
     whichmodel report --records results.csv --models models.csv --format json --output -
 
-Writes ``reports/<experiment>/regret.{md,csv,json,png}`` and logs them as artifacts of the
-experiment's report run (one per pool).
+Writes ``reports/<experiment>/`` (``report.html``, ``regret.{md,csv,json}``, the figures) and
+logs them as artifacts of the experiment's report run (one per pool), whose description is the
+leaderboard; prints the leaderboard (``--detail``: and the per-task tables).
 """
 
 from __future__ import annotations
