@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -127,6 +128,8 @@ def format_table(report: Mapping[str, Any], budget: int | None = None,
     skipped = report.get("skipped_tasks") or []
     if skipped:
         out.append(f"skipped tasks (no {GROUND_TRUTH} in the pool): {', '.join(skipped)}")
+    if width:  # the sentences too
+        out = [textwrap.fill(p, width) if "\n" not in p else p for p in out]
     return "\n\n".join(out) + "\n"
 
 
