@@ -173,20 +173,33 @@ def _file_lines(files: Sequence[str], width: int) -> list[str]:
     return lines + ([line] if rest else [])
 
 
-def leaderboard_markdown(report: Mapping[str, Any]) -> str:
-    """The leaderboard as Markdown (the report run's MLflow description)."""
+MARKDOWN_LIMIT = 8000  # MLflow's longest tag value (the description is a tag)
+
+
+def leaderboard_markdown(report: Mapping[str, Any], limit: int = MARKDOWN_LIMIT) -> str:
+    """The leaderboard as Markdown (the report run's MLflow description), at most ``limit``
+    characters: the rows that do not fit are left to ``report.html``, and it says so."""
     header, rows, bounds = leaderboard_rows(report)
     rows = rows + [["bound", *r[1:]] for r in bounds]
     lines = [header, ["---:", "---", *["---:"] * (len(header) - 2)], *rows]
-    table = "\n".join("| " + " | ".join(c.strip().replace("|", "\\|") for c in r) + " |"
-                      for r in lines)
+    md_rows = ["| " + " | ".join(c.strip().replace("|", "\\|") for c in r) + " |" for r in lines]
+    budget = limit - 1500  # the title, the legend and the group lines
+    kept, size = [], 0
+    for row in md_rows:
+        if size + len(row) + 1 > budget:
+            md_rows = kept + [f"\n{len(md_rows) - len(kept)} more rows in report.html"]
+            break
+        kept.append(row)
+        size += len(row) + 1
+    table = "\n".join(md_rows)
     legend = (f"Mean relative regret over {len(report['tasks'])} tasks"
               + (" [95% interval]" if report.get("ci") else "") + f", pool `{report['pool']}`, "
               f"sorted by B = 1; `{WITHIN}`: within noise of the best; `bound`: reads the task's "
               "own results.")
     groups = "\n".join(f"- {line}" for line in group_lines(report, 10_000))
-    return (f"## Which strategy finds the best model: `{report.get('experiment', report['pool'])}`"
+    text = (f"## Which strategy finds the best model: `{report.get('experiment', report['pool'])}`"
             f"\n\n{legend}\n\n{table}\n\nBy task group:\n\n{groups}\n")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def fit_table(header: list[str], rows: list[list[str]], n_labels: int, width: int) -> str:

@@ -103,6 +103,8 @@ def test_leaderboard_is_sorted_by_b1_marks_within_noise_and_keeps_bounds_apart(w
     md = leaderboard_markdown(wide)
     assert md.count("\n| ") == len(expected) + 2 + 2  # header, align, rows, two bounds
     assert "| 1 | " + best + " | " in md
+    short = leaderboard_markdown(wide, limit=2500)  # MLflow keeps a tag of at most 8000
+    assert len(short) <= 2500 and "more rows in report.html" in short and "| 1 | " in short
 
 
 def test_detail_tables_fit_the_terminal(wide, tmp_path):
