@@ -142,3 +142,18 @@ def split_arrays(splits: dict[str, tuple[Array, Array]]) -> dict[str, Array]:
 
 def arrays_splits(arrays: dict[str, Array]) -> dict[str, tuple[Array, Array]]:
     return {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in SPLITS}
+
+
+def splits_digest(splits: dict[str, tuple[Array, Array]]) -> str:
+    """A digest of a task's splits (SHA-256 of each split's images and labels, shapes and dtypes
+    included, in :data:`SPLITS` order), 16 hex digits: the same data gives the same digest on any
+    machine (MLflow's dataset digest of the task)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(splits, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)):
+        for a in splits[name]:
+            a = np.ascontiguousarray(a)
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -375,6 +375,9 @@ class LocalStack:
             f"{self.prefix!r} (in memory: artifacts are gone when it stops)",
             f"[mlflow-server] MLflow      {self.tracking_uri}  (basic auth; log "
             f"{self.mlflow_log})",
+            # the model-training view: runs tables, not the GenAI traces page (MLflow 3.17)
+            f"[mlflow-server] UI          {self.tracking_uri}/#/experiments?"
+            "workflowType=machine_learning",
             "",
             "A client needs:",
             f"  export MLFLOW_TRACKING_URI={self.tracking_uri}",

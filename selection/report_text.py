@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from selection.records import GROUND_TRUTH
+from selection.report_leaderboard import fit_table
 from selection.report_noise import has_noise, interval_rows, legend, mark_cell, task_rows
 
 CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "absolute_regret",
@@ -93,9 +95,16 @@ def _regret_rows(report: Mapping[str, Any], budget: int,
     return header, rows
 
 
-def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
-    """Plain-text tables of relative regret: rows = tasks (grouped, with group means) and a
-    ``mean`` row; columns = strategies; one table per budget, or only ``budget``."""
+def format_table(report: Mapping[str, Any], budget: int | None = None,
+                 width: int | None = None) -> str:
+    """Plain-text tables of relative regret (``whichmodel report --detail``): rows = tasks
+    (grouped, with group means) and a ``mean`` row; columns = strategies; one table per budget,
+    or only ``budget``. With ``width``, a table wider than that is split into blocks of columns
+    (:func:`selection.report_leaderboard.fit_table`)."""
+    def table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
+        return (fit_table(header, rows, n_labels, width) if width
+                else _plain_table(header, rows, n_labels))
+
     out = []
     for b in _check_budget(report, budget):
         header, rows = _regret_rows(report, b)
@@ -103,22 +112,24 @@ def format_table(report: Mapping[str, Any], budget: int | None = None) -> str:
         title = f"relative regret, pool '{report['pool']}', B = {b}"
         if "random" in report["strategies"]:
             title += " (random: exact expected regret)"
-        out.append(title + "\n" + _plain_table(header, rows, n_labels))
+        out.append(title + "\n" + table(header, rows, n_labels))
     if has_noise(report):
         out.append("mean relative regret [95% interval] (~: within noise of the best)\n"
-                   + _plain_table(*interval_rows(report), 1))
-        out.append("noise of the ground truth per task\n" + _plain_table(*task_rows(report), 2))
+                   + table(*interval_rows(report), 1))
+        out.append("noise of the ground truth per task\n" + table(*task_rows(report), 2))
     summary = _summary_rows(report)
     if summary:
         header = ["score", "mean weighted tau", "mean pearson", "tasks", "mse"]
         out.append(f"rank agreement with {GROUND_TRUTH} (mean over tasks where defined)\n"
-                   + _plain_table(header, summary, 1))
+                   + table(header, summary, 1))
     claim = claim_line(report)
     if claim:
         out.append(claim)
     skipped = report.get("skipped_tasks") or []
     if skipped:
         out.append(f"skipped tasks (no {GROUND_TRUTH} in the pool): {', '.join(skipped)}")
+    if width:  # the sentences too
+        out = [textwrap.fill(p, width) if "\n" not in p else p for p in out]
     return "\n\n".join(out) + "\n"
 
 

@@ -150,13 +150,25 @@ def _after_sweep(args, paths, plan, outcome) -> int:
                 out_dir=Path(args.reports_dir) / plan.cfg.name)
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
-    if uri.startswith("sqlite:"):
-        print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}")
+    _print_ui(uri, getattr(outcome, "experiment_id", "") or None)
     return 0
 
 
+def _print_ui(uri: str, experiment_id: str | None) -> None:
+    """Where to see the runs: the MLflow UI's address of the experiment's runs table, in the
+    model-training view (``workflowType=machine_learning``: not the GenAI traces page)."""
+    from sweeps.mlflow_store import ui_url
+
+    if uri.startswith("sqlite:"):
+        print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}\n"
+              f"[whichmodel] then open {ui_url('http://127.0.0.1:5000', experiment_id)}")
+    elif uri.startswith(("http://", "https://")):
+        print(f"\n[whichmodel] browse the runs: {ui_url(uri, experiment_id)}")
+
+
 def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",
-            budget: int | None = None, fmt: str | None = None, output: str | None = None) -> int:
+            budget: int | None = None, fmt: str | None = None, output: str | None = None,
+            detail: bool = False) -> int:
     from sweeps.reporting import report_experiment
     from sweeps.tracking import Tracker
 
@@ -184,10 +196,11 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
         results = search_results(tracker, plan.cfg)
         if results:
             report["budgeted_search"] = summarize_search(report, results)
-    return _emit(report, out_dir, tracker, fmt, output)
+    return _emit(report, out_dir, tracker, fmt, output, detail)
 
 
-def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None) -> int:
+def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
+          detail: bool = False) -> int:
     from sweeps.reporting import results_table, write_and_log
 
     if fmt and output == "-":
@@ -200,12 +213,16 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None) -
                 "csv": lambda: (out_dir / "regret.csv").read_text()}[fmt]()
         print(text)
         return 0
-    print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report) + "\n")
-    files = write_and_log(report, out_dir, tracker)
+    from selection.report_leaderboard import terminal_width
+
+    width = terminal_width(None if detail else 100)
+    print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report, width)
+          + "\n")
     if report.get("budgeted_search"):
         from sweeps.search import format_search
 
-        print("\n" + format_search(report["budgeted_search"]))
+        print(format_search(report["budgeted_search"]) + "\n")
+    files = write_and_log(report, out_dir, tracker, detail=detail)
     if fmt and output:
         Path(output).write_bytes(files[fmt].read_bytes())
     return 0
@@ -225,7 +242,7 @@ def cmd_report(args) -> int:
             raise WhichModelError(str(exc)) from None
         report = report_from_tables(records, meta, None, pool=args.pool,
                                     max_budget=args.budget or 3)
-        return _emit(report, out_dir, None, args.format, args.output)
+        return _emit(report, out_dir, None, args.format, args.output, args.detail)
     if not args.experiment:
         raise WhichModelError("report: give --experiment NAME (MLflow) or --records FILE.csv")
     from sweeps.driver import remembered_config
@@ -236,7 +253,8 @@ def cmd_report(args) -> int:
     config = args.config or remembered_config(paths, args.experiment)
     plan = plan_sweep(config) if config else None
     return _report(paths, args.tracking_uri, args.experiment, plan=plan, out_dir=out_dir,
-                   pool=args.pool, budget=args.budget, fmt=args.format, output=args.output)
+                   pool=args.pool, budget=args.budget, fmt=args.format, output=args.output,
+                   detail=args.detail)
 
 
 def cmd_list(args) -> int:
@@ -385,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=["md", "csv", "json"])
     rep.add_argument("--output", help="file to write the chosen format to, or - for stdout")
     rep.add_argument("--reports-dir", default="reports")
+    rep.add_argument("--detail", action="store_true",
+                     help="also print the per-task tables (split to the terminal's width)")
     rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list a registry: tasks, proxies, strategies, "

@@ -39,6 +39,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     experiment_path: str = ""
     tracking_uri: str = ""
+    experiment_id: str = ""  # the MLflow experiment's id (the UI's address)
     # seconds from the sweep's start until its last probe and its last fine-tune were in
     stage_s: dict[str, float] = field(default_factory=dict)
 
@@ -72,7 +73,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
                                             for m in plan.models for t in plan.tasks]
     todo = [(m, t, p) for m, t, p in wanted if pair_key(m, t, p) not in finished]
-    outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri)
+    outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri,
+                      experiment_id=tracker.experiment_id)
     print(f"[whichmodel] {label or 'sweep ' + cfg.name}: {len(wanted)} (model, task, protocol) keys, "
           f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
           f"{len(todo)} to run", file=stream, flush=True)
@@ -124,7 +126,7 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
         return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream)
     recorder.reconcile(done)
     outcome = Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged, recorder.failures,
-                      state["experiment_path"], uri)
+                      state["experiment_path"], uri, recorder.tracker.experiment_id)
     return plan, outcome
 
 

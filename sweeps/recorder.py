@@ -194,6 +194,8 @@ class PairRecorder:
         if job.kind == "probe" or job.early_stop:
             parts = self.probes.setdefault(pair, {})
             parts["probe" if job.kind == "probe" else "early_stop"] = metrics
+            if job.kind == "finetune":  # the proxy ran inside a fine-tune trial
+                parts["early_stop_in_finetune"] = True
             self._log_probe_when_complete(pair)
         if job.kind != "finetune":
             return
@@ -208,14 +210,18 @@ class PairRecorder:
                                "test_acc": metrics[f"{key}/test_acc"],
                                "curve": curves.get(key, []), "val_curve": val_curves.get(key),
                                "seconds": metrics.get("time/finetune", 0.0) / len(job.runs),
-                               "test_pred": preds.get(key), "test_labels": labels}
+                               "test_pred": preds.get(key), "test_labels": labels,
+                               "started_at": metrics.get("started_at"),
+                               "ended_at": metrics.get("ended_at"),
+                               "digest": metrics.get("task_digest")}
         if set(self._expected_runs()) <= set(runs):
             del self.pending[pair]
             aggregated = aggregate_finetune(runs)
             aggregated["time/finetune"] = sum(r["seconds"] for r in runs.values())
             path = self._save_predictions(job.model, job.task, runs, aggregated)
             self._log(job.model, job.task, "finetune", aggregated, runs,
-                      artifacts=[str(path)] if path else None)
+                      artifacts=[str(path)] if path else None, span=trial_span(runs.values()),
+                      digest=next((r["digest"] for r in runs.values() if r.get("digest")), None))
 
     def _save_predictions(self, model: str, task: str, runs: dict[tuple[float, int], dict],
                           aggregated: dict[str, float]) -> Path | None:
@@ -250,18 +256,27 @@ class PairRecorder:
         del self.probes[pair]
         metrics = {**parts["probe"], **{k: v for k, v in parts.get("early_stop", {}).items()
                                         if k in ("proxy/early_stop", "time/proxy/early_stop")}}
+        own_trials = [parts["probe"]]  # the run's time: its probe and its own early-stop trial
+        if "early_stop" in parts and not parts.get("early_stop_in_finetune"):
+            own_trials.append(parts["early_stop"])
+        span = trial_span(own_trials)
         # The features file is on the trial's node: an artifact when the driver can read it
         # (one machine), else found through its copy in shared storage (features_uri tag).
         path = metrics.get("features_path")
         readable = bool(path) and Path(path).is_file()
         self._log(*pair, "probe",
                   {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
-                  artifacts=[path] if readable else None, features_uri=metrics.get("features_uri"))
+                  artifacts=[path] if readable else None, features_uri=metrics.get("features_uri"),
+                  span=span, digest=metrics.get("task_digest"))
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
              runs: dict[tuple[float, int], dict] | None = None, artifacts: list[str] | None = None,
-             features_uri: str | None = None) -> None:
+             features_uri: str | None = None, span: tuple[float, float] | None = None,
+             digest: str | None = None) -> None:
+        """Log (or spool) the pair's run: ``span`` is its trials' (first start, last end) in
+        epoch seconds, ``digest`` its task's :func:`~lightning_modules.task_data.splits_digest`
+        (the run's dataset input)."""
         from sweeps.spool import Spool
         from sweeps.tracking import is_server_problem, pair_record, spool_record
 
@@ -282,7 +297,9 @@ class PairRecorder:
             tags["features_uri"] = features_uri
         record = pair_record(model, task, protocol, self.hashes[protocol], tags, params, metrics,
                              children=_child_runs(model, task, runs) if runs else None,
-                             artifacts=artifacts)
+                             artifacts=artifacts, span=span,
+                             dataset=task_dataset(task, self.plan.task_refs.get(task, {}), digest,
+                                                 cfg, protocol) if digest else None)
         try:
             if self.is_finished(key):
                 return
@@ -295,6 +312,26 @@ class PairRecorder:
         run_id = tracker.record_pair(record, resume_run_id=self._unfinished.get(key))
         self._finished.add(key)
         self.logged += run_id is not None
+
+
+def trial_span(results) -> tuple[float, float] | None:
+    """(first start, last end) in epoch seconds of trial results that carry ``started_at`` and
+    ``ended_at`` (:func:`sweeps.trials.run_trial`); None when none does."""
+    starts = [r["started_at"] for r in results if r.get("started_at") is not None]
+    ends = [r["ended_at"] for r in results if r.get("ended_at") is not None]
+    return (min(starts), max(ends)) if starts and ends else None
+
+
+def task_dataset(task: str, ref: dict[str, Any], digest: str, cfg, protocol: str
+                 ) -> dict[str, str]:
+    """The task as an MLflow dataset input: its name, the digest of its splits, where it comes
+    from (``source``: the kind of task and, for an ImageFolder, its folder; the image size and
+    seed its splits are rendered at) and the protocol as the input's context."""
+    kind = ref.get("source", "offline")
+    source = {"uri": str(ref["path"]) if kind == "imagefolder" else f"{kind}:{task}",
+              "kind": kind, "image_size": cfg.image_size, "seed": cfg.seed}
+    return {"name": task, "digest": digest, "source_type": "local" if kind == "imagefolder"
+            else "whichmodel", "source": json.dumps(source, sort_keys=True), "context": protocol}
 
 
 def _missing_metrics(job: Job, metrics: dict) -> list[str]:

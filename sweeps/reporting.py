@@ -3,8 +3,9 @@
     whichmodel report --experiment quickstart
     whichmodel report --records results.csv --models models.csv --format json --output -
 
-Writes ``reports/<experiment>/regret.{md,csv,json,png}`` and logs them as artifacts of the
-experiment's report run (one per pool).
+Writes ``reports/<experiment>/`` (``report.html``, ``regret.{md,csv,json}``, the figures) and
+logs them as artifacts of the experiment's report run (one per pool), whose description is the
+leaderboard; prints the leaderboard (``--detail``: and the per-task tables).
 """
 
 from __future__ import annotations
@@ -194,35 +195,45 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, rec
     return predictions, seconds
 
 
-def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None,
-                  stream=None) -> dict[str, Path]:
+def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=None,
+                  detail: bool = False) -> dict[str, Path]:
+    """Write the report's files, print the report and log the files as the report run's
+    artifacts (its MLflow description: the leaderboard in Markdown).
+
+    By default the print is the leaderboard, one line per task group and where the files are,
+    no line wider than 100 columns (:func:`selection.report_leaderboard.format_leaderboard`);
+    ``detail`` adds the per-task tables, split to the terminal's width."""
     from selection.report_files import write_report
+    from selection.report_leaderboard import format_leaderboard, leaderboard_markdown, terminal_width
     from selection.report_text import format_table
 
     stream = stream or sys.stdout
     files = write_report(report, out_dir)
-    print(format_table(report), file=stream)
-    print(f"\n[whichmodel] report written to {out_dir}/ ({', '.join(p.name for p in files.values())})",
-          file=stream)
+    if detail:
+        print(format_table(report, width=terminal_width(None)), file=stream)
+    shown = [str(files["html"]), *(str(p) for k, p in files.items() if k != "html")]
+    print(format_leaderboard(report, files=shown, width=terminal_width()), file=stream, end="")
     if tracker is not None:
         tracker.log_report(report.get("pool", "all"), files.values(),
-                           tags={"pool": report.get("pool", "all")})
+                           tags={"pool": report.get("pool", "all")},
+                           description=leaderboard_markdown(report))
     return files
 
 
-def results_table(report: dict[str, Any]) -> str:
-    """Fine-tune test accuracy per model and task, best per task marked with *."""
+def results_table(report: dict[str, Any], width: int | None = None) -> str:
+    """Fine-tune test accuracy per model and task, best per task marked with *; with ``width``
+    split into blocks of tasks no wider than that."""
+    from selection.report_leaderboard import fit_table
+
     acc = report["finetune_test_acc"]
     tasks = report["tasks"]
     models = sorted({m for t in tasks for m in acc.get(t, {})})
-    width = max(len(m) for m in models) + 2
-    cols = [max(8, len(t)) + 2 for t in tasks]
-    lines = ["".join([f"{'model':<{width}}"] + [f"{t:>{c}}" for t, c in zip(tasks, cols)])]
+    rows = []
     for m in models:
         cells = []
-        for t, c in zip(tasks, cols):
+        for t in tasks:
             v = acc.get(t, {}).get(m)
             best = v is not None and v == max(acc[t].values())
-            cells.append(f"{'-' if v is None else f'{v:.3f}' + ('*' if best else ' '):>{c}}")
-        lines.append(f"{m:<{width}}" + "".join(cells))
-    return "\n".join(lines)
+            cells.append("-" if v is None else f"{v:.3f}" + ("*" if best else " "))
+        rows.append([m, *cells])
+    return fit_table(["model", *tasks], rows, 1, width or 10_000)

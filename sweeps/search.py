@@ -245,11 +245,12 @@ def summarize_search(report: dict[str, Any], results: dict[str, dict[str, Any]])
 
 def format_search(summary: dict[str, Any]) -> str:
     replayed = summary.get("replayed") or 0
-    how = (f"; {replayed} of {len(summary['per_task'])} tasks replayed from the exhaustive sweep's "
-           "validation curves: ASHA's decisions with the trials run one after another, no new "
-           "training" if replayed else "")
+    # lines of at most 100 characters (the report's terminal width)
     lines = ["Budgeted search (ASHA over fine-tune steps) against exhaustive fine-tuning at the "
-             f"same learning rates{how}:",
+             "same lrs" + (":" if not replayed else ";"),
+             *([f"{replayed} of {len(summary['per_task'])} tasks replayed from the exhaustive "
+                "sweep's validation curves:", "ASHA's decisions with the trials run one after "
+                "another, no new training:"] if replayed else []),
              f"{'task':<20} {'pick':<26} {'regret@1':>9} {'steps':>8} {'exhaustive':>11}"]
     for task, v in sorted(summary["per_task"].items()):
         regret = "-" if v["relative_regret"] is None else f"{v['relative_regret']:.4f}"

@@ -35,6 +35,12 @@ from typing import Any
 import pandas as pd
 
 from sweeps.config import WhichModelError
+from sweeps.mlflow_store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    log_task_dataset,
+    sqlite_write_ahead,
+)
 from sweeps.plan import pair_key
 from sweeps.spool import Spool
 from whichmodel.uri import redact_uri
@@ -84,7 +90,7 @@ class Tracker:
         # sweep; the driver prints the server's address once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if tracking_uri.startswith("sqlite:"):
-            _sqlite_write_ahead()
+            sqlite_write_ahead()
         self.client = MlflowClient(tracking_uri)
         try:
             exp, error = with_retries(lambda: self.client.get_experiment_by_name(experiment),
@@ -100,10 +106,13 @@ class Tracker:
                     f"no MLflow experiment {experiment!r} at {redact_uri(tracking_uri)}; "
                     f"known: {', '.join(self.list_experiments()) or 'none'}")
             location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment,
-                                                               artifact_location=location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment from before the tag
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG,
+                                               EXPERIMENT_KIND)
         if self.spool is not None and len(self.spool):
             self.drain_spool()
 
@@ -138,14 +147,18 @@ class Tracker:
     def log_pair(self, model: str, task: str, protocol: str, protocol_hash: str,
                  tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float],
                  resume_run_id: str | None = None, children: list[dict] | None = None,
-                 artifacts: list[str] | None = None, timestamp_ms: int | None = None) -> str:
+                 artifacts: list[str] | None = None, timestamp_ms: int | None = None,
+                 start_time_ms: int | None = None, end_time_ms: int | None = None,
+                 dataset: dict[str, str] | None = None) -> str:
         """Create (or resume) the pair's run, log everything in batches, mark it FINISHED.
 
         ``children`` (name, params, metrics, history: metric -> [(step, value)]) become nested
         runs (``mlflow.parentRunId``), e.g. one per fine-tune learning rate and repetition. The
         parent is marked FINISHED last, so a crash in between leaves it to be resumed; a resumed
         run gets the children it lacks. With the same ``timestamp_ms`` a repeated log writes
-        identical metric points, which MLflow keeps once.
+        identical metric points, which MLflow keeps once. ``start_time_ms`` / ``end_time_ms``:
+        the pair's compute (its trials' first start, last end), so the UI's Duration is what it
+        took, not when it was logged; ``dataset``: the task as the run's dataset input.
         """
         from mlflow.entities import Metric, Param, RunTag
 
@@ -156,7 +169,7 @@ class Tracker:
             run_id = resume_run_id
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=run_name(model, task, protocol),
-                                            tags=all_tags).info.run_id
+                                            tags=all_tags, start_time=start_time_ms).info.run_id
         now = timestamp_ms or int(time.time() * 1000)
         mlist = [Metric(k, float(v), now, 0) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
@@ -164,6 +177,8 @@ class Tracker:
         tlist = [RunTag(k, str(v)) for k, v in all_tags.items()]
         # create_run already set the tags of a new run; a resumed one gets them again.
         self._log_batches(run_id, mlist, plist, tlist if resume_run_id else [])
+        if dataset:
+            log_task_dataset(self.client, run_id, dataset)
         for path in artifacts or []:  # a probe's features, a fine-tune's test predictions
             self.client.log_artifact(run_id, path, artifact_path="features" if protocol == "probe"
                                      else "predictions")
@@ -174,7 +189,7 @@ class Tracker:
                 run = existing.get(child["name"])
                 if run is None or run.info.status != "FINISHED":
                     self._log_child(run_id, child, now, run.info.run_id if run else None)
-        self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_terminated(run_id, "FINISHED", end_time=end_time_ms)
         return run_id
 
     def _log_batches(self, run_id: str, metrics: list, params: list, tags: list) -> None:
@@ -218,7 +233,9 @@ class Tracker:
                              record["protocol_hash"], record["tags"], record["params"],
                              record["metrics"], resume_run_id=resume_run_id,
                              children=record.get("children") or None,
-                             artifacts=artifacts or None, timestamp_ms=record.get("timestamp_ms"))
+                             artifacts=artifacts or None, timestamp_ms=record.get("timestamp_ms"),
+                             start_time_ms=record.get("start_time_ms"),
+                             end_time_ms=record.get("end_time_ms"), dataset=record.get("dataset"))
 
     def _runs_of(self, key: str, protocol_hash: str) -> tuple[str | None, str | None]:
         """(a finished run id, an unfinished run id) of the key at these protocol settings."""
@@ -334,8 +351,10 @@ class Tracker:
         metadata = pd.DataFrame(list(meta.values()), columns=["model", *MODEL_META_KEYS])
         return records, metadata.set_index("model"), groups
 
-    def log_report(self, name: str, files: Iterable[Path], tags: dict[str, str]) -> str:
-        """One report run per name in the experiment, its artifacts replaced on every report."""
+    def log_report(self, name: str, files: Iterable[Path], tags: dict[str, str],
+                   description: str | None = None) -> str:
+        """One report run per name in the experiment, its artifacts replaced on every report;
+        ``description`` (Markdown, the leaderboard) is the run's description in the UI."""
         key = f"report|{name}"
         existing = self.search(f"tags.report_key = '{key}'")
         if existing:
@@ -344,6 +363,8 @@ class Tracker:
             run_id = self.client.create_run(self.experiment_id, run_name=f"report:{name}",
                                             tags={"report_key": key, "protocol": "report",
                                                   **tags}).info.run_id
+        if description is not None:
+            self.client.set_tag(run_id, "mlflow.note.content", description)
         for path in files:
             self.client.log_artifact(run_id, str(path), artifact_path="report")
         self.client.set_terminated(run_id, "FINISHED")
@@ -352,8 +373,11 @@ class Tracker:
 
 def pair_record(model: str, task: str, protocol: str, protocol_hash: str, tags: dict[str, Any],
                 params: dict[str, Any], metrics: dict[str, Any], children: list[dict] | None = None,
-                artifacts: list[str] | None = None) -> dict[str, Any]:
-    """Everything ``log_pair`` writes for a pair, as plain JSON-able data (the spool's record)."""
+                artifacts: list[str] | None = None, span: tuple[float, float] | None = None,
+                dataset: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything ``log_pair`` writes for a pair, as plain JSON-able data (the spool's record).
+    ``span``: the pair's trials' (start, end) in epoch seconds, the run's start and end time;
+    ``dataset``: the task as the run's dataset input (:func:`sweeps.recorder.task_dataset`)."""
     return {
         "pair_key": pair_key(model, task, protocol), "run_name": run_name(model, task, protocol),
         "model": model, "task": task, "protocol": protocol, "protocol_hash": protocol_hash,
@@ -370,6 +394,9 @@ def pair_record(model: str, task: str, protocol: str, protocol_hash: str, tags: 
                      for c in children or []],
         "artifacts": [str(a) for a in artifacts or []],
         "timestamp_ms": int(time.time() * 1000),
+        "start_time_ms": int(span[0] * 1000) if span else None,
+        "end_time_ms": int(span[1] * 1000) if span else None,
+        "dataset": dict(dataset) if dataset else None,
     }
 
 
@@ -428,28 +455,6 @@ def with_retries(fn: Callable[[], Any], delays: Iterable[float]
         if delay is not None:
             time.sleep(delay)
     return None, error
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    import sqlite3
-
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-
-def _sqlite_write_ahead() -> None:
-    """A local SQLite store in write-ahead mode with synchronous=NORMAL: a pair's log commits
-    without an fsync per transaction (9 ms instead of 14 ms a run here; durable across a process
-    crash, and the last commits only may be lost to a power cut, which the sweep's resume
-    re-runs). Readers (the MLflow UI, a report) do not block the sweep's writes."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    if not event.contains(Engine, "connect", _sqlite_pragmas):
-        event.listen(Engine, "connect", _sqlite_pragmas)
 
 
 @contextlib.contextmanager

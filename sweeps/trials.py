@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.task_data import splits_digest
 from sweeps.config import SweepConfig
 from sweeps.plan import Job
 from sweeps.registry import load_model_ref, load_task_ref
@@ -64,9 +65,11 @@ def run_trial(job: Job, settings: TrialSettings, report: Report | None = None) -
     bodies = {"probe": probe_trial, "finetune": finetune_trial, "early_stop": early_stop_trial}
     if job.kind not in bodies:
         raise ValueError(f"unknown job kind {job.kind!r}; a sweep runs {', '.join(bodies)}")
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     metrics = bodies[job.kind](job, settings, report)
     metrics["time/trial"] = time.perf_counter() - start
+    # wall-clock bounds (epoch seconds): the pair's MLflow run starts and ends with its trials
+    metrics["started_at"], metrics["ended_at"] = started_at, time.time()
     return metrics
 
 
@@ -85,7 +88,8 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
     for split in ("train800", "val200", "test"):
         feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
                                                       with_source_probs=True)
-    metrics: dict[str, Any] = {"time/features": time.perf_counter() - t0}
+    metrics: dict[str, Any] = {"time/features": time.perf_counter() - t0,
+                               "task_digest": splits_digest(data.splits)}
     inputs = make_inputs(feats["train800"], data.splits["train800"][1], feats["val200"],
                          data.splits["val200"][1], source_probs_train=probs["train800"])
     names = [n for n in cfg.probe.proxies if n != "early_stop"]
@@ -145,7 +149,7 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     ftr, _ = extract_features(backbone, data.splits["train800"][0])
     # the validation curve the budgeted search can replay: repetition 0 of its learning rates
     search_lrs = set(cfg.search.lrs or f.lrs) if cfg.search.enabled else set()
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"task_digest": splits_digest(data.splits)}
     curves, val_curves, preds, inside = {}, {}, {}, 0.0
     t0 = time.perf_counter()
     for lr, rep in job.runs:

@@ -1,0 +1,224 @@
+"""The report at a glance: the leaderboard, one line per task group, tables fitted to a width.
+
+:func:`format_leaderboard` is what ``whichmodel report`` prints by default (at most
+:data:`WIDTH` columns): one row per strategy with its mean relative regret at B = 1, 2, 3 and
+the 95% interval, sorted by B = 1, ``~`` on the strategies within noise of the best; the bounds
+(strategies that read the task's own results) below it; then one line per task group; then
+where the files are. :func:`leaderboard_markdown` is the same leaderboard in Markdown (the report
+run's MLflow description). :func:`fit_table` splits a table too wide for the terminal into
+blocks of columns, each repeating the label columns. :func:`highlights` names the handful of
+strategies the figures show (:mod:`selection.report_plots`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+WIDTH = 100  # the default report's widest line
+LEADER_BUDGETS = 3  # B = 1, 2, 3
+BOUNDS = ("task_agnostic_oracle", "per_task_best")  # read the task's own results
+BASELINES = ("task_agnostic", "random")
+WITHIN = "~"
+
+
+def terminal_width(cap: int | None = WIDTH) -> int:
+    """The terminal's width (``COLUMNS``, else the tty's, else 100), at most ``cap``."""
+    columns = shutil.get_terminal_size((WIDTH, 24)).columns
+    return max(40, min(columns, cap) if cap else columns)
+
+
+def strategy_kind(name: str) -> str:
+    """``bound``, ``baseline``, ``proxy``, ``hybrid`` or ``learned`` (every other strategy:
+    ChoiceNet, nearest task, the records learners, the leave-one-task-out oracle)."""
+    if name in BOUNDS:
+        return "bound"
+    if name in BASELINES:
+        return "baseline"
+    if name.startswith("proxy/"):
+        return "proxy"
+    if name.startswith("hybrid:"):
+        return "hybrid"
+    return "learned"
+
+
+def _order(report: Mapping[str, Any]) -> list[str]:
+    return list(report.get("strategy_order") or report["strategies"])
+
+
+def _mean(report: Mapping[str, Any], name: str, budget: int) -> float:
+    block = report["strategies"][name].get(str(budget)) or {}
+    value = block.get("mean")
+    return math.inf if value is None else float(value)
+
+
+def ranked(report: Mapping[str, Any], kinds: Sequence[str] | None = None) -> list[str]:
+    """Strategies (of ``kinds``, default all but the bounds) by mean relative regret at B = 1,
+    then B = 2, B = 3, then name."""
+    budgets = [int(b) for b in report["budgets"]][:LEADER_BUDGETS]
+    names = [n for n in _order(report)
+             if (strategy_kind(n) in kinds if kinds else strategy_kind(n) != "bound")]
+    return sorted(names, key=lambda n: ([_mean(report, n, b) for b in budgets], n))
+
+
+def highlights(report: Mapping[str, Any]) -> list[str]:
+    """The figures' handful: task-agnostic, the best proxy, its hybrid, the best learned
+    strategy and random (those the report has), in that order."""
+    proxies, learned = ranked(report, ["proxy"]), ranked(report, ["learned"])
+    wanted = ["task_agnostic", *proxies[:1], *(f"hybrid:{p}" for p in proxies[:1]), *learned[:1],
+              "random"]
+    names = _order(report)
+    return [n for n in dict.fromkeys(wanted) if n in names]
+
+
+def _cell(report: Mapping[str, Any], name: str, budget: str) -> str:
+    mean = report["strategies"][name][budget]["mean"]
+    if mean is None:
+        return "-"
+    ci = (report.get("ci") or {}).get(name, {}).get(budget)
+    text = f"{mean:.3f}" + (f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "")
+    return text + (WITHIN if name in (report.get("within_noise") or {}).get(budget, []) else " ")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def leaderboard_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(header, ranked rows, bound rows): rank, strategy and one cell per budget up to B = 3."""
+    budgets = [str(b) for b in report["budgets"]][:LEADER_BUDGETS]
+    header = ["#", "strategy", *(f"B = {b}" for b in budgets)]
+    rows = [[str(i), n, *(_cell(report, n, b) for b in budgets)]
+            for i, n in enumerate(ranked(report), 1)]
+    bounds = [["", n, *(_cell(report, n, b) for b in budgets)] for n in ranked(report, ["bound"])]
+    return header, rows, bounds
+
+
+def _lines(header: list[str], rows: list[list[str]], n_labels: int, width: int) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    if over > 0 and n_labels > 1:  # shorten the widest label column (the strategy names)
+        widths[n_labels - 1] = max(8, widths[n_labels - 1] - over)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(_clip(c, w).ljust(w) if i < n_labels else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+
+
+def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
+    """One line per task group (and ``all tasks``): its tasks and, at B = 1, the best
+    strategies' mean relative regret beside task-agnostic's and random's."""
+    groups = report.get("task_groups") or {}
+    names = sorted({g for g in groups.values() if g})
+    order = ranked(report)
+    out = []
+    for g in [*names, None]:
+        tasks = [t for t in report["tasks"] if groups.get(t) == g] if g else list(report["tasks"])
+        if not tasks:
+            continue
+
+        def value(n: str, g=g) -> float:
+            block = report["strategies"][n]["1"]
+            v = block["per_group"].get(g) if g else block["mean"]
+            return math.inf if v is None else float(v)
+
+        best = sorted(order, key=lambda n: (value(n), order.index(n)))[:2]
+        base = [n for n in BASELINES if n in order and n not in best]
+        label = f"{g or 'all tasks'} ({len(tasks)})"
+
+        def cells(shown: list[str], value=value) -> str:
+            return ", ".join(f"{n} {value(n):.3f}" for n in shown if math.isfinite(value(n)))
+
+        out.append(_clip(f"{label:<15} best {cells(best)}; {cells(base)}", width))
+    return out
+
+
+def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
+                       width: int = WIDTH) -> str:
+    """The default terminal report, no line wider than ``width``: the leaderboard, the bounds,
+    one line per task group, where the files are."""
+    header, rows, bounds = leaderboard_rows(report)
+    noisy = bool(report.get("ci"))
+    title = (f"leaderboard: mean relative regret over {len(report['tasks'])} tasks"
+             + (" [95% interval]" if noisy else "") + f", pool '{report['pool']}', by B = 1")
+    out = [_clip(title, width)]
+    if noisy:
+        out.append(_clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
+                         "0 is the best model of every task", width))
+    table = _lines(header, rows + bounds, 2, width)
+    if bounds:
+        table.insert(2 + len(rows), "bounds (they read the task's own results):")
+    out += table
+    out += ["", _clip("by task group (mean relative regret at B = 1):", width),
+            *group_lines(report, width)]
+    if files:
+        out += ["", *_file_lines(files, width)]
+    return "\n".join(out) + "\n"
+
+
+def _file_lines(files: Sequence[str], width: int) -> list[str]:
+    first, *rest = [str(f) for f in files]
+    lines = [_clip(f"open: {first}", width)]
+    line = "also:"
+    for name in rest:
+        name = name.rsplit("/", 1)[-1]
+        if len(line) + 1 + len(name) > width:
+            lines.append(line)
+            line = "     "
+        line += " " + name
+    return lines + ([line] if rest else [])
+
+
+MARKDOWN_LIMIT = 8000  # MLflow's longest tag value (the description is a tag)
+
+
+def leaderboard_markdown(report: Mapping[str, Any], limit: int = MARKDOWN_LIMIT) -> str:
+    """The leaderboard as Markdown (the report run's MLflow description), at most ``limit``
+    characters: the rows that do not fit are left to ``report.html``, and it says so."""
+    header, rows, bounds = leaderboard_rows(report)
+    rows = rows + [["bound", *r[1:]] for r in bounds]
+    lines = [header, ["---:", "---", *["---:"] * (len(header) - 2)], *rows]
+    md_rows = ["| " + " | ".join(c.strip().replace("|", "\\|") for c in r) + " |" for r in lines]
+    budget = limit - 1500  # the title, the legend and the group lines
+    kept, size = [], 0
+    for row in md_rows:
+        if size + len(row) + 1 > budget:
+            md_rows = kept + [f"\n{len(md_rows) - len(kept)} more rows in report.html"]
+            break
+        kept.append(row)
+        size += len(row) + 1
+    table = "\n".join(md_rows)
+    legend = (f"Mean relative regret over {len(report['tasks'])} tasks"
+              + (" [95% interval]" if report.get("ci") else "") + f", pool `{report['pool']}`, "
+              f"sorted by B = 1; `{WITHIN}`: within noise of the best; `bound`: reads the task's "
+              "own results.")
+    groups = "\n".join(f"- {line}" for line in group_lines(report, 10_000))
+    text = (f"## Which strategy finds the best model: `{report.get('experiment', report['pool'])}`"
+            f"\n\n{legend}\n\n{table}\n\nBy task group:\n\n{groups}\n")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def fit_table(header: list[str], rows: list[list[str]], n_labels: int, width: int) -> str:
+    """A plain table, split into blocks of columns (each repeating the ``n_labels`` label
+    columns) so that no line is wider than ``width``."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    label_w = sum(widths[:n_labels]) + 2 * n_labels
+    blocks, current, used = [], [], label_w
+    for i in range(n_labels, len(header)):
+        if current and used + widths[i] + 2 > width:
+            blocks.append(current)
+            current, used = [], label_w
+        current.append(i)
+        used += widths[i] + 2
+    if current or not blocks:
+        blocks.append(current)
+    out = []
+    for cols in blocks:
+        keep = [*range(n_labels), *cols]
+        out.append("\n".join(_lines([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
+                                    n_labels, width)))
+    return "\n\n".join(out)
