@@ -258,6 +258,13 @@ def job_env(extra: Iterable[str] = (), environ: dict[str, str] | None = None) ->
         if name not in environ:
             raise WhichModelError(f"--env {name}: not set in this environment")
         env[name] = environ[name]
+    for name, value in env.items():  # an address with a password in it is a secret too
+        if "://" in value and urlparse(value).password:
+            raise WhichModelError(
+                f"{name}: its address carries a password, which would go into the job's runtime "
+                "env (Ray shows it in the job table); give the address without it and put the "
+                f"password in the secrets file on the nodes ({DEFAULT_PATH}, e.g. "
+                "MLFLOW_TRACKING_PASSWORD)")
     return env
 
 

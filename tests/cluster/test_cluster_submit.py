@@ -58,6 +58,10 @@ def test_job_env_passes_the_allow_list_and_named_variables_only():
             job_env([name], environ | {name: "x"})
     assert job_env(["WHICHMODEL_SECRETS_FILE"], {"WHICHMODEL_SECRETS_FILE": "/s"}) == {
         "WHICHMODEL_SECRETS_FILE": "/s"}  # a file's place is no secret
+    with pytest.raises(WhichModelError, match="MLFLOW_TRACKING_URI: its address carries a password"):
+        job_env([], {"MLFLOW_TRACKING_URI": "https://me:hunter2@mlflow.internal"})
+    assert job_env([], {"MLFLOW_TRACKING_URI": "https://me@mlflow.internal"}) == {
+        "MLFLOW_TRACKING_URI": "https://me@mlflow.internal"}  # a user name alone is no secret
 
 
 def test_a_packaged_sweep_runs_from_the_project_root_with_its_relative_path():
