@@ -116,7 +116,9 @@ def test_imagefolder_check_gives_the_layout_errors_of_load_without_decoding(tmp_
     half = tmp_path / "half"
     make_folder(half, {"train": {"a": 2}})
     extra = tmp_path / "extra"
-    make_folder(extra, {"train": {"a": 2}, "test": {"a": 1, "zebra": 1}})
+    make_folder(extra, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "zebra": 1}})
+    single = tmp_path / "single"
+    make_folder(single, {"train": {"a": 2}, "test": {"a": 1}})
     empty_class = tmp_path / "empty-class"
     make_folder(empty_class, {"train": {"a": 2}, "test": {"a": 1}})
     (empty_class / "train" / "b").mkdir()
@@ -124,7 +126,7 @@ def test_imagefolder_check_gives_the_layout_errors_of_load_without_decoding(tmp_
     before = _files(tmp_path)
     imagefolder_task("good", good, "natural").check()
     for path, where in ((tmp_path / "absent", tmp_path / "absent"), (half, half),
-                        (extra, extra / "test" / "zebra"),
+                        (extra, extra / "test" / "zebra"), (single, single / "train"),
                         (empty_class, empty_class / "train" / "b")):
         task = imagefolder_task("t", path, "natural")
         with pytest.raises(DatasetError) as checked:

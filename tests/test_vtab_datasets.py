@@ -385,7 +385,7 @@ def test_imagefolder_too_few_images_is_an_error_naming_the_folder(tmp_path):
 
 def test_unreadable_image_is_a_dataset_error_naming_the_file(tmp_path):
     path = tmp_path / "t"
-    make_folder(path, {"train": {"a": 3}, "test": {"a": 1}})
+    make_folder(path, {"train": {"a": 3, "b": 3}, "test": {"a": 1}})
     bad = path / "test" / "a" / "0.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(DatasetError) as err:
