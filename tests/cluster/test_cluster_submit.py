@@ -86,7 +86,7 @@ def test_the_summary_names_variables_and_never_shows_a_value(tmp_path):
     (tmp_path / "zoo.yaml").write_text(ZOO)
     (tmp_path / "s.yaml").write_text(sweep("s"))
     sub = plan_submission(tmp_path / "s.yaml", working_dir=tmp_path,
-                          environ={"MLFLOW_TRACKING_URI": "https://user:hunter2@mlflow.example",
+                          environ={"MLFLOW_TRACKING_URI": "https://mlflow.example/hunter2",
                                    "AWS_SECRET_ACCESS_KEY": "hunter3"})
     text = describe_submission(sub, "whichmodel-s-1", "http://127.0.0.1:8265")
     assert "environment: MLFLOW_TRACKING_URI (values not shown)" in text
