@@ -9,9 +9,8 @@ saw a target of t. The predictions go into the regret report as the strategies `
 and ``choicenet_v2`` (:func:`predict_choicenet` -> ``selection.report.compute_report(...,
 predictions=...)``), which also reports their MSE.
 
-Embeddings. The pool mixes architectures (a VGG-style CNN with 128 features and a ResNet-10 with
-128 features today, other widths and conv shapes tomorrow), so every embedding has a length that
-does not depend on the architecture:
+Embeddings. The pool mixes architectures (widths, conv shapes), so every embedding has a length
+that does not depend on the architecture:
 
 - **v1 model** (:func:`model_embedding_v1`, length :data:`V1_MODEL_DIM`): statistics of the
   weights of the last convolution with a spatial kernel (in registration order; 1x1 shortcut
@@ -44,12 +43,8 @@ overall RMS for the others (homogeneous coordinates). Training is a plain
 ``pl.Trainer(max_steps=...)`` on CPU, Adam, mini-batches drawn with replacement from the known
 (model, task) pairs; deterministic for a seed.
 
-For the CLI (one call each)::
-
-    emb = compute_embeddings(backbones, tasks, probe_images, probe_labels, probe_backbone)
-    predictions = predict_choicenet(emb, targets_from_records(records), seed=0, steps=500)
-    report = compute_report(records, metadata, ..., predictions=predictions)
-
+For the CLI: ``predict_choicenet(compute_embeddings(backbones, tasks, probe_images, probe_labels,
+probe_backbone), targets_from_records(records))`` -> ``compute_report(..., predictions=...)``.
 No Ray and no MLflow here.
 """
 
@@ -59,7 +54,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +386,13 @@ def standardise_embeddings(x: np.ndarray, rows: np.ndarray, per_feature: bool) -
     return centred / (rms if rms > 1e-12 else 1.0)
 
 
+def task_columns(tasks: list[str], only: Sequence[str] | None) -> list[int]:
+    """Indices of the tasks to predict: those in ``only`` (each with an embedding), else all."""
+    if [t for t in only or () if t not in tasks]:
+        raise ValueError(f"only={list(only)}: predict tasks with an embedding ({', '.join(tasks)})")
+    return list(range(len(tasks))) if only is None else [tasks.index(t) for t in only]
+
+
 def check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(targets, pd.DataFrame):
         raise TypeError(f"targets must be a DataFrame (index model, columns task), got {type(targets).__name__}")
@@ -436,7 +438,7 @@ def train_net(net: ChoiceNetBase, arrays: tuple[np.ndarray, ...], *, seed: int, 
 def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndarray],
                                    task_emb: Mapping[str, np.ndarray], targets: pd.DataFrame, *,
                                    seed: int = 0, steps: int = DEFAULT_STEPS, batch_size: int = 64,
-                                   **net_kwargs: Any) -> pd.DataFrame:
+                                   only: Sequence[str] | None = None, **net_kwargs: Any) -> pd.DataFrame:
     """Leave-one-task-out predicted fine-tune accuracy (index model, columns task).
 
     Rows: every model with an embedding; columns: every task with an embedding (a task with no
@@ -444,8 +446,8 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
     net trained only on the known pairs (finite ``targets``: index model, columns task, NaN =
     missing) of the *other* tasks, with inputs standardised over those pairs' models and tasks:
     nothing of task t's targets reaches it. Pairs whose model or task has no embedding are not
-    used. A column stays NaN when the other tasks have no known pair. ``net_kwargs``: ``hidden``,
-    ``dropout``, ``lr``, ``weight_decay`` and ``rank``.
+    used. A column stays NaN when the other tasks have no known pair (or is not in ``only``, the
+    tasks to predict; default all). ``net_kwargs``: ``hidden``, ``dropout``, ``lr``, ``weight_decay``, ``rank``.
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown ChoiceNet version {version!r}; known: {', '.join(VERSIONS)}")
@@ -456,7 +458,7 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
     y = check_targets(targets).reindex(index=models, columns=tasks).to_numpy(dtype=float)
     known_i, known_j = np.nonzero(np.isfinite(y))
     out = np.full((len(models), len(tasks)), np.nan)
-    for j in range(len(tasks)):
+    for j in task_columns(tasks, only):
         train = known_j != j
         if not train.any():
             continue
@@ -469,8 +471,7 @@ def fit_predict_leave_one_task_out(version: str, model_emb: Mapping[str, np.ndar
             m = torch.as_tensor(m_std, dtype=torch.float32)
             t = torch.as_tensor(np.repeat(t_std[j:j + 1], len(models), axis=0), dtype=torch.float32)
             out[:, j] = net(m, t).double().numpy()
-    frame = pd.DataFrame(out, index=pd.Index(models, name="model"), columns=pd.Index(tasks, name="task"))
-    return frame
+    return pd.DataFrame(out, index=pd.Index(models, name="model"), columns=pd.Index(tasks, name="task"))
 
 
 def predict_choicenet(embeddings: ChoiceNetEmbeddings, targets: pd.DataFrame, *, seed: int = 0,

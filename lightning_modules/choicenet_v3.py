@@ -21,7 +21,7 @@ for v3.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from lightning_modules.choicenet import (
     fc_head,
     stack_embeddings,
     standardise_embeddings,
+    task_columns,
     train_net,
 )
 from selection.learners import standardise_within_task, zscore_finite
@@ -82,8 +83,10 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
                    targets: pd.DataFrame, proxies: Mapping[str, pd.DataFrame],
                    metadata: pd.DataFrame | None = None, *, seed: int = 0,
                    steps: int = DEFAULT_STEPS, batch_size: int = 64, rank: int = 16,
-                   **net_kwargs) -> pd.DataFrame:
-    """Leave-one-task-out ranking scores (index model, columns task) of ChoiceNet v3."""
+                   only: Sequence[str] | None = None, **net_kwargs) -> pd.DataFrame:
+    """Leave-one-task-out ranking scores (index model, columns task) of ChoiceNet v3: a task
+    with no target is predicted from all the others (a new task); ``only``: the tasks to
+    predict (default all; the other columns stay NaN)."""
     models, mx = stack_embeddings(model_emb, "model")
     tasks, tx = stack_embeddings(task_emb, "task")
     truth = check_targets(targets).reindex(index=models, columns=tasks)
@@ -98,7 +101,7 @@ def fit_predict_v3(model_emb: Mapping[str, np.ndarray], task_emb: Mapping[str, n
         return np.concatenate([np.stack([z[i, j] for z in pz], axis=1) if pz
                                else np.zeros((len(i), 0)), meta[i]], axis=1)
 
-    for j in range(len(tasks)):
+    for j in task_columns(tasks, only):
         train = known_j != j
         if not train.any():
             continue

@@ -8,16 +8,16 @@
    from a sweep or an earlier recommend -- is reused, not run again.
 2. The pool ranked by the strategy (default the paper's recommendation, ``hybrid:proxy/linear``;
    or the lowest mean regret at B of an experiment's latest report) from the task's probe
-   results, the experiment's other tasks (``choicenet_records`` and the leave-one-task-out oracle
-   learn from them) and the models' metadata. The task's own fine-tune results are never read.
+   results, the experiment's other tasks (``choicenet_records``, the leave-one-task-out oracle,
+   ChoiceNet v1-v3 and the nearest task learn from them; :mod:`sweeps.recommend_learned`) and the
+   models' metadata. The task's own fine-tune results are never read.
 3. The top B fine-tuned with the sweep's fine-tune protocol (same keys: reused when there), and
    the winner: the pick with the best validation accuracy (the fine-tune protocol's own model
    selection; test accuracy is reported, not chosen by).
 4. The decision, JSON and text, as a ``recommend:<task>`` run of the experiment.
 
 A strategy that reads the task's fine-tune results (``per_task_best``, ``task_agnostic_oracle``)
-is refused, as are predicted-accuracy strategies that need the sweep's embeddings (ChoiceNet
-v1-v3, nearest task): the records learner ``choicenet_records`` is the ChoiceNet available here.
+is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ def format_decision(d: dict[str, Any]) -> str:
                  f"fine-tune(s); experiment {d['experiment']!r}")
     lines.append(f"decision logged as MLflow run {d.get('run_id', '-')} (recommend:{d['task']})")
     return "\n".join(line[:WIDTH] for line in lines)
-#: strategies that learn from the experiment's other tasks' fine-tune results
+#: strategies that learn from the experiment's other tasks' fine-tune results (and the learned
+#: ones of sweeps.recommend_learned, which also embed those tasks)
 NEEDS_OTHER_TASKS = ("choicenet_records", "task_agnostic_oracle_loto")
 
 
@@ -148,9 +150,10 @@ def usable_strategies(proxies: list[str]) -> list[str]:
     """The strategies recommend can use with these proxy metrics: none reads the task's results."""
     from selection.learners import CHOICENET_RECORDS, ENSEMBLE_PREFIX
     from selection.strategies import get_strategy_spec, list_strategies
+    from sweeps.recommend_learned import LEARNED
 
-    names = [n for n in list_strategies(proxies) if not get_strategy_spec(n, proxies)
-             .uses_task_results]
+    names = [n for n in list_strategies(proxies, list(LEARNED))
+             if not get_strategy_spec(n, proxies, list(LEARNED)).uses_task_results]
     extra = [CHOICENET_RECORDS] if CHOICENET_RECORDS not in names else []
     return names + extra + ([f"{ENSEMBLE_PREFIX}<p1>+<p2>"] if len(proxies) > 1 else [])
 
@@ -161,10 +164,11 @@ def check_strategy(name: str, proxies: list[str], models: list[str], task: str) 
 
     from selection.records import GROUND_TRUTH
     from selection.strategies import UnknownStrategyError, create_strategy, get_strategy_spec
+    from sweeps.recommend_learned import LEARNED
 
     usable = usable_strategies(proxies)
     try:
-        spec = get_strategy_spec(name, proxies)
+        spec = get_strategy_spec(name, proxies, list(LEARNED))
     except UnknownStrategyError:
         raise WhichModelError(f"--strategy {name!r}: unknown here; usable with this sweep's proxies: "
                               f"{', '.join(usable)}") from None
@@ -173,7 +177,7 @@ def check_strategy(name: str, proxies: list[str], models: list[str], task: str) 
                               f"for reports, not a way to choose); usable: {', '.join(usable)}")
     blank = pd.DataFrame(np.nan, index=models, columns=[task])
     try:
-        create_strategy(name, {**{p: blank for p in proxies}, GROUND_TRUTH: blank})
+        create_strategy(name, {**{p: blank for p in [*proxies, *LEARNED]}, GROUND_TRUTH: blank})
     except (UnknownStrategyError, KeyError, ValueError) as exc:
         raise WhichModelError(f"--strategy {name!r}: {str(exc).strip(chr(34))}") from None
 
@@ -246,10 +250,11 @@ def score_of(strategy, task: str, model: str) -> float | None:
 
 
 def rank_pool(tracker, hashes, name: str, task: str, members: list[str], tie_tolerance: float,
-              order: list[str]):
+              order: list[str], learned=None):
     """The strategy's ranking of the pool on the task from the experiment's records, with the
     task's own fine-tune results blanked out; (ranking rows, tie groups). Each row's proxies in
-    ``order`` (the sweep's), then any other."""
+    ``order`` (the sweep's), then any other. ``learned(records, metadata)``: the table of a
+    strategy learned from the other tasks (:func:`sweeps.recommend_learned.learned_table`)."""
     from selection.records import (
         GROUND_TRUTH,
         aggregate_records,
@@ -260,13 +265,16 @@ def rank_pool(tracker, hashes, name: str, task: str, members: list[str], tie_tol
     from selection.strategies import create_strategy
 
     records, metadata, _ = tracker.records(hashes)
-    agg = aggregate_records(validate_records(records, source="MLflow records"))
+    records = validate_records(records, source="MLflow records")
+    agg = aggregate_records(records)
     index = sorted(set(agg["model"]) | set(members))
     scores = {m: pivot_metric(agg, m).reindex(index=index) for m in list_proxy_metrics(agg)}
     truth = (pivot_metric(agg, GROUND_TRUTH) if (agg["metric"] == GROUND_TRUTH).any()
              else pd.DataFrame(index=index)).reindex(index=index)
     truth[task] = float("nan")  # never the task's own results
     scores[GROUND_TRUTH] = truth
+    if learned is not None:
+        scores[name] = learned(records, metadata).reindex(index=index)
     for metric, table in scores.items():
         if task not in table.columns:
             scores[metric] = table.assign(**{task: float("nan")})
@@ -334,6 +342,7 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     JSON as a dict. Bad input is a :class:`WhichModelError` before anything is written."""
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
+    from sweeps.recommend_learned import LEARNED, check_learnable, learned_table
     from sweeps.recorder import artifact_root
     from sweeps.registry import check_task_ref
     from sweeps.tracking import Tracker
@@ -363,13 +372,17 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     if from_report:
         chosen, source = strategy_from_report(existing_tracker(uri, from_report), budget, proxies)
     check_strategy(chosen, proxies, members, name)
-    if chosen in NEEDS_OTHER_TASKS:
+    learned = None
+    if chosen in NEEDS_OTHER_TASKS or chosen in LEARNED:
         try:
             records, _, _ = existing_tracker(uri, cfg.experiment).records(hashes)
         except WhichModelError:  # no store or no experiment yet: no other task either
             records = pd.DataFrame(columns=["model", "task", "metric", "value"])
         others = records[(records["metric"] == "finetune_test_acc") & (records["task"] != name)]
-        if others.empty:
+        if chosen in LEARNED:
+            check_learnable(chosen, records, name, plan)
+            learned = partial(learned_table, chosen, plan, paths, name, ref, stream=stream)
+        elif others.empty:
             raise WhichModelError(f"--strategy {chosen!r} learns from the fine-tune results of other "
                                   f"tasks in experiment {cfg.experiment!r}, which has none; run a "
                                   "sweep first or choose another strategy")
@@ -382,7 +395,7 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     outcome, probe_wall = run_keys(sub, paths, uri, stream, members, "probe")
     tracker = Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root))
     ranking, _, _ = rank_pool(tracker, hashes, chosen, name, members,
-                              cfg.report.task_agnostic.tie_tolerance, proxies)
+                              cfg.report.task_agnostic.tie_tolerance, proxies, learned)
     picks = [row["model"] for row in ranking[:capped]]
     probe_runs = pair_runs(tracker, hashes, name, "probe", members)
     probes = {m: run.data.metrics for m, run in probe_runs.items()}

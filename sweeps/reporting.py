@@ -153,9 +153,12 @@ def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
 
 
 def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, records=None,
-                          metadata=None) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+                          metadata=None, *, versions=("v1", "v2", "v3"), only=None
+                          ) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
     """Leave-one-task-out ChoiceNet v1 and v2 predictions (accuracies) and v3 ranking scores
     for the plan's models and tasks, and the seconds each took to fit (embeddings apart).
+    ``versions``: which to fit; ``only``: the tasks to predict (default all; a task without
+    targets is predicted from all the others, as ``whichmodel recommend`` does for a new task).
 
     Embeddings come from the sweep's models (zoo or hub) and its tasks' training images (see
     :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
@@ -177,21 +180,23 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, rec
                              probe_backbone=backbones[probe_name])
     embedded = time.perf_counter()
     seconds, predictions = {}, {}
-    for version in ("v1", "v2"):
+    for version in [v for v in ("v1", "v2") if v in versions]:
         t0 = time.perf_counter()
         predictions.update(predict_choicenet(emb, targets, seed=cfg.seed, steps=settings.steps,
-                                             rank=settings.rank, versions=(version,)))
+                                             rank=settings.rank, versions=(version,), only=only))
         seconds[version] = time.perf_counter() - t0
-    agg = aggregate_records(records) if records is not None else None
-    proxies = {m: pivot_metric(agg, m) for m in list_proxy_metrics(agg)} if agg is not None else {}
-    t0 = time.perf_counter()
-    predictions["choicenet_v3"] = fit_predict_v3(emb.model["v2"], emb.task["v2"], targets, proxies,
-                                                 metadata, seed=cfg.seed, steps=settings.steps,
-                                                 rank=settings.rank)
-    seconds["v3"] = time.perf_counter() - t0
+    if "v3" in versions:
+        agg = aggregate_records(records) if records is not None else None
+        proxies = ({m: pivot_metric(agg, m) for m in list_proxy_metrics(agg)} if agg is not None
+                   else {})
+        t0 = time.perf_counter()
+        predictions["choicenet_v3"] = fit_predict_v3(
+            emb.model["v2"], emb.task["v2"], targets, proxies, metadata, seed=cfg.seed,
+            steps=settings.steps, rank=settings.rank, only=only)
+        seconds["v3"] = time.perf_counter() - t0
     seconds["embeddings"] = embedded - start
-    print(f"[whichmodel] ChoiceNet v1/v2/v3 fitted leave-one-task-out on {targets.shape[1]} tasks "
-          f"in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
+    print(f"[whichmodel] ChoiceNet {'/'.join(versions)} fitted leave-one-task-out on "
+          f"{targets.shape[1]} tasks in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
     return predictions, seconds
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sweeps.cli import main
@@ -168,6 +169,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_in_mlflow(tmp_path, capsys, mo
                                           "--budget", "0")
     assert "has none" in _bad(tmp_path, home, capsys, "--task", str(folder), "--budget", "1",
                               "--strategy", "choicenet_records")
+    for learned in ("choicenet_v3", "nearest_task"):
+        assert "has none" in _bad(tmp_path, home, capsys, "--task", str(folder), "--budget", "1",
+                                  "--strategy", learned)
     # --catalog: its models and pools replace the config's
     catalog = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "pools" / "renggli2022.yaml"
     err = _bad(tmp_path, home, capsys, "--task", str(folder), "--budget", "1", "--catalog",
@@ -175,3 +179,60 @@ def test_bad_input_is_one_line_exit_2_and_nothing_in_mlflow(tmp_path, capsys, mo
     assert "renggli2022.yaml" in err and "known: All, ResNet-50" in err
     assert "no such catalog file" in _bad(tmp_path, home, capsys, "--task", str(folder),
                                           "--budget", "1", "--catalog", str(tmp_path / "no.yaml"))
+
+
+def test_learned_strategies_rank_a_new_task_from_the_other_tasks_results_only(env, capsys):
+    """ChoiceNet v3 and the nearest task, trained on a sweep's other task (digits), rank the new
+    ImageFolder task; its own fine-tune results never reach the learned table, the other task's
+    do."""
+    from dataclasses import replace
+
+    from selection.records import GROUND_TRUTH
+    from sweeps.paths import default_paths
+    from sweeps.plan import plan_sweep
+    from sweeps.recommend import resolve_task
+    from sweeps.recommend_learned import learned_table
+    from sweeps.tracking import Tracker
+
+    (env / "learn.yaml").write_text(sweep("learn", tasks="[digits]"))
+    assert main(["run", str(env / "learn.yaml")]) == 0
+    plan = plan_sweep(env / "learn.yaml")
+    paths = default_paths()
+    hashes = {p: plan.cfg.protocol_hash(p) for p in ("probe", "finetune")}
+    tracker = Tracker(paths.tracking_uri(None), "learn")
+    records, metadata, _ = tracker.records(hashes)
+    truth = records[(records["task"] == "digits") & (records["metric"] == GROUND_TRUTH)]
+    digits = truth.groupby("model")["value"].median().to_dict()
+    assert sorted(digits) == sorted(plan.models)
+
+    def run(strategy: str) -> dict:
+        out = env / f"{strategy}.json"
+        assert main(["recommend", "--task", str(env / "myfolder"), "--config", str(env / "learn.yaml"),
+                     "--budget", "1", "--no-finetune", "--strategy", strategy, "--format", "json",
+                     "--output", str(out)]) == 0
+        return json.loads(out.read_text())
+
+    # the nearest task of the new one is the only other task: its fine-tune accuracies, in order
+    near = run("nearest_task")
+    assert {r["model"]: r["score"] for r in near["ranking"]} == pytest.approx(digits)
+    assert [r["model"] for r in near["ranking"]] == sorted(digits, key=lambda m: -digits[m])
+    assert "nearest task of myfolder by Task2Vec: digits" in capsys.readouterr().err
+    v3 = run("choicenet_v3")
+    assert sorted(r["model"] for r in v3["ranking"]) == sorted(plan.models)
+    assert all(np.isfinite(r["score"]) for r in v3["ranking"]) and v3["picks"] == [
+        v3["ranking"][0]["model"]]
+
+    # leakage: fine-tune results of the new task itself change nothing; the other task's do
+    name, ref = resolve_task(str(env / "myfolder"), "natural")
+    sub = replace(plan, task_refs={**plan.task_refs, name: ref})
+    own = records[records["metric"] == GROUND_TRUTH].query("task == 'digits'").assign(
+        task=name, value=lambda d: 1.0 - d["value"])
+    moved = records.assign(value=lambda d: d["value"].where(
+        (d["metric"] != GROUND_TRUTH) | (d["task"] != "digits"), 1.0 - d["value"]))
+
+    def table(recs):
+        return learned_table("choicenet_v3", sub, paths, name, ref, recs, metadata, stream=None)
+
+    base = table(records)
+    pd.testing.assert_frame_equal(table(pd.concat([records, own], ignore_index=True)), base)
+    assert not np.allclose(table(moved)[name].to_numpy(), base[name].to_numpy())
