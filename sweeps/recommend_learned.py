@@ -3,8 +3,9 @@ v1, v2, v3 and the nearest task by Task2Vec (Appendix H).
 
 Each is trained on the fine-tune results of the experiment's *other* tasks -- those of the sweep
 file, whose data recommend can load to embed them -- and applied to the new task through its
-embedding (and, for v3, its probe scores). The task's own fine-tune results, which an earlier
-recommend may have logged, are dropped before anything is fitted. The report's functions do the
+embedding (and, for v3, its probe scores). Of the task itself only its probe scores are kept:
+its fine-tune results (test and validation), which a sweep or an earlier recommend may have
+logged, are dropped before anything is fitted. The report's functions do the
 work (:func:`sweeps.reporting.choicenet_predictions`, :func:`sweeps.reporting.nearest_task_predictions`)
 over the sweep file's models, so the new task is ranked as the report's leave-one-task-out fold
 ranks a task, with every other task in training.
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from selection.nearest_task import NEAREST_TASK
-from selection.records import GROUND_TRUTH
+from selection.records import GROUND_TRUTH, PROXY_PREFIX
 from sweeps.config import WhichModelError
 
 #: strategy name -> ChoiceNet version (None: the nearest task)
@@ -55,7 +56,7 @@ def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], record
     check_learnable(name, records, task, plan)
     usable, skipped = training_tasks(records, task, plan)
     sub = replace(plan, tasks=[*usable, task], task_refs={**plan.task_refs, task: ref})
-    own = (records["metric"] == GROUND_TRUTH) & (records["task"] == task)
+    own = (records["task"] == task) & ~records["metric"].str.startswith(PROXY_PREFIX)  # its results
     kept = records[~own & records["task"].isin(sub.tasks) & records["model"].isin(sub.models)]
     targets = targets_from_records(kept)
     trial = trial_settings(sub, paths)
