@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from selection.learners import ENSEMBLE_PREFIX, ensemble_proxies, ensemble_table
+from selection.learners import ENSEMBLE_ALL, ENSEMBLE_PREFIX, ensemble_proxies, ensemble_table
 from selection.proxies import get_proxy, list_proxies, make_inputs, score_proxies
 from selection.records import PROXY_PREFIX
 
@@ -36,11 +36,11 @@ DEFAULT_ENSEMBLE = ("linear", "knn", "logme", "hscore")
 def _proxy_names(strategy: str, proxies: Sequence[str] | None) -> tuple[list[str], bool]:
     """The proxies to compute (bare names) and whether the strategy is the ensemble."""
     known = [n for n in list_proxies() if "finetune" not in get_proxy(n).needs]
-    if strategy == ENSEMBLE_PREFIX + "all":
-        names, ensemble = [p.removeprefix(PROXY_PREFIX) for p in (proxies or DEFAULT_ENSEMBLE)], True
-    elif strategy.startswith(ENSEMBLE_PREFIX):
+    if strategy.startswith(ENSEMBLE_PREFIX):  # ensemble:all averages ``proxies`` (or the default)
+        pool = (proxies or DEFAULT_ENSEMBLE) if strategy == ENSEMBLE_ALL else known
         try:
-            wanted = ensemble_proxies(strategy, [PROXY_PREFIX + n for n in known])
+            wanted = ensemble_proxies(strategy, [PROXY_PREFIX + p.removeprefix(PROXY_PREFIX)
+                                                 for p in pool])
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
         names, ensemble = [p.removeprefix(PROXY_PREFIX) for p in wanted], True

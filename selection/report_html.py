@@ -91,9 +91,8 @@ def _group_tables(report: Mapping[str, Any]) -> list[str]:
     parts = []
     for g in names:
         tasks = [t for t in report["tasks"] if groups.get(t) == g]
-        by_b1 = sorted(order, key=lambda n: (
-            report["strategies"][n]["1"]["per_group"].get(g) is None,
-            report["strategies"][n]["1"]["per_group"].get(g) or 0.0, order.index(n)))
+        at_b1 = {n: report["strategies"][n]["1"]["per_group"].get(g) for n in order}
+        by_b1 = sorted(order, key=lambda n: (at_b1[n] is None, at_b1[n] or 0.0))  # stable
         rows = [[_e(n), *(_fmt(report["strategies"][n][b]["per_group"].get(g)) for b in budgets)]
                 for n in by_b1]
         parts += [f"<h3>{_e(g)} ({len(tasks)} tasks: {_e(', '.join(tasks))})</h3>",

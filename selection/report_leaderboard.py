@@ -17,11 +17,12 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from selection.report_noise import WITHIN, has_noise
+
 WIDTH = 100  # the default report's widest line
 LEADER_BUDGETS = 3  # B = 1, 2, 3
 BOUNDS = ("task_agnostic_oracle", "per_task_best")  # read the task's own results
 BASELINES = ("task_agnostic", "random")
-WITHIN = "~"
 
 
 def terminal_width(cap: int | None = WIDTH) -> int:
@@ -126,7 +127,7 @@ def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
             v = block["per_group"].get(g) if g else block["mean"]
             return math.inf if v is None else float(v)
 
-        best = sorted(order, key=lambda n: (value(n), order.index(n)))[:2]
+        best = sorted(order, key=value)[:2]  # stable: ties keep the report's order
         base = [n for n in BASELINES if n in order and n not in best]
         label = f"{g or 'all tasks'} ({len(tasks)})"
 
@@ -142,7 +143,7 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
     """The default terminal report, no line wider than ``width``: the leaderboard, the bounds,
     one line per task group, where the files are."""
     header, rows, bounds = leaderboard_rows(report)
-    noisy = bool(report.get("ci"))
+    noisy = has_noise(report)
     title = (f"leaderboard: mean relative regret over {len(report['tasks'])} tasks"
              + (" [95% interval]" if noisy else "") + f", pool '{report['pool']}', by B = 1")
     out = [_clip(title, width)]
@@ -193,7 +194,7 @@ def leaderboard_markdown(report: Mapping[str, Any], limit: int = MARKDOWN_LIMIT)
         size += len(row) + 1
     table = "\n".join(md_rows)
     legend = (f"Mean relative regret over {len(report['tasks'])} tasks"
-              + (" [95% interval]" if report.get("ci") else "") + f", pool `{report['pool']}`, "
+              + (" [95% interval]" if has_noise(report) else "") + f", pool `{report['pool']}`, "
               f"sorted by B = 1; `{WITHIN}`: within noise of the best; `bound`: reads the task's "
               "own results.")
     groups = "\n".join(f"- {line}" for line in group_lines(report, 10_000))

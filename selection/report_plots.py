@@ -29,7 +29,7 @@ import numpy as np
 
 from selection.records import GROUND_TRUTH
 from selection.report_leaderboard import highlights, ranked
-from selection.report_text import ordered_tasks, strategy_order
+from selection.report_text import defined_mean, ordered_tasks, strategy_order
 
 MAX_WIDTH_PX = 2000
 HEATMAP_BUDGETS = (1, 2)
@@ -98,12 +98,12 @@ def _group_spans(report: Mapping[str, Any], tasks: list[str]) -> list[tuple[str,
     return spans
 
 
-def _mark_groups(ax, report: Mapping[str, Any], tasks: list[str], axis: str = "x") -> None:
+def _mark_groups(ax, report: Mapping[str, Any], tasks: list[str]) -> None:
     """Lines between task groups and each group's name above its tasks."""
     spans = _group_spans(report, tasks)
     for g, first, last in spans:
         if first > 0:
-            (ax.axvline if axis == "x" else ax.axhline)(first - 0.5, color="0.3", lw=1.0)
+            ax.axvline(first - 0.5, color="0.3", lw=1.0)
         if g:
             ax.text((first + last) / 2, 1.01, g, transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize="small", style="italic")
@@ -162,7 +162,8 @@ def render_heatmap_png(report: Mapping[str, Any]) -> bytes:
     """``regret_heatmap.png``: relative regret, strategy (leaderboard order, bounds last) by
     task (grouped by task group), one panel per budget of :data:`HEATMAP_BUDGETS`."""
     tasks = ordered_tasks(report)
-    names = [*ranked(report), *ranked(report, ["bound"])]
+    strategies = ranked(report)
+    names = [*strategies, *ranked(report, ["bound"])]
     shown = [b for b in HEATMAP_BUDGETS if b in [int(x) for x in report["budgets"]]]
     label_in = 0.085 * max(len(n) for n in names) + 0.8
     panel_in = min(8.5, 0.45 * len(tasks) + 0.6)
@@ -172,10 +173,9 @@ def render_heatmap_png(report: Mapping[str, Any]) -> bytes:
     for ax, b in zip(axes, shown):
         grid = np.array([[_nan(report["strategies"][n][str(b)]["per_task"][t]) for t in tasks]
                          for n in names])
-        image = ax.imshow(grid, aspect="auto", cmap="magma_r", vmin=0.0,
-                          vmax=max(1e-9, float(np.nanmax(grid)) if np.isfinite(grid).any() else 1))
+        top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
+        image = ax.imshow(grid, aspect="auto", cmap="magma_r", vmin=0.0, vmax=max(1e-9, top))
         if grid.size <= 600:  # numbers stay legible
-            top = np.nanmax(grid) if np.isfinite(grid).any() else 1.0
             for (i, j), v in np.ndenumerate(grid):
                 if np.isfinite(v):
                     ax.text(j, i, f"{v:.2f}".lstrip("0") if v > 0 else "0", ha="center",
@@ -183,8 +183,7 @@ def render_heatmap_png(report: Mapping[str, Any]) -> bytes:
         ax.set_xticks(np.arange(len(tasks)), tasks, rotation=60, ha="right", fontsize="small")
         ax.set_title(f"B = {b}", pad=16)
         _mark_groups(ax, report, tasks)
-        bounds = len(ranked(report))
-        ax.axhline(bounds - 0.5, color="0.3", lw=1.0, ls="--")
+        ax.axhline(len(strategies) - 0.5, color="0.3", lw=1.0, ls="--")  # the bounds below
     axes[0].set_yticks(np.arange(len(names)), names, fontsize="small")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="relative regret", shrink=0.8)
@@ -272,13 +271,15 @@ def render_zero_png(report: Mapping[str, Any]) -> bytes:
 
 def proxy_order(report: Mapping[str, Any]) -> list[str]:
     """The proxies with scores, best mean weighted tau first (undefined last)."""
+    means = mean_taus(report)
+    return sorted(report.get("proxy_scores") or {},
+                  key=lambda p: (-(means[p] if means[p] is not None else -math.inf), p))
+
+
+def mean_taus(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each scored proxy's mean weighted tau over the tasks where it is defined (None if none)."""
     taus = report.get("weighted_tau") or {}
-
-    def mean_tau(p: str) -> float:
-        values = [v for v in (taus.get(p) or {}).values() if v is not None]
-        return float(np.mean(values)) if values else -math.inf
-
-    return sorted(report.get("proxy_scores") or {}, key=lambda p: (-mean_tau(p), p))
+    return {p: defined_mean(taus.get(p) or {})[0] for p in report.get("proxy_scores") or {}}
 
 
 def render_proxies_png(report: Mapping[str, Any]) -> bytes:
@@ -291,7 +292,7 @@ def render_proxies_png(report: Mapping[str, Any]) -> bytes:
     proxies = proxy_order(report)[:MAX_PROXY_PANELS]
     tasks = ordered_tasks(report)
     colors = _colors(tasks)
-    taus = report.get("weighted_tau") or {}
+    means = mean_taus(report)
     ncols = min(3, len(proxies))
     nrows = math.ceil(len(proxies) / ncols)
     fig = _figure(3.6 * ncols + 2.2, 3.0 * nrows + 0.6)
@@ -309,8 +310,7 @@ def render_proxies_png(report: Mapping[str, Any]) -> bytes:
             # plain markers draw much faster than scatter collections
             ax.plot(x, [acc[task][m] for m in models], "o", ms=3.5, alpha=0.8,
                     color=colors[task], label=task)
-        defined = [v for v in (taus.get(p) or {}).values() if v is not None]
-        tau = f"mean weighted tau {np.mean(defined):.2f}" if defined else "tau undefined"
+        tau = f"mean weighted tau {means[p]:.2f}" if means[p] is not None else "tau undefined"
         ax.set_title(f"{p}\n{tau}", fontsize="small")
         ax.tick_params(labelsize="x-small")
         ax.set_xlim(-0.05, 1.05)

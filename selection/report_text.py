@@ -102,8 +102,7 @@ def format_table(report: Mapping[str, Any], budget: int | None = None,
     or only ``budget``. With ``width``, a table wider than that is split into blocks of columns
     (:func:`selection.report_leaderboard.fit_table`)."""
     def table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
-        return (fit_table(header, rows, n_labels, width) if width
-                else _plain_table(header, rows, n_labels))
+        return fit_table(header, rows, n_labels, width or math.inf)
 
     out = []
     for b in _check_budget(report, budget):
@@ -133,17 +132,8 @@ def format_table(report: Mapping[str, Any], budget: int | None = None,
     return "\n\n".join(out) + "\n"
 
 
-def _plain_table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < n_labels else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _defined_mean(values: Mapping[str, float | None]) -> tuple[float | None, int]:
+def defined_mean(values: Mapping[str, float | None]) -> tuple[float | None, int]:
+    """The mean of the defined values (None if none) and how many there are."""
     defined = [v for v in values.values() if v is not None]
     return (float(np.mean(defined)) if defined else None), len(defined)
 
@@ -153,14 +143,14 @@ def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
     tasks where tau is defined, and (ChoiceNet) the MSE."""
     rows = []
     for proxy, by_task in (report.get("weighted_tau") or {}).items():
-        tau, n = _defined_mean(by_task)
-        r, _ = _defined_mean(report["pearson"][proxy])
+        tau, n = defined_mean(by_task)
+        r, _ = defined_mean(report["pearson"][proxy])
         rows.append([proxy, _fmt(tau), _fmt(r), str(n), "-"])
     for version, block in (report.get("choicenet") or {}).items():
         if not block or not block.get("n_pairs"):
             continue
-        tau, n = _defined_mean(block["weighted_tau"])
-        r, _ = _defined_mean(block["pearson"])
+        tau, n = defined_mean(block["weighted_tau"])
+        r, _ = defined_mean(block["pearson"])
         mse = "-" if block.get("mse") is None else _fmt(block["mse"], 5)
         rows.append([f"choicenet {version}", _fmt(tau), _fmt(r), str(n), mse])
     return rows
@@ -255,7 +245,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
                      "(< 2 models or constant values)")
         proxies = list(table)
         rows = [[t, *[_fmt(table[p][t]) for p in proxies]] for t in report["tasks"]]
-        rows.append([MEAN_ROW, *[_fmt(_defined_mean(table[p])[0]) for p in proxies]])
+        rows.append([MEAN_ROW, *[_fmt(defined_mean(table[p])[0]) for p in proxies]])
         parts.append(_md_table(["task", *proxies], rows, 1))
 
     cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("n_pairs")}
@@ -264,10 +254,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
                      "test accuracy; v3, `choicenet_records` and the ensemble rank, so they have no MSE)")
         rows = []
         for version, block in cn.items():
-            tau, n = _defined_mean(block["weighted_tau"])
+            tau, n = defined_mean(block["weighted_tau"])
             mse = "-" if block.get("mse") is None else _fmt(block["mse"], 5)
             rows.append([version, mse, str(block["n_pairs"]), _fmt(tau),
-                         _fmt(_defined_mean(block["pearson"])[0])])
+                         _fmt(defined_mean(block["pearson"])[0])])
         parts.append(_md_table(["version", "MSE", "pairs", "mean weighted tau", "mean pearson"], rows, 1))
         claim = claim_line(report)
         if claim:

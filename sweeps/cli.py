@@ -150,7 +150,7 @@ def _after_sweep(args, paths, plan, outcome) -> int:
                 out_dir=Path(args.reports_dir) / plan.cfg.name)
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
-    _print_ui(uri, getattr(outcome, "experiment_id", "") or None)
+    _print_ui(uri, outcome.experiment_id or None)
     return 0
 
 

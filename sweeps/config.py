@@ -226,14 +226,13 @@ class PoolDefinition(Strict):
 
 
 HUB_PREFIXES = ("timm:", "torchvision:", "local:")
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-NAME_PATTERN = _NAME  # names of sweeps, tasks and models
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"  # names of sweeps, tasks and models
 
 
 class ModelEntry(Strict):
     """A model from a hub or a local folder (``lightning_modules.hub``), named in the sweep."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     spec: str  # timm:<name>[.<tag>] | torchvision:<name> | local:<path>
     weights: str | None = None  # a local weight file, read through the hub's own code path
     pretrained: bool = True  # False: the architecture at random initialisation (a control)
@@ -252,7 +251,7 @@ class ModelEntry(Strict):
 class TaskEntry(Strict):
     """A task read from an ImageFolder layout: ``path/{train,test}/<class>/*`` (+ ``val/``)."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     loader: Literal["imagefolder"] = "imagefolder"
     path: str  # relative paths are relative to the sweep file
     group: Literal["natural", "specialized", "structured"]

@@ -28,14 +28,14 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from sweeps.config import WhichModelError
-from sweeps.node_secrets import DEFAULT_PATH, WORKER_SETUP_HOOK, is_secret
+from sweeps.node_secrets import DEFAULT_PATH, ENV, WORKER_SETUP_HOOK, is_secret
 
 # Variables a sweep needs on the cluster, passed from the submitter's environment when set,
 # except the secrets among them (is_secret: never in the runtime env; the nodes' secrets file).
@@ -65,6 +65,7 @@ WORKING_DIR_EXCLUDES = [
 ]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 30.0  # how long submit retries while a new head's job agent starts
 
 
 # --------------------------------------------------------------------------- the address
@@ -150,10 +151,10 @@ class Cluster:
         except Exception as exc:
             raise self._error(exc) from None
 
-    def submit(self, sub: Submission, agent_wait_s: float = 30.0) -> str:
+    def submit(self, sub: Submission) -> str:
         # A head whose Ray just started may not have registered its agent yet: Ray answers "No
         # available agent to submit job, please try again later" -- so, a while, we do.
-        deadline = time.monotonic() + agent_wait_s
+        deadline = time.monotonic() + AGENT_WAIT_S
         try:
             while True:
                 try:
@@ -235,9 +236,8 @@ def passed_names(environ: dict[str, str]) -> list[str]:
     return [k for k in environ if k in ENV_PASSTHROUGH or k.startswith(ENV_PREFIXES)]
 
 
-def withheld_secrets(environ: dict[str, str] | None = None) -> list[str]:
-    """The allow-listed secrets set here that ``job_env`` leaves out of the job."""
-    environ = os.environ if environ is None else environ
+def withheld_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The allow-listed secrets set in ``environ`` that ``job_env`` leaves out of the job."""
     return sorted(k for k in passed_names(environ) if is_secret(k))
 
 
@@ -336,7 +336,7 @@ def describe_submission(sub: Submission, job_id: str, address: str) -> str:
     ]
     if sub.withheld:
         lines.append(f"  secrets:     {', '.join(sub.withheld)} set here, not sent (Ray would "
-                     "show them in its job table): the job reads them from $WHICHMODEL_SECRETS_FILE "
+                     f"show them in its job table): the job reads them from ${ENV} "
                      f"on the nodes (default {DEFAULT_PATH}), or uses the nodes' own identity")
     if "MLFLOW_TRACKING_URI" not in sub.env:
         lines.append("  note: MLFLOW_TRACKING_URI is not set here, so runs go to the head node's "

@@ -32,7 +32,9 @@ from typing import Any
 
 import pandas as pd
 
+from selection.records import GROUND_TRUTH
 from sweeps.config import WhichModelError
+from sweeps.recommend_learned import LEARNED, check_learnable, learned_table
 
 DEFAULT_STRATEGY = "hybrid:proxy/linear"
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -100,8 +102,8 @@ def format_decision(d: dict[str, Any]) -> str:
                  f"fine-tune(s); experiment {d['experiment']!r}")
     lines.append(f"decision logged as MLflow run {d.get('run_id', '-')} (recommend:{d['task']})")
     return "\n".join(line[:WIDTH] for line in lines)
-#: strategies that learn from the experiment's other tasks' fine-tune results (and the learned
-#: ones of sweeps.recommend_learned, which also embed those tasks)
+#: strategies that learn from the experiment's other tasks' fine-tune results (and LEARNED, which
+#: also embed those tasks)
 NEEDS_OTHER_TASKS = ("choicenet_records", "task_agnostic_oracle_loto")
 
 
@@ -150,7 +152,6 @@ def usable_strategies(proxies: list[str]) -> list[str]:
     """The strategies recommend can use with these proxy metrics: none reads the task's results."""
     from selection.learners import CHOICENET_RECORDS, ENSEMBLE_PREFIX
     from selection.strategies import get_strategy_spec, list_strategies
-    from sweeps.recommend_learned import LEARNED
 
     names = [n for n in list_strategies(proxies, list(LEARNED))
              if not get_strategy_spec(n, proxies, list(LEARNED)).uses_task_results]
@@ -162,9 +163,7 @@ def check_strategy(name: str, proxies: list[str], models: list[str], task: str) 
     """An unknown strategy, or one that needs this task's fine-tune results, is a named error."""
     import numpy as np
 
-    from selection.records import GROUND_TRUTH
     from selection.strategies import UnknownStrategyError, create_strategy, get_strategy_spec
-    from sweeps.recommend_learned import LEARNED
 
     usable = usable_strategies(proxies)
     try:
@@ -256,7 +255,6 @@ def rank_pool(tracker, hashes, name: str, task: str, members: list[str], tie_tol
     ``order`` (the sweep's), then any other. ``learned(records, metadata)``: the table of a
     strategy learned from the other tasks (:func:`sweeps.recommend_learned.learned_table`)."""
     from selection.records import (
-        GROUND_TRUTH,
         aggregate_records,
         list_proxy_metrics,
         pivot_metric,
@@ -342,7 +340,6 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     JSON as a dict. Bad input is a :class:`WhichModelError` before anything is written."""
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
-    from sweeps.recommend_learned import LEARNED, check_learnable, learned_table
     from sweeps.recorder import artifact_root
     from sweeps.registry import check_task_ref
     from sweeps.tracking import Tracker
@@ -378,11 +375,10 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
             records, _, _ = existing_tracker(uri, cfg.experiment).records(hashes)
         except WhichModelError:  # no store or no experiment yet: no other task either
             records = pd.DataFrame(columns=["model", "task", "metric", "value"])
-        others = records[(records["metric"] == "finetune_test_acc") & (records["task"] != name)]
         if chosen in LEARNED:
             check_learnable(chosen, records, name, plan)
             learned = partial(learned_table, chosen, plan, paths, name, ref, stream=stream)
-        elif others.empty:
+        elif not (records["metric"].eq(GROUND_TRUTH) & records["task"].ne(name)).any():
             raise WhichModelError(f"--strategy {chosen!r} learns from the fine-tune results of other "
                                   f"tasks in experiment {cfg.experiment!r}, which has none; run a "
                                   "sweep first or choose another strategy")

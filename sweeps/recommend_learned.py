@@ -34,8 +34,8 @@ def training_tasks(records: pd.DataFrame, task: str, plan) -> tuple[list[str], l
     return [t for t in others if t in plan.tasks], [t for t in others if t not in plan.tasks]
 
 
-def check_learnable(name: str, records: pd.DataFrame, task: str, plan) -> None:
-    """A learned strategy needs another task of the sweep file with fine-tune results."""
+def check_learnable(name: str, records: pd.DataFrame, task: str, plan) -> tuple[list[str], list[str]]:
+    """:func:`training_tasks`; a learned strategy needs one usable."""
     usable, skipped = training_tasks(records, task, plan)
     if not usable:
         why = (f"; its tasks with results ({', '.join(skipped)}) are not in {plan.path}, so they "
@@ -43,6 +43,7 @@ def check_learnable(name: str, records: pd.DataFrame, task: str, plan) -> None:
         raise WhichModelError(f"--strategy {name!r} learns from the fine-tune results of the other "
                               f"tasks of {plan.path} in experiment {plan.cfg.experiment!r}, which "
                               f"has none{why}; run the sweep first or choose another strategy")
+    return usable, skipped
 
 
 def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], records: pd.DataFrame,
@@ -53,8 +54,7 @@ def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], record
     from sweeps.driver import trial_settings
     from sweeps.reporting import choicenet_predictions, nearest_task_predictions
 
-    check_learnable(name, records, task, plan)
-    usable, skipped = training_tasks(records, task, plan)
+    usable, skipped = check_learnable(name, records, task, plan)
     sub = replace(plan, tasks=[*usable, task], task_refs={**plan.task_refs, task: ref})
     own = (records["task"] == task) & ~records["metric"].str.startswith(PROXY_PREFIX)  # its results
     kept = records[~own & records["task"].isin(sub.tasks) & records["model"].isin(sub.models)]

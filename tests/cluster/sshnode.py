@@ -61,22 +61,6 @@ def make_keys(folder: Path) -> tuple[Path, Path, Path]:
     return host, client, authorized
 
 
-def free_port_on(*hosts: str) -> int:
-    """A port free on every one of ``hosts``."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {hosts}")
-
-
 class SshNode:
     def __init__(self, folder: Path, address: str, port: int, host_key: Path,
                  authorized_keys: Path, env: dict[str, str]):

@@ -59,7 +59,7 @@ import yaml
 
 from tests.cluster import services
 from tests.cluster.raycluster import AUTH, copy_project, free_port
-from tests.cluster.sshnode import SshNode, free_port_on, make_keys
+from tests.cluster.sshnode import SshNode, make_keys
 from tests.tiny import ZOO, sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -141,7 +141,7 @@ def test_ray_up_then_submit_through_the_tunnel_read_results_and_ray_down(stack, 
     log = Transcript(services.artifacts_dir() / "ray-up.log")
     name = f"wm-test-{secrets.token_hex(3)}"
     host_key, client_key, authorized = make_keys(root / "ssh")
-    port = free_port_on("127.0.0.1")
+    port = free_port()
     node_virtualenv(root / "venv")
     local_home = root / "local"  # HOME of the user's commands: ~/.ray/auth_token and secrets
     for folder in (local_home / ".ray", local_home / ".whichmodel"):

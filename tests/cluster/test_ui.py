@@ -78,11 +78,12 @@ def test_mlflow_ui_opens_on_the_runs_table_with_durations_and_datasets(stack, re
     from playwright.sync_api import sync_playwright
 
     exp_id, _, run_out = ui_sweep
-    runs = services.pair_runs(rest.runs("ui-sweep"))
+    all_runs = rest.runs("ui-sweep")
+    runs = services.pair_runs(all_runs)
     assert sorted(r["info"]["run_name"] for r in runs) == sorted(NAMES)
     for run in runs:  # a run lasts as long as its trials: at least the compute they measured
         info = run["info"]
-        metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+        metrics = run["metrics"]
         compute = metrics.get("time/finetune", metrics.get("time/features"))
         assert (int(info["end_time"]) - int(info["start_time"])) / 1000 >= compute > 0
     # the address whichmodel prints at the end of the run opens the model-training view
@@ -123,7 +124,7 @@ def test_mlflow_ui_opens_on_the_runs_table_with_durations_and_datasets(stack, re
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000
     # the report run's description (the UI's Description) is the leaderboard in Markdown
-    (report_run,) = [r for r in rest.runs("ui-sweep") if r["tags"].get("protocol") == "report"]
+    (report_run,) = [r for r in all_runs if r["tags"].get("protocol") == "report"]
     note = report_run["tags"]["mlflow.note.content"]
     assert note.startswith("## Which strategy finds the best model") and "\n| 1 | " in note
 
