@@ -28,7 +28,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,8 +236,9 @@ def passed_names(environ: dict[str, str]) -> list[str]:
     return [k for k in environ if k in ENV_PASSTHROUGH or k.startswith(ENV_PREFIXES)]
 
 
-def withheld_secrets(environ: Mapping[str, str]) -> list[str]:
-    """The allow-listed secrets set in ``environ`` that ``job_env`` leaves out of the job."""
+def withheld_secrets(environ: dict[str, str] | None = None) -> list[str]:
+    """The allow-listed secrets set here that ``job_env`` leaves out of the job."""
+    environ = os.environ if environ is None else environ
     return sorted(k for k in passed_names(environ) if is_secret(k))
 
 
