@@ -59,7 +59,7 @@ class BenchSink:
 
     @property
     def tracker(self):
-        from sweeps.tracking import Tracker
+        from sweeps.tracking.client import Tracker
 
         if self._tracker is None:
             self._tracker = Tracker(self.uri, self.experiment)

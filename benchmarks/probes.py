@@ -14,16 +14,16 @@ Measured side by side in one run; the last line printed is one JSON object:
   from other processes on a shared machine hits both alike.
 * ``linear_batched_speedup``: the 10 paper-protocol SGD runs (2 lrs x 5 repeats, batch 256)
   one after another, each the textbook way (``nn.Linear`` head, autograd, ``torch.optim.SGD``,
-  the same minibatches), over :func:`selection.linear_probe.linear_probe_runs` (all heads batched,
+  the same minibatches), over :func:`selection.proxies.linear.linear_probe_runs` (all heads batched,
   row space since D > N); ``linear_acc_diff_pt``: the largest difference of their validation
   accuracies, in points. Features: the ResNet-50 train / val features.
 * ``logme_speedup_vs_direct`` / ``logme_rel_diff``: a direct LogME that decomposes the D x D
   matrix F^T F (the paper's formulas, same fixed point and stopping rule, at most 1000 steps)
-  over :func:`selection.transferability.logme`, N = 800, D = 2048, C = 10 (ResNet-50 features).
+  over :func:`selection.proxies.transferability.logme`, N = 800, D = 2048, C = 10 (ResNet-50 features).
   Where the features can interpolate the labels (the evidence grows towards beta -> infinity,
   e.g. Gaussian features with N < D) the D x D formulas lose N - gamma and the residual to
   cancellation and the two disagree; on the ResNet-50 features the maximum is interior.
-* ``knn_speedup_vs_sklearn`` / ``knn_prediction_mismatch``: :func:`selection.knn.knn_predict`
+* ``knn_speedup_vs_sklearn`` / ``knn_prediction_mismatch``: :func:`selection.proxies.knn.knn_predict`
   over scikit-learn's brute-force ``KNeighborsClassifier`` (k = 1), 10k x 10k x 512 float32
   Gaussian features; best of the rounds.
 
@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from selection import knn as K
-from selection import linear_probe as L
 from selection import proxies as P
-from selection import transferability as T
+from selection.proxies import knn as K
+from selection.proxies import linear as L
+from selection.proxies import transferability as T
 
 N_TRAIN, N_VAL, N_TEST, N_CLASSES = 800, 200, 1000, 10
 

@@ -6,7 +6,7 @@ fine-tune test accuracy s(m, t) (sigmoid output, MSE loss), trained on the resul
 *other* tasks and used to rank the pool for a new one. Evaluated leave-one-task-out
 (:func:`fit_predict_leave_one_task_out`): the column of task t is predicted by a net that never
 saw a target of t. The predictions go into the regret report as the strategies ``choicenet_v1``
-and ``choicenet_v2`` (:func:`predict_choicenet` -> ``selection.report.compute_report(...,
+and ``choicenet_v2`` (:func:`predict_choicenet` -> ``selection.report.compute.compute_report(...,
 predictions=...)``), which also reports their MSE.
 
 Embeddings. The pool mixes architectures (widths, conv shapes), so every embedding has a length
@@ -396,7 +396,7 @@ def task_columns(tasks: list[str], only: Sequence[str] | None) -> list[int]:
 def check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(targets, pd.DataFrame):
         raise TypeError(f"targets must be a DataFrame (index model, columns task), got {type(targets).__name__}")
-    from selection.checks import check_accuracies
+    from whichmodel.accuracy import check_accuracies
 
     y = targets.apply(pd.to_numeric, errors="coerce").astype(float)
     check_accuracies(y.to_numpy(), "targets",
@@ -494,6 +494,6 @@ def targets_from_records(records: pd.DataFrame) -> pd.DataFrame:
 
 def choicenet_mse(predictions: pd.DataFrame, targets: pd.DataFrame) -> float | None:
     """MSE over the (model, task) pairs where both a prediction and a target exist (None if none)."""
-    from selection.report import prediction_mse
+    from selection.report.compute import prediction_mse
 
     return prediction_mse(predictions, targets)

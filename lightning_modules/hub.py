@@ -78,7 +78,7 @@ from lightning_modules.backbones import (
 )
 from lightning_modules.hub_blocks import hub_block_groups, parameter_count
 from lightning_modules.state_dicts import first_line, first_mismatch, load_state_dict_strict, read_state_dict
-from selection.checks import check_accuracy
+from whichmodel.accuracy import check_accuracy
 
 __all__ = ["ModelSpecError", "WeightsUnavailableError", "parse_model_spec", "load_model"]
 

@@ -395,7 +395,7 @@ def short_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.nd
                    num_classes: int) -> Callable[..., float]:
     """``finetune(lr, steps, batch_size, seed) -> validation accuracy``: a few steps of fine-tuning
     a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up (the training of
-    the early-stop proxy, :mod:`selection.early_stop`). The test split is never touched.
+    the early-stop proxy, :mod:`selection.proxies.early_stop`). The test split is never touched.
     ``finetune.train_eval_s`` adds up the seconds its runs spent in training steps and
     evaluation."""
     import copy

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selection.checks import ACCURACY_RULE, accuracy_out_of_range
+from whichmodel.accuracy import ACCURACY_RULE, accuracy_out_of_range
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "task", "metric", "value")
 GROUND_TRUTH = "finetune_test_acc"

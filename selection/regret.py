@@ -23,7 +23,7 @@ from math import comb
 
 import numpy as np
 
-from selection.checks import check_accuracies
+from whichmodel.accuracy import check_accuracies
 
 ArrayLike = float | np.ndarray
 ZERO_TOLERANCE = 1e-12

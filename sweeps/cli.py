@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from sweeps.cluster.node_secrets import load_secrets
 from sweeps.config import WhichModelError
-from sweeps.node_secrets import load_secrets
 from sweeps.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
@@ -64,7 +64,7 @@ def cmd_tasks_build(args) -> int:
 
 def cmd_validate(args) -> int:
     from sweeps.plan import check_plan, plan_sweep
-    from sweeps.tracking import preflight
+    from sweeps.tracking.client import preflight
 
     plan = plan_sweep(args.config, structure=args.json)
     paths = _paths(args)
@@ -91,7 +91,7 @@ def plan_json(plan) -> dict:
     from collections import Counter
 
     from sweeps.plan import expand_jobs
-    from sweeps.registry import task_group
+    from sweeps.refs import task_group
 
     keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
     models = {}
@@ -157,7 +157,7 @@ def _after_sweep(args, paths, plan, outcome) -> int:
 def _print_ui(uri: str, experiment_id: str | None) -> None:
     """Where to see the runs: the MLflow UI's address of the experiment's runs table, in the
     model-training view (``workflowType=machine_learning``: not the GenAI traces page)."""
-    from sweeps.mlflow_store import ui_url
+    from sweeps.tracking.ui import ui_url
 
     if uri.startswith("sqlite:"):
         print(f"\n[whichmodel] browse the runs: mlflow ui --backend-store-uri {uri}\n"
@@ -170,13 +170,13 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
             budget: int | None = None, fmt: str | None = None, output: str | None = None,
             detail: bool = False) -> int:
     from sweeps.reporting import report_experiment
-    from sweeps.tracking import Tracker
+    from sweeps.tracking.client import Tracker
 
     tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
     kwargs: dict = {"pool": pool}
     if plan is not None:
         cfg = plan.cfg
-        from sweeps.reporting import learned_predictions
+        from sweeps.learned import learned_predictions
 
         kwargs.update(max_budget=budget or cfg.report.max_budget, strategies=cfg.report.strategies,
                       protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
@@ -204,8 +204,8 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
     from sweeps.reporting import results_table, write_and_log
 
     if fmt and output == "-":
-        from selection.report_files import write_report
-        from selection.report_text import format_markdown
+        from selection.report.files import write_report
+        from selection.report.text import format_markdown
 
         write_report(report, out_dir)
         text = {"json": lambda: json.dumps(report, indent=2, sort_keys=True),
@@ -213,7 +213,7 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
                 "csv": lambda: (out_dir / "regret.csv").read_text()}[fmt]()
         print(text)
         return 0
-    from selection.report_leaderboard import terminal_width
+    from selection.report.tables import terminal_width
 
     width = terminal_width(None if detail else 100)
     print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report, width)
@@ -297,7 +297,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from sweeps.jobs import Cluster, describe_submission, plan_submission
+    from sweeps.cluster.jobs import Cluster, describe_submission, plan_submission
 
     sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
                           no_report=args.no_report)
@@ -317,14 +317,14 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from sweeps.jobs import Cluster, format_jobs
+    from sweeps.cluster.jobs import Cluster, format_jobs
 
     print(format_jobs(Cluster(args.address).jobs()))
     return 0
 
 
 def cmd_logs(args) -> int:
-    from sweeps.jobs import Cluster
+    from sweeps.cluster.jobs import Cluster
 
     status = Cluster(args.address).print_logs(args.job, follow=args.follow)
     if args.follow:
@@ -333,7 +333,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from sweeps.jobs import Cluster
+    from sweeps.cluster.jobs import Cluster
 
     was_running, status = Cluster(args.address).stop(args.job, timeout_s=args.timeout)
     print(f"[whichmodel] job {args.job}: {status}"
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--config", type=Path, default=default_configs / "zoo.yaml")
     ls.set_defaults(func=cmd_list)
 
-    # Cluster mode (sweeps/jobs.py): Ray Jobs on a cluster started with `ray up cluster.yaml`.
+    # Cluster mode (sweeps/cluster/jobs.py): Ray Jobs on a cluster started with `ray up cluster.yaml`.
     address_help = ("the cluster's dashboard, e.g. http://127.0.0.1:8265 through 'ray dashboard "
                     "cluster.yaml' (default $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)")
     sb = sub.add_parser("submit", help="run a sweep as a Ray Job on a running Ray cluster")
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     try:
-        # On a cluster node, the secrets a submitted job does not carry (sweeps/node_secrets.py).
+        # On a cluster node, the secrets a submitted job does not carry (sweeps/cluster/node_secrets.py).
         load_secrets()
         return args.func(args)
     except WhichModelError as exc:

@@ -7,7 +7,7 @@
 skip the (model, task, protocol) keys MLflow has finished, expand the rest into trials
 (:func:`sweeps.plan.expand_jobs`), run them on Tune (:mod:`sweeps.tune_runner`) with the trial
 bodies of :mod:`sweeps.trials`, and log each pair as its trials come in
-(:class:`sweeps.recorder.PairRecorder`). ``resume_sweep`` restores the latest Tune experiment of a
+(:class:`sweeps.tracking.recorder.PairRecorder`). ``resume_sweep`` restores the latest Tune experiment of a
 sweep instead (from this home folder, or from shared storage on a new head node).
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 from sweeps.config import SweepConfig, WhichModelError
 from sweeps.paths import Paths
 from sweeps.plan import Plan, check_plan, expand_jobs, pair_key, plan_sweep
-from sweeps.recorder import PairRecorder, artifact_root
-from sweeps.tracking import Tracker
+from sweeps.tracking.client import Tracker
+from sweeps.tracking.recorder import PairRecorder, artifact_root
 from sweeps.trials import TrialSettings, run_trial
 from whichmodel.uri import redact_uri
 

@@ -24,7 +24,7 @@ from sweeps.config import (
     load_sweep_config,
 )
 from sweeps.paths import Paths
-from sweeps.registry import (
+from sweeps.refs import (
     check_models,
     check_task_ref,
     model_metadata,

@@ -9,7 +9,7 @@
 2. The pool ranked by the strategy (default the paper's recommendation, ``hybrid:proxy/linear``;
    or the lowest mean regret at B of an experiment's latest report) from the task's probe
    results, the experiment's other tasks (``choicenet_records``, the leave-one-task-out oracle,
-   ChoiceNet v1-v3 and the nearest task learn from them; :mod:`sweeps.recommend_learned`) and the
+   ChoiceNet v1-v3 and the nearest task learn from them; :mod:`sweeps.learned`) and the
    models' metadata. The task's own fine-tune results are never read.
 3. The top B fine-tuned with the sweep's fine-tune protocol (same keys: reused when there), and
    the winner: the pick with the best validation accuracy (the fine-tune protocol's own model
@@ -34,7 +34,7 @@ import pandas as pd
 
 from selection.records import GROUND_TRUTH
 from sweeps.config import WhichModelError
-from sweeps.recommend_learned import LEARNED, check_learnable, learned_table
+from sweeps.learned import LEARNED, check_learnable, learned_table
 
 DEFAULT_STRATEGY = "hybrid:proxy/linear"
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -121,7 +121,7 @@ def check_budget(budget: object) -> int:
 def resolve_task(task: str, group: str) -> tuple[str, dict[str, Any]]:
     """(name, ref) of an offline task, ``vtab:<name>`` or an ImageFolder path."""
     from lightning_modules.tasks import list_tasks
-    from sweeps.registry import VTAB_PREFIX
+    from sweeps.refs import VTAB_PREFIX
 
     if task in list_tasks(kind="offline"):
         return task, {"source": "offline"}
@@ -199,7 +199,7 @@ def run_keys(plan, paths, uri: str, stream, models: list[str], protocol: str):
 def existing_tracker(uri: str, experiment: str):
     """The experiment's tracker, creating nothing: a local store that is not there yet is no
     experiment (opening it would create the file)."""
-    from sweeps.tracking import Tracker
+    from sweeps.tracking.client import Tracker
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise WhichModelError(f"no MLflow experiment {experiment!r}: the local store "
@@ -253,7 +253,7 @@ def rank_pool(tracker, hashes, name: str, task: str, members: list[str], tie_tol
     """The strategy's ranking of the pool on the task from the experiment's records, with the
     task's own fine-tune results blanked out; (ranking rows, tie groups). Each row's proxies in
     ``order`` (the sweep's), then any other. ``learned(records, metadata)``: the table of a
-    strategy learned from the other tasks (:func:`sweeps.recommend_learned.learned_table`)."""
+    strategy learned from the other tasks (:func:`sweeps.learned.learned_table`)."""
     from selection.records import (
         aggregate_records,
         list_proxy_metrics,
@@ -340,9 +340,9 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     JSON as a dict. Bad input is a :class:`WhichModelError` before anything is written."""
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
-    from sweeps.recorder import artifact_root
-    from sweeps.registry import check_task_ref
-    from sweeps.tracking import Tracker
+    from sweeps.refs import check_task_ref
+    from sweeps.tracking.client import Tracker
+    from sweeps.tracking.recorder import artifact_root
 
     stream = stream or sys.stderr
     budget = check_budget(budget)

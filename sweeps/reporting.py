@@ -11,7 +11,6 @@ leaderboard; prints the leaderboard (``--detail``: and the per-task tables).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,10 @@ def proxy_notes() -> dict[str, str]:
 
 def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
                        task_groups: dict[str, str] | None, **kwargs: Any) -> dict[str, Any]:
-    """:func:`selection.report.compute_report` with the registry's proxy notes; bad input is a
+    """:func:`selection.report.compute.compute_report` with the registry's proxy notes; bad input is a
     ``WhichModelError`` (one line, exit 2)."""
     from selection.records import RecordsError
-    from selection.report import compute_report
+    from selection.report.compute import compute_report
 
     kwargs.setdefault("proxy_notes", proxy_notes())
     kwargs.setdefault("timings", True)
@@ -89,128 +88,18 @@ def test_results(tracker, protocol_hashes: dict[str, str] | None = None
     return out
 
 
-def probe_model(plan, key: str, chosen: str | None) -> str:
-    """A fixed probe network of the sweep: ``chosen``, else its first generalist, else its first
-    model."""
-    name = chosen or next((m for m in plan.models if "generalist" in m), plan.models[0])
-    if name not in plan.models:
-        raise WhichModelError(f"{plan.path}: key '{key}': {name!r} is not in this sweep's models "
-                              f"({', '.join(plan.models)})")
-    return name
-
-
-def learned_predictions(records: pd.DataFrame, plan, paths, stream=None, metadata=None):
-    """The sweep's learned strategies, each leave-one-task-out: ChoiceNet v1/v2 (predicted
-    accuracy), v3 (ranking scores) and the nearest task by Task2Vec (Appendix H); and the
-    nearest task of each task for the report. Returns (predictions, rankings, extra)."""
-    from lightning_modules.choicenet import targets_from_records
-    from sweeps.driver import trial_settings
-
-    targets = targets_from_records(records)
-    report = plan.cfg.report
-    if targets.shape[1] < 2:  # leave-one-task-out needs another task to learn from
-        return {}, {}, {}
-    stream = stream or sys.stderr
-    trial = trial_settings(plan, paths)
-    predictions, rankings, extra = {}, {}, {}
-    if report.choicenet.enabled:
-        tables, seconds = choicenet_predictions(targets, plan, paths, trial, stream,
-                                                records=records, metadata=metadata)
-        rankings["choicenet_v3"] = tables.pop("choicenet_v3")
-        predictions.update(tables)
-        extra["choicenet_seconds"] = seconds
-    if report.nearest_task.enabled:
-        table, nearest, seconds = nearest_task_predictions(targets, plan, trial)
-        predictions["nearest_task"] = table
-        extra["nearest_task"] = {"nearest": nearest, "seconds": seconds,
-                                 "probe_model": probe_model(plan, "report.nearest_task.probe_model",
-                                                            report.nearest_task.probe_model)}
-        print(f"[whichmodel] nearest task by Task2Vec on {len(nearest)} tasks in {seconds:.0f}s",
-              file=stream, flush=True)
-    return predictions, rankings, extra
-
-
-def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
-    """Task2Vec embeddings of the sweep's tasks with its fixed probe network, their distances,
-    and the nearest-task table (:mod:`selection.nearest_task`)."""
-    from lightning_modules.task2vec import task2vec_embedding
-    from selection.nearest_task import nearest_task_table, task_distances
-
-    settings = plan.cfg.report.nearest_task
-    start = time.perf_counter()
-    probe, _ = trial.load_model(probe_model(plan, "report.nearest_task.probe_model",
-                                            settings.probe_model))
-    embeddings = {}
-    for t in plan.tasks:
-        data = trial.load_task(t)
-        x, y = data.splits["train800"]
-        embeddings[data.name] = task2vec_embedding(probe, x, y, data.num_classes,
-                                                   head_steps=settings.head_steps,
-                                                   max_examples=settings.max_examples,
-                                                   seed=plan.cfg.seed)
-    table, nearest = nearest_task_table(targets, task_distances(embeddings))
-    return table, nearest, time.perf_counter() - start
-
-
-def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, records=None,
-                          metadata=None, *, versions=("v1", "v2", "v3"), only=None
-                          ) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
-    """Leave-one-task-out ChoiceNet v1 and v2 predictions (accuracies) and v3 ranking scores
-    for the plan's models and tasks, and the seconds each took to fit (embeddings apart).
-    ``versions``: which to fit; ``only``: the tasks to predict (default all; a task without
-    targets is predicted from all the others, as ``whichmodel recommend`` does for a new task).
-
-    Embeddings come from the sweep's models (zoo or hub) and its tasks' training images (see
-    :mod:`lightning_modules.choicenet` for the architecture-independent choice); the fixed probe
-    set and probe model keep them comparable between reports. v3 also reads the records' proxy
-    scores and the models' metadata (:mod:`lightning_modules.choicenet_v3`).
-    """
-    from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet
-    from lightning_modules.choicenet_v3 import fit_predict_v3
-    from selection.records import aggregate_records, list_proxy_metrics, pivot_metric
-
-    cfg = plan.cfg
-    settings = cfg.report.choicenet
-    start = time.perf_counter()
-    backbones = {m: trial.load_model(m)[0] for m in plan.models}
-    tasks = {t: trial.load_task(t) for t in plan.tasks}
-    probe_name = probe_model(plan, "report.choicenet.probe_model", settings.probe_model)
-    probe_x, probe_y = load_probe_set(paths.data_root, cfg.image_size, cfg.seed)
-    emb = compute_embeddings(backbones, tasks, probe_x, probe_y,
-                             probe_backbone=backbones[probe_name])
-    embedded = time.perf_counter()
-    seconds, predictions = {}, {}
-    for version in [v for v in ("v1", "v2") if v in versions]:
-        t0 = time.perf_counter()
-        predictions.update(predict_choicenet(emb, targets, seed=cfg.seed, steps=settings.steps,
-                                             rank=settings.rank, versions=(version,), only=only))
-        seconds[version] = time.perf_counter() - t0
-    if "v3" in versions:
-        agg = aggregate_records(records) if records is not None else None
-        proxies = ({m: pivot_metric(agg, m) for m in list_proxy_metrics(agg)} if agg is not None
-                   else {})
-        t0 = time.perf_counter()
-        predictions["choicenet_v3"] = fit_predict_v3(
-            emb.model["v2"], emb.task["v2"], targets, proxies, metadata, seed=cfg.seed,
-            steps=settings.steps, rank=settings.rank, only=only)
-        seconds["v3"] = time.perf_counter() - t0
-    seconds["embeddings"] = embedded - start
-    print(f"[whichmodel] ChoiceNet {'/'.join(versions)} fitted leave-one-task-out on "
-          f"{targets.shape[1]} tasks in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
-    return predictions, seconds
-
-
 def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=None,
                   detail: bool = False) -> dict[str, Path]:
     """Write the report's files, print the report and log the files as the report run's
     artifacts (its MLflow description: the leaderboard in Markdown).
 
     By default the print is the leaderboard, one line per task group and where the files are,
-    no line wider than 100 columns (:func:`selection.report_leaderboard.format_leaderboard`);
+    no line wider than 100 columns (:func:`selection.report.leaderboard.format_leaderboard`);
     ``detail`` adds the per-task tables, split to the terminal's width."""
-    from selection.report_files import write_report
-    from selection.report_leaderboard import format_leaderboard, leaderboard_markdown, terminal_width
-    from selection.report_text import format_table
+    from selection.report.files import write_report
+    from selection.report.leaderboard import format_leaderboard, leaderboard_markdown
+    from selection.report.tables import terminal_width
+    from selection.report.text import format_table
 
     stream = stream or sys.stdout
     files = write_report(report, out_dir)
@@ -228,7 +117,7 @@ def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=No
 def results_table(report: dict[str, Any], width: int | None = None) -> str:
     """Fine-tune test accuracy per model and task, best per task marked with *; with ``width``
     split into blocks of tasks no wider than that."""
-    from selection.report_leaderboard import fit_table
+    from selection.report.tables import fit_table
 
     acc = report["finetune_test_acc"]
     tasks = report["tasks"]

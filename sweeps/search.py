@@ -112,7 +112,7 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
     Where the exhaustive sweep logged every trial's validation curve (it does when
     ``search.enabled``), the search replays them (:func:`replay_asha`: the same decisions, no
     new training) and says so; otherwise ASHA trials run on Tune."""
-    from sweeps.tracking import Tracker
+    from sweeps.tracking.client import Tracker
 
     stream = stream or sys.stderr
     cfg, s, f = plan.cfg, plan.cfg.search, plan.cfg.finetune

@@ -31,7 +31,7 @@ from typing import Any
 from lightning_modules.task_data import splits_digest
 from sweeps.config import SweepConfig
 from sweeps.plan import Job
-from sweeps.registry import load_model_ref, load_task_ref
+from sweeps.refs import load_model_ref, load_task_ref
 from sweeps.zoo_config import ZooConfig
 from whichmodel.files import atomic_path
 from whichmodel.seeds import derive_seed

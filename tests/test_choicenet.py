@@ -26,7 +26,7 @@ from lightning_modules.choicenet import (
     task_embedding_v1,
     task_embedding_v2,
 )
-from selection.report import compute_report
+from selection.report.compute import compute_report
 
 STEPS = 60  # tiny: the tests check plumbing and leakage, not accuracy
 

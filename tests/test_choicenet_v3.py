@@ -9,7 +9,7 @@ import torch
 
 from lightning_modules.choicenet import ChoiceNetV1
 from lightning_modules.choicenet_v3 import ChoiceNetV3, fit_predict_v3, metadata_features
-from selection.report import compute_report
+from selection.report.compute import compute_report
 from tests.test_choicenet import STEPS, synthetic
 
 

@@ -129,7 +129,7 @@ def test_every_strategy_ranks_a_partition_of_the_pool(name):
 
 
 def test_a_new_proxy_is_one_decorated_function_the_config_cli_and_contract_take(capsys):
-    from selection.proxy_registry import PROXIES, ProxyInputs, register_proxy
+    from selection.proxies.registry import PROXIES, ProxyInputs, register_proxy
     from sweeps.cli import main
     from sweeps.config import SweepConfig
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("whichmodel", "sweeps", "selection", "lightning_modules", "mlflow_server")
+PACKAGES = ("whichmodel", "sweeps", "selection", "lightning_modules", "mlflow_server", "benchmarks")
 MAX_LINES = 500
 
 
@@ -59,7 +59,8 @@ def test_no_import_cycle_among_production_modules():
     graph = {name: set().union(*[targets(m, ns) for m, ns in imports(path)]) - {name}
              for name, path in modules.items()}
     # Package __init__ modules are imported on the way to their modules: not an edge back.
-    graph = {k: {t for t in v if not (k.startswith(t + ".") and t in PACKAGES)}
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    graph = {k: {t for t in v if not (k.startswith(t + ".") and t in packages)}
              for k, v in graph.items()}
     state: dict[str, int] = {}
     cycles = []
@@ -77,6 +78,44 @@ def test_no_import_cycle_among_production_modules():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+# Which top-level package may import which (the README's layer diagram): ``whichmodel`` is the
+# base; ``lightning_modules`` and ``selection`` are peers on it; ``sweeps`` sits on both;
+# ``benchmarks`` on everything; ``mlflow_server`` only on the base.
+ALLOWED = {
+    "whichmodel": set(),
+    "lightning_modules": {"whichmodel"},
+    "selection": {"whichmodel"},
+    "mlflow_server": {"whichmodel"},
+    "sweeps": {"whichmodel", "lightning_modules", "selection", "mlflow_server"},
+    "benchmarks": {"whichmodel", "lightning_modules", "selection", "sweeps", "mlflow_server"},
+}
+
+
+def test_package_graph_follows_the_layers():
+    """Every import, at module level or inside a function, goes down the layers only."""
+    wrong = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for module, _ in imports(path):
+                top = module.split(".")[0]
+                if top in ALLOWED and top != package and top not in allowed:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert wrong == []
+
+
+def test_subpackage_inits_import_nothing_but_what_registers():
+    """``selection.report``, ``sweeps.tracking`` and ``sweeps.cluster`` import nothing when
+    imported (a reader pays only for what they use); ``selection.proxies`` imports its modules
+    (importing it registers every proxy, as ``timm.models`` does)."""
+    code = ("import sys, selection.report, sweeps.tracking, sweeps.cluster; "
+            "loaded = sorted(m for m in sys.modules if m.startswith(('selection.report.', "
+            "'sweeps.tracking.', 'sweeps.cluster.', 'mlflow', 'ray'))); assert not loaded, loaded; "
+            "import selection.proxies as p; "
+            "assert {'linear', 'knn', 'logme', 'leep', 'early_stop'} <= set(p.list_proxies())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_trial_bodies_import_neither_ray_nor_mlflow():

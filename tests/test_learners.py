@@ -13,7 +13,7 @@ from selection.learners import (
     records_learner_table,
     standardise_within_task,
 )
-from selection.report import compute_report
+from selection.report.compute import compute_report
 from selection.strategies import UnknownStrategyError, create_strategy
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from lightning_modules.task_data import splits_digest
-from sweeps.mlflow_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ui_url
-from sweeps.recorder import task_dataset, trial_span
-from sweeps.tracking import Tracker, pair_record
+from sweeps.tracking.client import Tracker, pair_record
+from sweeps.tracking.recorder import task_dataset, trial_span
+from sweeps.tracking.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ui_url
 
 
 class _Cfg:

@@ -18,7 +18,7 @@ from selection.noise import (
 )
 from selection.records import RecordsError
 from selection.regret import relative_regret
-from selection.report import compute_report
+from selection.report.compute import compute_report
 
 
 def _exact_p_first_better(n_plus: int, n_minus: int, n: int) -> float:

@@ -1,4 +1,4 @@
-"""Tests of selection.proxies and selection.transferability: linear probe, kNN, LogME, LEEP, NCE,
+"""Tests of selection.proxies and selection.proxies.transferability: linear probe, kNN, LogME, LEEP, NCE,
 H-score, TransRate, compute_proxies, and their input validation."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from sklearn.covariance import ledoit_wolf, ledoit_wolf_shrinkage
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from selection import knn as knn_module
-from selection import linear_probe as lp
-from selection import proxies, transferability
-from selection.checks import check_inputs
-from selection.knn import knn_accuracy, knn_predict
-from selection.linear_probe import linear_probe, linear_probe_runs
-from selection.proxies import compute_proxies, list_proxies
-from selection.source_scores import leep, nce
-from selection.transferability import TaskFeatures, hscore, logme, transrate
+from selection import proxies
+from selection.proxies import compute_proxies, list_proxies, transferability
+from selection.proxies import knn as knn_module
+from selection.proxies import linear as lp
+from selection.proxies.inputs import check_inputs
+from selection.proxies.knn import knn_accuracy, knn_predict
+from selection.proxies.linear import linear_probe, linear_probe_runs
+from selection.proxies.source_scores import leep, nce
+from selection.proxies.transferability import TaskFeatures, hscore, logme, transrate
 
 #: The proxies that read one forward pass's features (early_stop fine-tunes instead).
 PROXY_NAMES = tuple(n for n in list_proxies() if "finetune" not in proxies.get_proxy(n).needs)

@@ -188,11 +188,11 @@ def test_learned_strategies_rank_a_new_task_from_the_other_tasks_results_only(en
     from dataclasses import replace
 
     from selection.records import GROUND_TRUTH
+    from sweeps.learned import learned_table
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
     from sweeps.recommend import resolve_task
-    from sweeps.recommend_learned import learned_table
-    from sweeps.tracking import Tracker
+    from sweeps.tracking.client import Tracker
 
     (env / "learn.yaml").write_text(sweep("learn", tasks="[digits]"))
     assert main(["run", str(env / "learn.yaml")]) == 0

@@ -1,4 +1,4 @@
-"""Records validation (selection.records) and the regret report (selection.report)."""
+"""Records validation (selection.records) and the regret report (selection.report.compute)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, weightedtau
 
-from selection import report_plots
 from selection.pools import list_pools, resolve_pool
 from selection.records import (
     RecordsError,
@@ -23,9 +22,10 @@ from selection.records import (
     read_records_csv,
     validate_records,
 )
-from selection.report import compute_report
-from selection.report_files import write_report
-from selection.report_text import format_markdown, format_table
+from selection.report import plots as report_plots
+from selection.report.compute import compute_report
+from selection.report.files import write_report
+from selection.report.text import format_markdown, format_table
 
 ACC = {  # finetune_test_acc; c has no value on t3 (a missing pair); t4 is all 1.0
     "t1": {"a": 0.9, "b": 0.8, "c": 0.7},

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selection.report import compute_report
-from selection.report_files import write_report
-from selection.report_text import format_table
+from selection.report.compute import compute_report
+from selection.report.files import write_report
+from selection.report.text import format_table
 
 N_MODELS, N_TASKS, N_PROXIES = 200, 15, 10
 BUDGET_S = 10.0

@@ -12,18 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from selection.report import compute_report
-from selection.report_files import write_report
-from selection.report_html import render_html
-from selection.report_leaderboard import (
-    WIDTH,
-    fit_table,
-    format_leaderboard,
-    highlights,
-    leaderboard_markdown,
-    ranked,
-)
-from selection.report_text import format_table
+from selection.report.compute import compute_report
+from selection.report.files import write_report
+from selection.report.html import render_html
+from selection.report.leaderboard import format_leaderboard, highlights, leaderboard_markdown, ranked
+from selection.report.tables import WIDTH, fit_table
+from selection.report.text import format_table
 from sweeps.cli import main
 
 GROUPS = ("natural", "specialized", "structured")

@@ -67,7 +67,7 @@ def test_asha_search_spends_fewer_steps_than_exhaustive_and_reports_it(tmp_path,
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
     from sweeps.search import _asha_trials, exhaustive_curves, replay_asha
-    from sweeps.tracking import Tracker
+    from sweeps.tracking.client import Tracker
 
     plan = plan_sweep(tmp_path / "s.yaml")
     tracker = Tracker(default_paths().tracking_uri(), "srch", create=False)

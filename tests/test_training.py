@@ -14,7 +14,7 @@ from lightning_modules.training import (
     set_trainable,
     warmup_cosine,
 )
-from sweeps.recorder import aggregate_finetune
+from sweeps.tracking.recorder import aggregate_finetune
 
 
 def test_warmup_then_cosine_schedule():

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from sweeps.config import WhichModelError
-from sweeps.jobs import (
+from sweeps.cluster.jobs import (
     WORKING_DIR_EXCLUDES,
     Cluster,
     describe_submission,
@@ -21,6 +20,7 @@ from sweeps.jobs import (
     resolve_address,
     withheld_secrets,
 )
+from sweeps.config import WhichModelError
 from tests.cluster.raycluster import free_port
 from tests.tiny import ZOO, sweep
 
@@ -72,7 +72,7 @@ def test_a_packaged_sweep_runs_from_the_project_root_with_its_relative_path():
     assert re.fullmatch(r"whichmodel-quickstart-\d{8}-\d{6}-[0-9a-f]{4}", sub.submission_id)
     env = sub.runtime_env
     assert env["working_dir"] == str(REPO) and env["env_vars"] == {}
-    assert env["worker_process_setup_hook"] == "sweeps.node_secrets.load_secrets"
+    assert env["worker_process_setup_hook"] == "sweeps.cluster.node_secrets.load_secrets"
     assert {".venv", ".git", ".whichmodel", "reports", "*.db"} <= set(env["excludes"])
     assert env["excludes"] == WORKING_DIR_EXCLUDES
     assert sub.metadata == {"whichmodel_sweep": "quickstart",
@@ -152,7 +152,7 @@ def test_an_explicit_address_wins_over_the_environment(monkeypatch):
 
 def test_the_nodes_secrets_file_fills_what_is_unset_and_must_be_private(tmp_path, capsys,
                                                                         monkeypatch):
-    from sweeps.node_secrets import load_secrets
+    from sweeps.cluster.node_secrets import load_secrets
 
     path = tmp_path / "secrets.env"
     path.write_text("# the nodes' secrets\n\nexport MLFLOW_TRACKING_PASSWORD='pw 1'\n"

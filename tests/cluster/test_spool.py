@@ -1,4 +1,4 @@
-"""The outage spool of ``sweeps.tracking``: a pair logged while the server is down waits on disk,
+"""The outage spool of ``sweeps.tracking.client``: a pair logged while the server is down waits on disk,
 complete, and is logged exactly once when the server answers again; replays never duplicate.
 
 Against the session's tracking stack, stopping and restarting only its MLflow server (a few
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from sweeps import tracking
-from sweeps.spool import Spool
-from sweeps.tracking import Tracker, pair_record
+from sweeps.tracking import client as tracking
+from sweeps.tracking.client import Tracker, pair_record
+from sweeps.tracking.spool import Spool
 
 pytestmark = pytest.mark.cluster
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from sweeps.mlflow_store import ui_url
+from sweeps.tracking.ui import ui_url
 from tests.cluster import services
 from tests.tiny import ZOO, sweep
 

@@ -10,7 +10,7 @@ a new proxy is one ``@register_proxy`` function in one of them (or in a module i
 Inputs are one frozen forward pass: features and labels of the task's training and validation
 splits (numpy or torch), optionally the softmax of the backbone's source classifier on the
 training examples (LEEP, NCE) and a short-fine-tune callable (the early-stop proxy). Inputs are
-checked once, up front, with the messages of :func:`selection.checks.check_inputs` (NaN/inf,
+checked once, up front, with the messages of :func:`selection.proxies.inputs.check_inputs` (NaN/inf,
 missing classes, a single class, bad shapes); unknown proxy names or settings raise ValueError
 listing the known ones.
 """
@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from selection import early_stop, knn, linear_probe, source_scores, transferability  # noqa: F401 (they register)
-from selection.checks import check_inputs, check_int
-from selection.proxy_registry import PROXIES, Proxy, ProxyInputs
+from selection.proxies import early_stop, knn, linear, source_scores, transferability  # noqa: F401 (they register)
+from selection.proxies.inputs import check_inputs, check_int
+from selection.proxies.registry import PROXIES, Proxy, ProxyInputs
 from whichmodel.registry import UnknownNameError
 
 __all__ = ["compute_proxies", "get_proxy", "list_proxies", "make_inputs"]
@@ -31,7 +31,7 @@ __all__ = ["compute_proxies", "get_proxy", "list_proxies", "make_inputs"]
 
 # The order proxies are listed in: by module (the paper's linear and kNN proxies first), then in
 # registration order within a module; proxies registered elsewhere follow.
-_MODULE_ORDER = [m.__name__ for m in (linear_probe, knn, transferability, source_scores, early_stop)]
+_MODULE_ORDER = [m.__name__ for m in (linear, knn, transferability, source_scores, early_stop)]
 
 
 def list_proxies(need: str | None = None) -> list[str]:
@@ -106,7 +106,7 @@ def compute_proxies(names: Sequence[str], train_x: Any, train_y: Any, val_x: Any
     threads are its own setting ``num_threads`` (default 1).
 
     ``seconds`` is the wall time of that proxy; work the closed-form scores share (the Gram
-    spectra of :class:`~selection.transferability.TaskFeatures`) is charged to the first proxy
+    spectra of :class:`~selection.proxies.transferability.TaskFeatures`) is charged to the first proxy
     that needs it, so the sum of the seconds is the trial's proxy time.
     """
     names = _check_names(names)

@@ -31,7 +31,7 @@ Linear proxy (:func:`linear_probe`)
     torch intra-op thread by default (``num_threads``; see :func:`linear_probe_runs` for why).
 
 Labels are integers 0..C-1 with C = max(train labels) + 1 and every class present in training
-(:mod:`selection.checks`).
+(:mod:`selection.proxies.inputs`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from selection.checks import check_inputs, check_int
-from selection.proxy_registry import ProxyInputs, register_proxy
+from selection.proxies.inputs import check_inputs, check_int
+from selection.proxies.registry import ProxyInputs, register_proxy
 
 #: Floor on the per-dimension training standard deviation used to standardise features.
 STD_FLOOR = 1e-6

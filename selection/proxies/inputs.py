@@ -1,64 +1,17 @@
-"""Input checks shared by every part of selection: features, labels, integers and accuracies.
+"""The proxies' input checks: features, labels and integer settings.
 
 Proxies take the backbone's features of a task's examples and the examples' integer labels; a
 bad array gets a ``ValueError`` that names the array, what is wrong (NaN/inf with the first
 position, a missing class, a single class, mismatched lengths or widths) and how to fix it.
-
-Accuracies are fractions in [0, 1] everywhere (records, predicted accuracies, regret, a model's
-``imagenet_acc``): :func:`accuracy_out_of_range` and :func:`check_accuracies` are the one check,
-never a silent rescale -- 87.5 could be a percentage or a bug, and only the producer knows which.
-This module imports nothing else of the project.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from numbers import Integral
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-
-ACCURACY_RULE = "accuracies must be fractions in [0, 1]; divide percentages by 100"
-
-
-def accuracy_out_of_range(values: Any) -> np.ndarray:
-    """Boolean mask of the values that cannot be accuracies: infinite, or finite outside [0, 1].
-    NaN (a missing value) is not flagged."""
-    arr = np.asarray(values, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return np.isinf(arr) | (np.isfinite(arr) & ((arr < 0.0) | (arr > 1.0)))
-
-
-def check_accuracies(values: Any, what: str,
-                     where: Callable[[tuple[int, ...]], str] | None = None) -> np.ndarray:
-    """``values`` as a float array; ``ValueError`` naming ``what``, the first bad entry (through
-    ``where(index)``, e.g. the model and task of a table cell) and the rule when any is not an
-    accuracy (:func:`accuracy_out_of_range`). NaN passes (missing)."""
-    arr = np.asarray(values, dtype=float)
-    bad = accuracy_out_of_range(arr)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        place = where(first) if where is not None else ""
-        count = int(bad.sum())
-        more = f" ({count} such values)" if count > 1 else ""
-        raise ValueError(f"{what}{place}: accuracy {arr[first].item()!r} is outside [0, 1]{more}; "
-                         f"{ACCURACY_RULE}")
-    return arr
-
-
-def check_accuracy(value: Any, what: str) -> float | None:
-    """One accuracy (``None`` allowed: unknown); ``ValueError`` naming ``what`` otherwise."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: {value!r} is not a number; {ACCURACY_RULE}") from None
-    if number != number:  # NaN: unknown
-        return None
-    check_accuracies(number, what)
-    return number
 
 
 class CheckedInputs(NamedTuple):

@@ -2,7 +2,7 @@
 
 - :func:`render_png`, :func:`render_png_b2`: relative regret per task at B = 1 and B = 2 for a
   handful of strategies (the paper's Figures 3-6): task-agnostic, the best proxy, its hybrid,
-  the best learned strategy and random (:func:`selection.report_leaderboard.highlights`), the
+  the best learned strategy and random (:func:`selection.report.leaderboard.highlights`), the
   tasks grouped by task group, and their mean with its 95% interval;
 - :func:`render_heatmap_png`: relative regret of every strategy on every task at B = 1 and 2,
   the tasks grouped by task group, the strategies in leaderboard order;
@@ -13,7 +13,7 @@
 - :func:`render_proxies_png`: fine-tune accuracy against proxy score, one panel per proxy (best
   rank agreement first), one colour per task.
 
-Each reads the dict of :func:`selection.report.compute_report` and draws on matplotlib's Agg
+Each reads the dict of :func:`selection.report.compute.compute_report` and draws on matplotlib's Agg
 canvas without pyplot, so no figure stays registered anywhere.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from selection.records import GROUND_TRUTH
-from selection.report_leaderboard import highlights, ranked
-from selection.report_text import defined_mean, ordered_tasks, strategy_order
+from selection.report.leaderboard import highlights, ranked
+from selection.report.text import defined_mean, ordered_tasks, strategy_order
 
 MAX_WIDTH_PX = 2000
 HEATMAP_BUDGETS = (1, 2)

@@ -1,6 +1,6 @@
 """``report.html``: the whole report on one self-contained page.
 
-:func:`render_html` reads the dict of :func:`selection.report.compute_report` and the rendered
+:func:`render_html` reads the dict of :func:`selection.report.compute.compute_report` and the rendered
 figures (PNG bytes by file name) and returns one HTML page: the leaderboard, one table per task
 group, the figures embedded as ``data:`` URIs, Appendix G's table, the fine-tune accuracy table
 and the noise floor. The page has no script, no link and no address of any other host: it opens
@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from selection.records import GROUND_TRUTH
-from selection.report_leaderboard import WITHIN, group_lines, leaderboard_rows, ranked
-from selection.report_noise import has_noise, task_rows
-from selection.report_text import appendix_g_columns, ordered_tasks
+from selection.report.leaderboard import group_lines, leaderboard_rows, ranked
+from selection.report.noise_text import WITHIN, has_noise, task_rows
+from selection.report.text import appendix_g_columns, ordered_tasks
 
 #: figure file -> caption, in the page's order
 FIGURES = {

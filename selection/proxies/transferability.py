@@ -3,13 +3,13 @@
 Each score rates how well a frozen backbone suits a labelled target task from one forward pass
 over the task's training split, without training a head: ``features`` (N x D, the backbone's
 penultimate activations) and ``labels`` (N integer target classes 0..C-1). The scores of the
-source classifier's predictions (LEEP, NCE) are in :mod:`selection.source_scores`. Arrays in (numpy or torch, any
-device), a float out, higher is better. Everything is computed in float64 on CPU.
+source classifier's predictions (LEEP, NCE) are in :mod:`selection.proxies.source_scores`.
+Arrays in (numpy or torch, any device), a float out, higher is better. Everything is computed in float64 on CPU.
 
 Cost: every score reduces to an eigendecomposition of the N x N Gram matrix when N <= D (VTAB-1k:
 N = 800, D = 512..4096), else to a thin SVD of the N x D matrix; nothing of size D x D is formed.
 :func:`selection.proxies.compute_proxies` shares these decompositions between the scores of one
-probe trial (:class:`TaskFeatures`). Input checks are :mod:`selection.checks`' (``ValueError``
+probe trial (:class:`TaskFeatures`). Input checks are :mod:`selection.proxies.inputs`' (``ValueError``
 naming the array and the fix: NaN/inf, a class without examples, a single class, labels that are
 not 0..C-1).
 
@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from selection.checks import check_features, check_task_labels, to_numpy64
-from selection.proxy_registry import ProxyInputs, register_proxy
+from selection.proxies.inputs import check_features, check_task_labels, to_numpy64
+from selection.proxies.registry import ProxyInputs, register_proxy
 
 __all__ = [
     "TaskFeatures",

@@ -32,7 +32,7 @@ from sweeps.config import WhichModelError
 ENV = "WHICHMODEL_SECRETS_FILE"
 DEFAULT_PATH = "~/.whichmodel/secrets.env"
 #: What a submitted job's Ray workers run first (``runtime_env["worker_process_setup_hook"]``).
-WORKER_SETUP_HOOK = "sweeps.node_secrets.load_secrets"
+WORKER_SETUP_HOOK = "sweeps.cluster.node_secrets.load_secrets"
 
 # The tracking server's and S3's credentials. AWS_ACCESS_KEY_ID is not secret by itself, but it
 # travels with its secret key: a node with an instance profile that got the id alone from the

@@ -5,30 +5,22 @@
 the 95% interval, sorted by B = 1, ``~`` on the strategies within noise of the best; the bounds
 (strategies that read the task's own results) below it; then one line per task group; then
 where the files are. :func:`leaderboard_markdown` is the same leaderboard in Markdown (the report
-run's MLflow description). :func:`fit_table` splits a table too wide for the terminal into
-blocks of columns, each repeating the label columns. :func:`highlights` names the handful of
-strategies the figures show (:mod:`selection.report_plots`).
+run's MLflow description). :func:`highlights` names the handful of
+strategies the figures show (:mod:`selection.report.plots`).
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from selection.report_noise import WITHIN, has_noise
+from selection.report.noise_text import WITHIN, has_noise
+from selection.report.tables import WIDTH, clip, table_lines
 
-WIDTH = 100  # the default report's widest line
 LEADER_BUDGETS = 3  # B = 1, 2, 3
 BOUNDS = ("task_agnostic_oracle", "per_task_best")  # read the task's own results
 BASELINES = ("task_agnostic", "random")
-
-
-def terminal_width(cap: int | None = WIDTH) -> int:
-    """The terminal's width (``COLUMNS``, else the tty's, else 100), at most ``cap``."""
-    columns = shutil.get_terminal_size((WIDTH, 24)).columns
-    return max(40, min(columns, cap) if cap else columns)
 
 
 def strategy_kind(name: str) -> str:
@@ -83,10 +75,6 @@ def _cell(report: Mapping[str, Any], name: str, budget: str) -> str:
     return text + (WITHIN if name in (report.get("within_noise") or {}).get(budget, []) else " ")
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
 def leaderboard_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """(header, ranked rows, bound rows): rank, strategy and one cell per budget up to B = 3."""
     budgets = [str(b) for b in report["budgets"]][:LEADER_BUDGETS]
@@ -95,19 +83,6 @@ def leaderboard_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[st
             for i, n in enumerate(ranked(report), 1)]
     bounds = [["", n, *(_cell(report, n, b) for b in budgets)] for n in ranked(report, ["bound"])]
     return header, rows, bounds
-
-
-def _lines(header: list[str], rows: list[list[str]], n_labels: int, width: int) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    over = sum(widths) + 2 * (len(widths) - 1) - width
-    if over > 0 and n_labels > 1:  # shorten the widest label column (the strategy names)
-        widths[n_labels - 1] = max(8, widths[n_labels - 1] - over)
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(_clip(c, w).ljust(w) if i < n_labels else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
 
 
 def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
@@ -134,7 +109,7 @@ def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
         def cells(shown: list[str], value=value) -> str:
             return ", ".join(f"{n} {value(n):.3f}" for n in shown if math.isfinite(value(n)))
 
-        out.append(_clip(f"{label:<15} best {cells(best)}; {cells(base)}", width))
+        out.append(clip(f"{label:<15} best {cells(best)}; {cells(base)}", width))
     return out
 
 
@@ -146,15 +121,15 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
     noisy = has_noise(report)
     title = (f"leaderboard: mean relative regret over {len(report['tasks'])} tasks"
              + (" [95% interval]" if noisy else "") + f", pool '{report['pool']}', by B = 1")
-    out = [_clip(title, width)]
+    out = [clip(title, width)]
     if noisy:
-        out.append(_clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
+        out.append(clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
                          "0 is the best model of every task", width))
-    table = _lines(header, rows + bounds, 2, width)
+    table = table_lines(header, rows + bounds, 2, width)
     if bounds:
         table.insert(2 + len(rows), "bounds (they read the task's own results):")
     out += table
-    out += ["", _clip("by task group (mean relative regret at B = 1):", width),
+    out += ["", clip("by task group (mean relative regret at B = 1):", width),
             *group_lines(report, width)]
     if files:
         out += ["", *_file_lines(files, width)]
@@ -163,7 +138,7 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
 
 def _file_lines(files: Sequence[str], width: int) -> list[str]:
     first, *rest = [str(f) for f in files]
-    lines = [_clip(f"open: {first}", width)]
+    lines = [clip(f"open: {first}", width)]
     line = "also:"
     for name in rest:
         name = name.rsplit("/", 1)[-1]
@@ -201,25 +176,3 @@ def leaderboard_markdown(report: Mapping[str, Any], limit: int = MARKDOWN_LIMIT)
     text = (f"## Which strategy finds the best model: `{report.get('experiment', report['pool'])}`"
             f"\n\n{legend}\n\n{table}\n\nBy task group:\n\n{groups}\n")
     return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def fit_table(header: list[str], rows: list[list[str]], n_labels: int, width: int) -> str:
-    """A plain table, split into blocks of columns (each repeating the ``n_labels`` label
-    columns) so that no line is wider than ``width``."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    label_w = sum(widths[:n_labels]) + 2 * n_labels
-    blocks, current, used = [], [], label_w
-    for i in range(n_labels, len(header)):
-        if current and used + widths[i] + 2 > width:
-            blocks.append(current)
-            current, used = [], label_w
-        current.append(i)
-        used += widths[i] + 2
-    if current or not blocks:
-        blocks.append(current)
-    out = []
-    for cols in blocks:
-        keep = [*range(n_labels), *cols]
-        out.append("\n".join(_lines([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
-                                    n_labels, width)))
-    return "\n\n".join(out)

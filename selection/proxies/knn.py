@@ -6,7 +6,7 @@ protocol k = 1, the 200 validation examples of a VTAB-1k task against its 800 tr
 (Renggli et al., CVPR 2022; Puigcerver et al., "Scalable Transfer Learning with Expert Models",
 ICLR 2021). Predictions reproduce scikit-learn's ``KNeighborsClassifier(n_neighbors=k,
 algorithm="brute")``; see :func:`knn_predict` for the distance arithmetic and the tie rules.
-Labels are integers 0..C-1 with every class present in training (:mod:`selection.checks`).
+Labels are integers 0..C-1 with every class present in training (:mod:`selection.proxies.inputs`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from selection.checks import CheckedInputs, check_inputs, check_int
-from selection.proxy_registry import ProxyInputs, register_proxy
+from selection.proxies.inputs import CheckedInputs, check_inputs, check_int
+from selection.proxies.registry import ProxyInputs, register_proxy
 
 # kNN: at most this many float64 distances (64 MiB) in one block of eval rows x train rows.
 _KNN_MAX_BLOCK_ELEMENTS = 1 << 23

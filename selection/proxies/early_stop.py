@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from selection.checks import check_int
-from selection.proxy_registry import ProxyInputs, register_proxy
+from selection.proxies.inputs import check_int
+from selection.proxies.registry import ProxyInputs, register_proxy
 
 PAPER_LRS = (0.01, 0.001)
 PAPER_STEPS = 10

@@ -13,7 +13,7 @@ Against a tracking server (``http(s)://``), credentials come from ``MLFLOW_TRACK
 rejected credentials end the command with a ``WhichModelError`` before anything runs or is
 written. Mid-sweep, ``record_pair`` outlives an outage: a failed log is retried with exponential
 backoff (``RETRY_DELAYS_S``, ~15 s), then the pair's complete record goes to the spool
-(``sweeps/spool.py``, ``$WHICHMODEL_HOME/spool/<experiment>/``) and the sweep carries on; while
+(``sweeps/tracking/spool.py``, ``$WHICHMODEL_HOME/spool/<experiment>/``) and the sweep carries on; while
 the server is away later pairs go straight to the spool. The spool is replayed through the same
 idempotent path (keyed by ``pair_key``: nothing duplicated) as soon as the server answers again,
 at the end of the sweep (waiting up to ``FINAL_DRAIN_DELAYS_S``, ~60 s) and when the next
@@ -35,14 +35,14 @@ from typing import Any
 import pandas as pd
 
 from sweeps.config import WhichModelError
-from sweeps.mlflow_store import (
+from sweeps.plan import pair_key
+from sweeps.tracking.spool import Spool
+from sweeps.tracking.ui import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     log_task_dataset,
     sqlite_write_ahead,
 )
-from sweeps.plan import pair_key
-from sweeps.spool import Spool
 from whichmodel.uri import redact_uri
 
 # Finetune runs log val/acc and test/acc (and the same under the records format's names,
@@ -377,7 +377,7 @@ def pair_record(model: str, task: str, protocol: str, protocol_hash: str, tags: 
                 dataset: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything ``log_pair`` writes for a pair, as plain JSON-able data (the spool's record).
     ``span``: the pair's trials' (start, end) in epoch seconds, the run's start and end time;
-    ``dataset``: the task as the run's dataset input (:func:`sweeps.recorder.task_dataset`)."""
+    ``dataset``: the task as the run's dataset input (:func:`sweeps.tracking.recorder.task_dataset`)."""
     return {
         "pair_key": pair_key(model, task, protocol), "run_name": run_name(model, task, protocol),
         "model": model, "task": task, "protocol": protocol, "protocol_hash": protocol_hash,

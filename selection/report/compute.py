@@ -2,8 +2,8 @@
 
 :func:`compute_report` turns records (long ``model, task, metric, value``), optional model
 metadata and optional ChoiceNet predictions into the JSON-serialisable dict documented below.
-Rendering it is elsewhere: :mod:`selection.report_text` (terminal, Markdown, CSV),
-:mod:`selection.report_plots` (PNG figures) and :func:`selection.report_files.write_report`
+Rendering it is elsewhere: :mod:`selection.report.text` (terminal, Markdown, CSV),
+:mod:`selection.report.plots` (PNG figures) and :func:`selection.report.files.write_report`
 (every file, atomically).
 
 Definitions (Renggli et al. 2022, Sec. 3): for task t the pool is the pool's models that have a
@@ -82,7 +82,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from selection.checks import check_accuracies
 from selection.learners import is_records_learner
 from selection.noise import DRAWS, SEED, noise_section
 from selection.pools import Pools, resolve_pool
@@ -105,6 +104,7 @@ from selection.strategies import (
     create_strategy,
     list_strategies,
 )
+from whichmodel.accuracy import check_accuracies
 
 MAX_BUDGET = 10  # Renggli et al. 2022: budgets B = 1 .. min(10, pool size)
 CHOICENET_VERSIONS = ("v1", "v2")

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from selection.checks import check_features, check_labels, check_task_labels, to_numpy64
-from selection.proxy_registry import ProxyInputs, register_proxy
+from selection.proxies.inputs import check_features, check_labels, check_task_labels, to_numpy64
+from selection.proxies.registry import ProxyInputs, register_proxy
 
 # LEEP: rows of source_probs must sum to 1 within this tolerance (float16/32 softmax outputs).
 _PROBS_SUM_TOL = 1e-3

@@ -11,9 +11,9 @@ project folder as the job's working dir (Ray uploads it; every node of the job r
 the tracking, storage and hub variables of *this* shell as the job's environment: a Ray cluster
 YAML cannot read the submitter's environment, so this is where they cross. Secrets never do: Ray
 keeps a job's runtime env in its job table, shown by the Jobs API and the dashboard, so a secret
-set here (``sweeps.node_secrets.is_secret``: the tracking password or token, AWS keys, ...) is
+set here (``sweeps.cluster.node_secrets.is_secret``: the tracking password or token, AWS keys, ...) is
 left out, and the job's driver and trials read it from the secrets file on the nodes (or use
-the nodes' instance profile): :mod:`sweeps.node_secrets`. Only variable names are ever printed.
+the nodes' instance profile): :mod:`sweeps.cluster.node_secrets`. Only variable names are ever printed.
 The address defaults to ``$RAY_API_SERVER_ADDRESS``, then ``$RAY_ADDRESS``; an explicit
 ``--address`` wins over both (Ray's own client would let the environment win).
 """
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sweeps.cluster.node_secrets import DEFAULT_PATH, ENV, WORKER_SETUP_HOOK, is_secret
 from sweeps.config import WhichModelError
-from sweeps.node_secrets import DEFAULT_PATH, ENV, WORKER_SETUP_HOOK, is_secret
 
 # Variables a sweep needs on the cluster, passed from the submitter's environment when set,
 # except the secrets among them (is_secret: never in the runtime env; the nodes' secrets file).

@@ -1,11 +1,11 @@
 """The regret report as text: terminal tables, Markdown and CSV.
 
-Each function reads the dict of :func:`selection.report.compute_report` (documented there) and
+Each function reads the dict of :func:`selection.report.compute.compute_report` (documented there) and
 returns a string: :func:`format_table` for a terminal, :func:`format_markdown` for ``regret.md``,
 :func:`render_csv` for ``regret.csv``. Rows are the tasks grouped by task group, each group
 followed by its ``mean`` row, then the ungrouped tasks and the overall ``mean``
 (:func:`report_rows`); columns follow :func:`strategy_order`. The figures read the same order
-(:mod:`selection.report_plots`).
+(:mod:`selection.report.plots`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from selection.records import GROUND_TRUTH
-from selection.report_leaderboard import fit_table
-from selection.report_noise import has_noise, interval_rows, legend, mark_cell, task_rows
+from selection.report.noise_text import has_noise, interval_rows, legend, mark_cell, task_rows
+from selection.report.tables import fit_table
 
 CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "absolute_regret",
                "log_odds_regret")
@@ -100,7 +100,7 @@ def format_table(report: Mapping[str, Any], budget: int | None = None,
     """Plain-text tables of relative regret (``whichmodel report --detail``): rows = tasks
     (grouped, with group means) and a ``mean`` row; columns = strategies; one table per budget,
     or only ``budget``. With ``width``, a table wider than that is split into blocks of columns
-    (:func:`selection.report_leaderboard.fit_table`)."""
+    (:func:`selection.report.tables.fit_table`)."""
     def table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
         return fit_table(header, rows, n_labels, width or math.inf)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from sweeps.config import WhichModelError
 from sweeps.plan import PROTOCOLS, Job, Plan, pair_key
-from sweeps.registry import model_pools, task_group
-from sweeps.tracking import Tracker
+from sweeps.refs import model_pools, task_group
+from sweeps.tracking.client import Tracker
 from whichmodel.uri import redact_uri
 
 
@@ -74,7 +74,7 @@ class PairRecorder:
     def __init__(self, plan: Plan, metas: dict[str, dict], uri: str, artifact_root: Path | None,
                  n_jobs: dict[str, int], spool_dir: Path | None = None):
         self.plan, self.metas, self.uri, self.artifact_root = plan, metas, uri, artifact_root
-        self.spool_dir = spool_dir  # results wait here while MLflow is down (sweeps/spool.py)
+        self.spool_dir = spool_dir  # results wait here while MLflow is down (sweeps/tracking/spool.py)
         self.hashes = {p: plan.cfg.protocol_hash(p) for p in PROTOCOLS}
         self.n_jobs = n_jobs
         # results of a pair waiting for the rest: fine-tune runs, or a probe and its early stop
@@ -136,8 +136,8 @@ class PairRecorder:
         With a spool, first replay it, giving a server that is down a minute to come back;
         results still waiting after that end the sweep with an error that says where they are.
         """
-        from sweeps.spool import Spool
-        from sweeps.tracking import FINAL_DRAIN_DELAYS_S, TrackingUnavailable, with_retries
+        from sweeps.tracking.client import FINAL_DRAIN_DELAYS_S, TrackingUnavailable, with_retries
+        from sweeps.tracking.spool import Spool
 
         if self.spool_dir is None:
             self._refresh()
@@ -277,8 +277,8 @@ class PairRecorder:
         """Log (or spool) the pair's run: ``span`` is its trials' (first start, last end) in
         epoch seconds, ``digest`` its task's :func:`~lightning_modules.task_data.splits_digest`
         (the run's dataset input)."""
-        from sweeps.spool import Spool
-        from sweeps.tracking import is_server_problem, pair_record, spool_record
+        from sweeps.tracking.client import is_server_problem, pair_record, spool_record
+        from sweeps.tracking.spool import Spool
 
         key = pair_key(model, task, protocol)
         if self._finished is not None and key in self._finished:

@@ -37,7 +37,7 @@ class ProxyInputs:
 
     Features keep their type (numpy or torch); labels are int64 0..C-1 with every class in
     training. ``shared`` caches work that several proxies reuse (the Gram spectra of
-    :class:`selection.transferability.TaskFeatures`), built by the first proxy that needs it.
+    :class:`selection.proxies.transferability.TaskFeatures`), built by the first proxy that needs it.
     """
 
     train_x: Any

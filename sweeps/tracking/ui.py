@@ -31,7 +31,7 @@ def ui_url(server: str, experiment_id: str | None = None) -> str:
 
 
 def log_task_dataset(client, run_id: str, dataset: dict[str, str]) -> None:
-    """Log a task (``sweeps.recorder.task_dataset``: name, digest, source_type, source, context)
+    """Log a task (``sweeps.tracking.recorder.task_dataset``: name, digest, source_type, source, context)
     as the run's dataset input; MLflow keeps one dataset per name and digest in an experiment."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 

@@ -1,8 +1,8 @@
 """The regret report's files: ``report.html``, ``regret.md|csv|json``, six PNG figures and
 Appendix G's table.
 
-:func:`write_report` renders every file in memory first (:mod:`selection.report_text`,
-:mod:`selection.report_plots`), then publishes each one through
+:func:`write_report` renders every file in memory first (:mod:`selection.report.text`,
+:mod:`selection.report.plots`), then publishes each one through
 :func:`whichmodel.files.atomic_write`, so a failure while rendering writes nothing and a failure
 while writing leaves no partial or temporary file.
 """
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from selection import report_plots
-from selection.report_html import render_html
-from selection.report_text import format_appendix_g, format_markdown, render_appendix_g_csv, render_csv
+from selection.report import plots as report_plots
+from selection.report.html import render_html
+from selection.report.text import format_appendix_g, format_markdown, render_appendix_g_csv, render_csv
 from whichmodel.files import atomic_write
 
 REPORT_FILES = {"html": "report.html", "md": "regret.md", "csv": "regret.csv",
@@ -52,8 +52,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     """Write the report's files into ``out_dir`` (created as needed) and return their paths by kind:
 
     - ``html``: ``report.html``, the whole report on one self-contained page
-      (:func:`selection.report_html.render_html`, the figures embedded);
-    - ``md``: ``regret.md`` (:func:`selection.report_text.format_markdown`);
+      (:func:`selection.report.html.render_html`, the figures embedded);
+    - ``md``: ``regret.md`` (:func:`selection.report.text.format_markdown`);
     - ``csv``: ``regret.csv``, long ``strategy,budget,task,group,relative_regret,log_odds_regret``
       with task ``mean`` rows for each group (group = its name) and overall (group empty);
     - ``json``: ``regret.json``, ``json.dumps(report, indent=2, sort_keys=True)``;
