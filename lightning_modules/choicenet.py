@@ -44,7 +44,8 @@ overall RMS for the others (homogeneous coordinates). Training is a plain
 (model, task) pairs; deterministic for a seed.
 
 For the CLI: ``predict_choicenet(compute_embeddings(backbones, tasks, probe_images, probe_labels,
-probe_backbone), targets_from_records(records))`` -> ``compute_report(..., predictions=...)``.
+probe_backbone), targets)`` with ``targets`` from ``selection.records.targets_from_records`` ->
+``compute_report(..., predictions=...)``.
 No Ray and no MLflow here.
 """
 
@@ -482,18 +483,3 @@ def predict_choicenet(embeddings: ChoiceNetEmbeddings, targets: pd.DataFrame, *,
     return {STRATEGY_NAMES[v]: fit_predict_leave_one_task_out(
                 v, embeddings.model[v], embeddings.task[v], targets, seed=seed, steps=steps, **net_kwargs)
             for v in versions}
-
-
-def targets_from_records(records: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tune test accuracy (index model, columns task, NaN = missing pair) from a long records
-    table: validated, repeated rows aggregated by median."""
-    from selection.records import GROUND_TRUTH, aggregate_records, pivot_metric, validate_records
-
-    return pivot_metric(aggregate_records(validate_records(records)), GROUND_TRUTH)
-
-
-def choicenet_mse(predictions: pd.DataFrame, targets: pd.DataFrame) -> float | None:
-    """MSE over the (model, task) pairs where both a prediction and a target exist (None if none)."""
-    from selection.report.compute import prediction_mse
-
-    return prediction_mse(predictions, targets)

@@ -39,7 +39,7 @@ from lightning_modules.choicenet import (
     task_columns,
     train_net,
 )
-from selection.learners import standardise_within_task, zscore_finite
+from whichmodel.zscores import standardise_within_task, zscore_finite
 
 META_KEYS = ("params", "upstream_size")
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from selection.records import PROXY_PREFIX
+from whichmodel.zscores import standardise_within_task, zscore_finite
 
 ENSEMBLE_PREFIX = "ensemble:"
 ENSEMBLE_ALL = "ensemble:all"
@@ -35,13 +36,6 @@ def is_records_learner(name: str) -> bool:
 
 
 RIDGE = 1.0  # L2 penalty of the records learner (features are standardised)
-
-
-def standardise_within_task(table: pd.DataFrame) -> pd.DataFrame:
-    """Each column (task) z-scored over the models that have a value; a constant column is 0."""
-    mean = table.mean(axis=0)
-    std = table.std(axis=0, ddof=0)
-    return (table - mean) / std.where(std > 0, 1.0)
 
 
 def ensemble_proxies(name: str, proxies: Sequence[str]) -> list[str]:
@@ -71,18 +65,6 @@ def _features(z_proxies: list[np.ndarray], mean_acc: np.ndarray, task: int) -> n
     cols = [np.nan_to_num(z[:, task], nan=0.0) for z in z_proxies]
     cols.append(zscore_finite(mean_acc))
     return np.stack(cols, axis=1)
-
-
-def zscore_finite(values: np.ndarray) -> np.ndarray:
-    """The finite values z-scored among themselves; 0 where a value is missing, or for all when
-    fewer than two differ."""
-    v = np.asarray(values, dtype=float).copy()
-    ok = np.isfinite(v)
-    if ok.sum() > 1 and v[ok].std() > 0:
-        v[ok] = (v[ok] - v[ok].mean()) / v[ok].std()
-    else:
-        v[ok] = 0.0
-    return np.where(ok, v, 0.0)
 
 
 def _mean_over(acc: np.ndarray, tasks: list[int]) -> np.ndarray:

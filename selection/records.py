@@ -292,3 +292,8 @@ def models_in_pool(metadata: pd.DataFrame | None, pool: str) -> list[str]:
         raise RecordsError(f"pool {pool!r}: no model lists it in '{METADATA_POOLS}'; pools present: {known}")
     return sorted(members)
 
+
+def targets_from_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tune test accuracy (index model, columns task, NaN = missing pair) from a long records
+    table: validated, repeated rows aggregated by median (ChoiceNet's targets)."""
+    return pivot_metric(aggregate_records(validate_records(records)), GROUND_TRUTH)

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from selection.nearest_task import NEAREST_TASK
-from selection.records import GROUND_TRUTH, PROXY_PREFIX
+from selection.records import GROUND_TRUTH, PROXY_PREFIX, targets_from_records
 from sweeps.config import WhichModelError
 
 #: strategy name -> ChoiceNet version (None: the nearest task)
@@ -53,7 +53,6 @@ def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], record
                   metadata: pd.DataFrame | None, stream) -> pd.DataFrame:
     """The strategy's scores (index model, one column: ``task``) of the sweep file's models,
     learned from the other tasks' fine-tune results (module docstring)."""
-    from lightning_modules.choicenet import targets_from_records
     from sweeps.driver import trial_settings
 
     usable, skipped = check_learnable(name, records, task, plan)
@@ -91,7 +90,6 @@ def learned_predictions(records: pd.DataFrame, plan, paths, stream=None, metadat
     """The sweep's learned strategies, each leave-one-task-out: ChoiceNet v1/v2 (predicted
     accuracy), v3 (ranking scores) and the nearest task by Task2Vec (Appendix H); and the
     nearest task of each task for the report. Returns (predictions, rankings, extra)."""
-    from lightning_modules.choicenet import targets_from_records
     from sweeps.driver import trial_settings
 
     targets = targets_from_records(records)

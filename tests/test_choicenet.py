@@ -15,18 +15,17 @@ from lightning_modules.choicenet import (
     ChoiceNetEmbeddings,
     ChoiceNetV1,
     ChoiceNetV2,
-    choicenet_mse,
     compute_embeddings,
     fit_predict_leave_one_task_out,
     last_conv,
     model_embedding_v1,
     model_embedding_v2,
     predict_choicenet,
-    targets_from_records,
     task_embedding_v1,
     task_embedding_v2,
 )
-from selection.report.compute import compute_report
+from selection.records import targets_from_records
+from selection.report.compute import compute_report, prediction_mse
 
 STEPS = 60  # tiny: the tests check plumbing and leakage, not accuracy
 
@@ -188,10 +187,10 @@ def test_inputs_are_checked():
         fit_predict_leave_one_task_out("v1", model_emb, task_emb, targets * 100)
 
 
-def test_choicenet_mse_over_known_pairs_only():
+def test_prediction_mse_over_known_pairs_only():
     pred = pd.DataFrame({"t1": [0.5, 0.9], "t2": [0.2, 0.4]}, index=["a", "b"])
     targets = pd.DataFrame({"t1": [0.7, np.nan], "t2": [0.2, 0.8]}, index=["a", "b"])
-    assert choicenet_mse(pred, targets) == pytest.approx((0.2 ** 2 + 0 + 0.4 ** 2) / 3)
+    assert prediction_mse(pred, targets) == pytest.approx((0.2 ** 2 + 0 + 0.4 ** 2) / 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +216,7 @@ def test_report_takes_choicenet_predictions_as_strategies_with_mse():
     for version in ("v1", "v2"):
         block = report["choicenet"][version]
         assert block["n_pairs"] == targets.notna().sum().sum()
-        assert block["mse"] == pytest.approx(choicenet_mse(predictions[f"choicenet_{version}"], targets))
+        assert block["mse"] == pytest.approx(prediction_mse(predictions[f"choicenet_{version}"], targets))
         column = predictions[f"choicenet_{version}"]["t0"]
         ranked = sorted(column.index, key=lambda m: (-column[m], m))[0]
         assert report["picks"][f"choicenet_{version}"]["t0"][0] == ranked
