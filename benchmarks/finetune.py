@@ -12,8 +12,8 @@ Keys of the JSON line (targets in brackets):
 
 ``lightning_over_raw_throughput`` [>= 0.9]
     Images/s of the Lightning fine-tune (``FineTuneModule`` + ``make_trainer`` + ``fit`` on a
-    ``_loader`` ``DeviceBatches``) over an equivalent raw PyTorch loop (same backbone weights,
-    batches, ``_sgd`` optimizer and warm-up-cosine schedule, fp32, same threads), END-TO-END:
+    ``batch_loader`` ``DeviceBatches``) over an equivalent raw PyTorch loop (same backbone weights,
+    batches, ``sgd_with_schedule`` optimizer and warm-up-cosine schedule, fp32, same threads), END-TO-END:
     Lightning's wall time includes module and Trainer construction and ``fit()``; the raw one
     its optimizer construction and loop. 300 steps at batch 64 on 800 synthetic 32 px images, per
     architecture (``cnn``, ``resnet``), 1 torch thread (``--threads``); best of ``reps``
@@ -88,24 +88,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# Before Ray is imported anywhere: loopback addresses only (Ray otherwise resolves 127.0.0.1 to
-# the host's routable IP), and the many-small-trials settings of Ray Tune's own guide
-# (TUNE_MAX_PENDING_TRIALS_PG and friends).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "2")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
 _T_MODULE = time.time()  # when this module started importing (in a Ray worker: cold start)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 _T_TORCH = time.time() - _T_MODULE  # seconds to import numpy + torch here
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from benchmarks.finetune_efficiency import phase_efficiency  # noqa: E402
+from benchmarks.finetune_throughput import BATCH, lightning_fit, phase_throughput  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     BenchSink,
     RssSampler,
@@ -124,6 +114,7 @@ from benchmarks.harness import (  # noqa: E402
     timed_sweep,
 )
 from sweeps.plan import Job  # noqa: E402
+from sweeps.tune_runner import prepare_ray  # noqa: E402
 
 TARGETS = {"lightning_over_raw_throughput": (">=", 0.9),
            "orchestration_overhead_fraction": ("<=", 0.05),
@@ -132,131 +123,14 @@ TARGETS = {"lightning_over_raw_throughput": (">=", 0.9),
            "two_node_speedup_min": (">=", 1.8),
            "scale_overhead_s_per_trial": ("<=", 0.05),
            "scale_driver_peak_rss_gib": ("<=", 2.0)}
-N_TRAIN, BATCH, NUM_CLASSES, LR = 800, 64, 10, 0.01
 # Sizes per mode (quick, full): fine-tune steps and repetitions, target seconds of the
 # orchestrated fine-tune, seconds of work per two-node trial, consecutive two-node phases, number
 # of scale trials.
-MODES = {True: {"steps": 300, "reps": 1, "finetune_s": 10.0, "work_s": 2.0, "phases": 10,
+MODES = {True: {"finetune_s": 10.0, "work_s": 2.0, "phases": 10,
                 "trials": 2000},
-         False: {"steps": 300, "reps": 3, "finetune_s": 30.0, "work_s": 3.5, "phases": 10,
+         False: {"finetune_s": 30.0, "work_s": 3.5, "phases": 10,
                  "trials": 10000}}
 GIB = 1024 ** 3
-
-
-# --------------------------------------------------------------------------- data and models
-def _data(n: int = N_TRAIN, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NHWC 32 px images and labels, deterministic per seed."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
-    return x, torch.randint(0, NUM_CLASSES, (n,), generator=g)
-
-
-def _model(arch: str, seed: int = 0):
-    from lightning_modules.backbones import create_backbone
-
-    torch.manual_seed(seed)
-    backbone = create_backbone(arch)
-    return backbone, nn.Linear(backbone.feature_dim, NUM_CLASSES)
-
-
-class _Stamps:
-    """A Lightning callback recording the time of every batch end (made lazily a Callback)."""
-
-    @staticmethod
-    def make():
-        import pytorch_lightning as pl
-
-        class Stamps(pl.Callback):
-            def __init__(self):
-                self.t: list[float] = []
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                self.t.append(time.perf_counter())
-
-        return Stamps()
-
-
-def lightning_fit(arch: str, steps: int, seed: int = 0) -> tuple[float, list[float]]:
-    """The project's path: FineTuneModule + make_trainer + fit -> (wall s, batch-end stamps)."""
-    from lightning_modules.training import FineTuneModule, _loader, make_trainer
-
-    backbone, head = _model(arch, seed)
-    x, y = _data(seed=seed)
-    loader = _loader(x, y, BATCH, seed)
-    stamps = _Stamps.make()
-    start = time.perf_counter()
-    module = FineTuneModule(backbone, head, LR, steps)
-    trainer = make_trainer(steps)
-    trainer.callbacks.append(stamps)
-    trainer.fit(module, loader)
-    return time.perf_counter() - start, stamps.t
-
-
-def raw_fit(arch: str, steps: int, seed: int = 0) -> tuple[float, list[float]]:
-    """The same fine-tune as a plain PyTorch loop (same weights, batches, optimizer, schedule)."""
-    from lightning_modules.training import _loader, _sgd, set_trainable
-
-    backbone, head = _model(arch, seed)
-    x, y = _data(seed=seed)
-    loader = _loader(x, y, BATCH, seed)
-    start = time.perf_counter()
-    set_trainable(backbone, "all")
-    params = [p for p in (*backbone.parameters(), *head.parameters()) if p.requires_grad]
-    cfg = _sgd(params, LR, steps)
-    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
-    backbone.train()
-    head.train()
-    stamps, curve, step = [], [], 0
-    while step < steps:
-        for images, labels in loader:
-            loss = F.cross_entropy(head(backbone.features(backbone.preprocess(images))), labels)
-            if step % 10 == 0 or step == steps - 1:  # as FineTuneModule's loss curve
-                curve.append((step, float(loss.detach())))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            stamps.append(time.perf_counter())
-            if step >= steps:
-                break
-    return time.perf_counter() - start, stamps
-
-
-def _median_step(stamps: list[float], skip: int = 10) -> float:
-    return float(np.median(np.diff(stamps[skip:])))
-
-
-# --------------------------------------------------------------------------- phase 1: throughput
-def _throughput_arch(arch: str, steps: int, reps: int) -> dict[str, float]:
-    raw_fit(arch, 5), lightning_fit(arch, 5)  # warm-up: lazy imports, kernel set-up
-    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "lightning": []}
-    for rep in range(reps):
-        order = ("raw", "lightning") if rep % 2 == 0 else ("lightning", "raw")
-        for side in order:
-            wall, stamps = (raw_fit if side == "raw" else lightning_fit)(arch, steps)
-            runs[side].append((wall, _median_step(stamps)))
-    raw_wall, raw_step = min(w for w, _ in runs["raw"]), min(s for _, s in runs["raw"])
-    l_wall, l_step = min(w for w, _ in runs["lightning"]), min(s for _, s in runs["lightning"])
-    return {"raw_e2e_s": raw_wall, "lightning_e2e_s": l_wall,
-            "raw_images_per_s": steps * BATCH / raw_wall,
-            "lightning_images_per_s": steps * BATCH / l_wall,
-            "raw_step_ms": 1000 * raw_step, "lightning_step_ms": 1000 * l_step,
-            "e2e_ratio": raw_wall / l_wall, "steady_ratio": raw_step / l_step}
-
-
-def phase_throughput(args) -> dict[str, Any]:
-    steps, reps = MODES[args.quick]["steps"], MODES[args.quick]["reps"]
-    per_arch = {}
-    for arch in ("cnn", "resnet"):
-        per_arch[arch] = _throughput_arch(arch, steps, reps)
-        log(f"throughput {arch}: "
-             f"{json.dumps({k: round(v, 3) for k, v in per_arch[arch].items()})}")
-    return {"lightning_over_raw_throughput": min(a["e2e_ratio"] for a in per_arch.values()),
-            "lightning_over_raw_steady_state": min(a["steady_ratio"] for a in per_arch.values()),
-            "throughput": {"steps": steps, "batch_size": BATCH, "reps": reps,
-                           "threads": torch.get_num_threads(),
-                           "key": "end-to-end fit wall time, worst architecture", **per_arch}}
 
 
 # --------------------------------------------------------------------------- trial functions
@@ -522,7 +396,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads in the driver (default 1, as in trials)")
     parser.add_argument("--profile-scale", metavar="PATH",
                         help="cProfile the scale sweep's driver, dump to PATH, top 40 to stderr")
-    out = run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # Before Ray starts: whichmodel's Ray environment (sweeps.tune_runner.RAY_ENV), plus the
+    # many-small-trials setting of Ray Tune's guide for this benchmark's 2 slots.
+    prepare_ray()
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "2")
+    out = run(args)
     sys.stdout.flush()
     print(json.dumps(finite(out)), flush=True)
     return 1 if out.get("errors") else 0

@@ -122,7 +122,7 @@ def measure_finetune(backbone, images: torch.Tensor, labels: torch.Tensor, batch
                      steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from lightning_modules.training import FineTuneModule, _loader, make_trainer
+    from lightning_modules.training import FineTuneModule, batch_loader, make_trainer
 
     class Stamps(pl.Callback):
         def __init__(self):
@@ -139,7 +139,7 @@ def measure_finetune(backbone, images: torch.Tensor, labels: torch.Tensor, batch
     stamps = Stamps()
     trainer = make_trainer(steps, accelerator="gpu" if device.type == "cuda" else "cpu",
                            callbacks=[stamps], precision="bf16-mixed")
-    trainer.fit(module, _loader(images, labels, batch, seed=0, device=device))
+    trainer.fit(module, batch_loader(images, labels, batch, seed=0, device=device))
     t = stamps.t
     timed = len(t) - 1 - warmup
     seconds = t[-1] - t[warmup]

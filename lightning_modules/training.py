@@ -84,13 +84,13 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+def batch_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
             device: torch.device | None = None) -> DeviceBatches:
     device = device or _device()
     return DeviceBatches(x.to(device), y.to(device), batch_size, seed)
 
 
-def _sgd(params, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0,
+def sgd_with_schedule(params, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0,
          warmup_steps: int | None = None):
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     warm = default_warmup(steps) if warmup_steps is None else warmup_steps
@@ -135,7 +135,7 @@ class PretrainModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return _sgd(self.parameters(), self.lr, self.steps, weight_decay=self.weight_decay)
+        return sgd_with_schedule(self.parameters(), self.lr, self.steps, weight_decay=self.weight_decay)
 
 
 def _random_shift(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -175,7 +175,7 @@ def run_pretrain(backbone: Backbone, train: tuple[np.ndarray, np.ndarray], objec
     module = PretrainModule(backbone, objective, lr, steps)
     x, y = torch.as_tensor(train[0]), torch.as_tensor(train[1])
     start = time.perf_counter()
-    make_trainer(steps).fit(module, _loader(x, y, batch_size, seed))
+    make_trainer(steps).fit(module, batch_loader(x, y, batch_size, seed))
     backbone.eval()
     return time.perf_counter() - start
 
@@ -196,7 +196,7 @@ class LinearHeadModule(pl.LightningModule):
         return F.cross_entropy(self.head(f), y)
 
     def configure_optimizers(self):
-        return _sgd(self.parameters(), self.lr, self.steps)
+        return sgd_with_schedule(self.parameters(), self.lr, self.steps)
 
 
 class FineTuneModule(pl.LightningModule):
@@ -240,7 +240,7 @@ class FineTuneModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return _sgd(params, self.lr, self.steps, warmup_steps=self.warmup_steps)
+        return sgd_with_schedule(params, self.lr, self.steps, warmup_steps=self.warmup_steps)
 
 
 def set_trainable(backbone: Backbone, trainable: str) -> None:
@@ -340,7 +340,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
         ftr = train_features if train_features is not None else extract_features(backbone, xtr)[0]
         clock = StepClock()
         make_trainer(head_steps, accelerator="cpu", callbacks=[clock]).fit(
-            head_module, _loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
+            head_module, batch_loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
         inside += clock.seconds
     head = head_module.head
 
@@ -353,7 +353,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
         make_trainer(steps, callbacks=[clock, *(callbacks or []),
                                        *([val_curve] if val_curve else [])],
                      precision=precision).fit(
-            module, _loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
+            module, batch_loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
         inside += clock.seconds + (val_curve.seconds if val_curve else 0.0)
         backbone, head, curve = module.backbone, module.head, module.curve
     t = time.perf_counter()

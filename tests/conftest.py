@@ -15,8 +15,10 @@ import pytest
 # Set before anything imports Ray: its clients read the mode once per process.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from sweeps.tune_runner import prepare_ray  # noqa: E402 (after the auth mode: Ray reads it on import)
+
+prepare_ray()  # whichmodel's Ray environment, for every Ray process the tests start
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +27,8 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="wmt-", dir="/tmp")
-    from sweeps.tune_runner import prepare_ray, worker_system_config
+    from sweeps.tune_runner import worker_system_config
 
-    prepare_ray()
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
              logging_level=logging.WARNING, _system_config=worker_system_config())
     yield ray
