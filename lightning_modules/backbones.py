@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whichmodel.errors import WhichModelError
 from whichmodel.files import atomic_path, atomic_write_json
 from whichmodel.registry import Registry
 
@@ -38,7 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WhichModelError, ValueError):
     """A checkpoint or its metadata cannot be read or does not fit its architecture."""
 
 

@@ -79,6 +79,7 @@ from lightning_modules.backbones import (
 from lightning_modules.hub_blocks import hub_block_groups, parameter_count
 from lightning_modules.state_dicts import first_line, first_mismatch, load_state_dict_strict, read_state_dict
 from whichmodel.accuracy import check_accuracy
+from whichmodel.errors import WhichModelError
 
 __all__ = ["ModelSpecError", "WeightsUnavailableError", "parse_model_spec", "load_model"]
 
@@ -97,7 +98,7 @@ UPSTREAM_TAGS: dict[str, tuple[str, int | None]] = {
 }
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(WhichModelError, ValueError):
     """A model spec that cannot name a model: bad form, unknown model or tag."""
 
 

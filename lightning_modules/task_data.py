@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from whichmodel.errors import WhichModelError
 from whichmodel.files import atomic_path
 from whichmodel.registry import Registry
 
@@ -35,7 +36,7 @@ Array = np.ndarray
 PathLike = str | os.PathLike
 
 
-class DatasetError(ValueError):
+class DatasetError(WhichModelError, ValueError):
     """Data on disk is missing or unusable; the message names the path and how to fix it."""
 
 

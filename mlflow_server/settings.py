@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from whichmodel.errors import WhichModelError
 from whichmodel.uri import redact_uri
 
 MIN_ADMIN_PASSWORD = 12  # MLflow's basic auth refuses shorter admin passwords
@@ -70,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
-class ConfigError(ValueError):
+class ConfigError(WhichModelError, ValueError):
     """A missing or invalid setting; the message names the variable(s)."""
 
 

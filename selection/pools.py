@@ -15,8 +15,11 @@ For a report, a pool is then named in one of three ways, looked up in this order
 1. an explicit list: ``pools={"small": ["cnn-generalist", "resnet-generalist"]}`` (a sweep
    file's ``pools`` key), or ``pool_models=[...]`` for the one pool being reported;
 2. ``all``: every model that has a record;
-3. a metadata tag: the models whose ``pools`` field (models CSV, ``;``-separated, parsed by
-   :func:`selection.records.read_models_csv`) names the pool.
+3. a metadata tag: the models whose ``pools`` field (models CSV, ``;``-separated, read by
+   :func:`pool_tags`) names the pool (:func:`models_in_pool`).
+
+A sweep or catalog file's pool that lists a model the file does not have is refused by
+:func:`check_listed`, naming the file and key.
 
 Per task, the report then keeps the pool's models that have a ``finetune_test_acc`` for it.
 """
@@ -27,9 +30,55 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from selection.records import METADATA_POOLS, POOL_ALL, index_metadata, models_in_pool, parse_pools
+from selection.records import METADATA_POOLS, POOL_ALL, RecordsError, index_metadata
+from whichmodel.errors import WhichModelError
 
 Pools = Mapping[str, Sequence[str]]
+
+
+class PoolError(WhichModelError, ValueError):
+    """A pool names a model that is not there (one line, exit 2)."""
+
+
+def pool_tags(value: object) -> tuple[str, ...]:
+    """The pool names of one metadata ``pools`` field: ``;``-separated text, or already a
+    list/tuple; anything else (NaN, empty) is no pool."""
+    if isinstance(value, (tuple, list)):
+        return tuple(str(v) for v in value)
+    if not isinstance(value, str):
+        return ()
+    return tuple(p.strip() for p in value.split(";") if p.strip())
+
+
+def models_in_pool(metadata: pd.DataFrame | None, pool: str) -> list[str]:
+    """Sorted models whose metadata ``pools`` field names ``pool``.
+
+    Raises :class:`~selection.records.RecordsError` when there is no ``pools`` column or no model
+    is in the pool.
+    """
+    metadata = index_metadata(metadata)
+    if metadata is None or METADATA_POOLS not in metadata.columns:
+        raise RecordsError(
+            f"pool {pool!r}: no model metadata with a '{METADATA_POOLS}' column; pass the pool's "
+            f"models explicitly or add a '{METADATA_POOLS}' column (';'-separated names) to the "
+            "models CSV")
+    members = [str(m) for m, v in metadata[METADATA_POOLS].items() if pool in pool_tags(v)]
+    if not members:
+        known = sorted({p for v in metadata[METADATA_POOLS].tolist() for p in pool_tags(v)})
+        raise RecordsError(f"pool {pool!r}: no model lists it in '{METADATA_POOLS}'; pools "
+                           f"present: {known}")
+    return sorted(members)
+
+
+def check_listed(source: object, key: str, listed: Sequence[str], models: Sequence[str],
+                 what: str) -> None:
+    """Every model a pool lists (``listed``, at ``key`` of ``source``) is one of ``models``;
+    :class:`PoolError` naming the first that is not, e.g. ``vtab1k.yaml: key 'pools.small[2]':
+    model 'x' is not one of this file's models``."""
+    known = set(models)
+    for i, m in enumerate(listed):
+        if m not in known:
+            raise PoolError(f"{source}: key '{key}[{i}]': model {m!r} is not {what}")
 
 
 def _check_members(pool: str, members: object) -> list[str]:
@@ -64,7 +113,7 @@ def list_pools(metadata: pd.DataFrame | None = None, pools: Pools | None = None)
     meta = index_metadata(metadata)
     if meta is not None and METADATA_POOLS in meta.columns:
         for value in meta[METADATA_POOLS].tolist():
-            names.update(value if isinstance(value, (tuple, list)) else parse_pools(value))
+            names.update(pool_tags(value))
     names.discard(POOL_ALL)
     return [POOL_ALL, *sorted(names)]
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from whichmodel.accuracy import ACCURACY_RULE, accuracy_out_of_range
+from whichmodel.errors import WhichModelError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "task", "metric", "value")
 GROUND_TRUTH = "finetune_test_acc"
@@ -43,7 +44,7 @@ POOL_ALL = "all"
 _MAX_LISTED = 10  # problems listed in one error message before "... and N more"
 
 
-class RecordsError(ValueError):
+class RecordsError(WhichModelError, ValueError):
     """A records or model-metadata table is malformed; the message says where and how to fix it."""
 
 
@@ -197,15 +198,10 @@ def list_proxy_metrics(df: pd.DataFrame) -> list[str]:
     return sorted(m for m in df["metric"].unique().tolist() if isinstance(m, str) and m.startswith(PROXY_PREFIX))
 
 
-def parse_pools(value: object) -> tuple[str, ...]:
-    if not isinstance(value, str):
-        return ()
-    return tuple(p.strip() for p in value.split(";") if p.strip())
-
-
 def read_models_csv(path: str | Path) -> pd.DataFrame:
     """Read model metadata: index = model; numeric ``imagenet_acc``, ``upstream_size``, ``params``
-    (NaN where empty); ``pools`` as a tuple of pool names (the field is ``;``-separated).
+    (NaN where empty); ``pools`` kept as its ``;``-separated text (:func:`selection.pools.pool_tags`
+    reads it).
 
     Other columns are kept as strings. Raises :class:`RecordsError` for a missing ``model``
     column, an empty or duplicate model name, or a non-numeric value, naming the line.
@@ -251,8 +247,8 @@ def read_models_csv(path: str | Path) -> pd.DataFrame:
                                 f"{raw.iloc[i]!r} is outside [0, 1]; {ACCURACY_RULE}")
         out[col] = values
     _raise_problems(source, problems, "metadata value(s)")
-    if METADATA_POOLS in out.columns:
-        out[METADATA_POOLS] = [parse_pools(v) for v in out[METADATA_POOLS].tolist()]
+    if METADATA_POOLS in out.columns:  # ';'-separated pool names, read by selection.pools.pool_tags
+        out[METADATA_POOLS] = out[METADATA_POOLS].fillna("").astype(str).str.strip()
     return out.set_index("model")
 
 
@@ -268,29 +264,6 @@ def index_metadata(metadata: pd.DataFrame | None, source: str = "metadata") -> p
         dup = sorted(set(metadata.index[metadata.index.duplicated()].astype(str)))
         raise RecordsError(f"{source}: duplicate model(s) {dup}; list each model once")
     return metadata
-
-
-def models_in_pool(metadata: pd.DataFrame | None, pool: str) -> list[str]:
-    """Sorted models whose metadata ``pools`` field names ``pool``.
-
-    Raises :class:`RecordsError` when there is no ``pools`` column or no model is in the pool.
-    """
-    metadata = index_metadata(metadata)
-    if metadata is None or METADATA_POOLS not in metadata.columns:
-        raise RecordsError(
-            f"pool {pool!r}: no model metadata with a '{METADATA_POOLS}' column; pass the pool's "
-            f"models explicitly or add a '{METADATA_POOLS}' column (';'-separated names) to the models CSV"
-        )
-    members = []
-    for model, value in metadata[METADATA_POOLS].items():
-        pools = value if isinstance(value, (tuple, list)) else parse_pools(value)
-        if pool in pools:
-            members.append(str(model))
-    if not members:
-        known = sorted({p for v in metadata[METADATA_POOLS].tolist()
-                        for p in (v if isinstance(v, (tuple, list)) else parse_pools(v))})
-        raise RecordsError(f"pool {pool!r}: no model lists it in '{METADATA_POOLS}'; pools present: {known}")
-    return sorted(members)
 
 
 def targets_from_records(records: pd.DataFrame) -> pd.DataFrame:

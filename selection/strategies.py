@@ -51,6 +51,7 @@ from selection.learners import (
     records_learner_table,
 )
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
+from whichmodel.errors import InputError, WhichModelError
 from whichmodel.registry import Registry
 
 TASK_AGNOSTIC = "task_agnostic"
@@ -85,7 +86,7 @@ def flat(groups: Groups) -> list[str]:
     return [m for group in groups for m in sorted(group)]
 
 
-class UnknownStrategyError(KeyError):
+class UnknownStrategyError(WhichModelError, KeyError):
     """No strategy of that name; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
@@ -125,7 +126,7 @@ class TaskAgnosticStrategy:
 
     def __post_init__(self) -> None:
         if not (self.tie_tolerance >= 0):
-            raise ValueError(f"tie_tolerance={self.tie_tolerance!r} must be >= 0 (0: strict order)")
+            raise InputError(f"tie_tolerance={self.tie_tolerance!r} must be >= 0 (0: strict order)")
         meta = index_metadata(self.metadata)
         rows = {} if meta is None else {str(m): row for m, row in meta.iterrows()}
 

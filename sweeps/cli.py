@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from sweeps.cluster.node_secrets import load_secrets
-from sweeps.config import WhichModelError
 from sweeps.quiet import quiet_libraries
+from whichmodel.errors import WhichModelError
 
 EXIT_BAD_INPUT = 2
 
@@ -235,11 +235,8 @@ def cmd_report(args) -> int:
         from selection.records import read_models_csv, read_records_csv
         from sweeps.reporting import report_from_tables
 
-        try:
-            records = read_records_csv(args.records)
-            meta = read_models_csv(args.models) if args.models else None
-        except (ValueError, OSError) as exc:
-            raise WhichModelError(str(exc)) from None
+        records = read_records_csv(args.records)  # RecordsError: one line, exit 2
+        meta = read_models_csv(args.models) if args.models else None
         report = report_from_tables(records, meta, None, pool=args.pool,
                                     max_budget=args.budget or 3)
         return _emit(report, out_dir, None, args.format, args.output, args.detail)

@@ -16,9 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class WhichModelError(Exception):
-    """An error the CLI reports on one line with exit code 2 (bad input, not a bug)."""
+from whichmodel.errors import WhichModelError
 
 
 class ConfigError(WhichModelError):
@@ -402,6 +400,8 @@ class Catalog(Strict):
 
 
 def load_catalog(path: str | Path) -> Catalog:
+    from selection.pools import check_listed
+
     path, data = read_yaml(path)
     try:
         catalog = Catalog.model_validate(data)
@@ -412,18 +412,21 @@ def load_catalog(path: str | Path) -> Catalog:
         if name in names[:i]:
             raise ConfigError(f"{path}: key 'models[{i}].name': model {name!r} listed twice")
     for pool, members in catalog.pools.items():
-        listed = members.models if isinstance(members, PoolDefinition) else members
-        key = f"pools.{pool}.models" if isinstance(members, PoolDefinition) else f"pools.{pool}"
-        for i, m in enumerate(listed):
-            if m not in names:
-                raise ConfigError(f"{path}: key '{key}[{i}]': model {m!r} is not one of "
-                                  "this file's models")
+        listed, key = pool_listed(pool, members)
+        check_listed(path, key, listed, names, "one of this file's models")
     check_within(path, catalog.pools)
     for i, paper in enumerate(catalog.mapping):
         if paper.equivalent is not None and paper.equivalent not in names:
             raise ConfigError(f"{path}: key 'mapping[{i}].equivalent': {paper.equivalent!r} is not "
                               "one of this file's models")
     return catalog
+
+
+def pool_listed(name: str, definition: list[str] | PoolDefinition) -> tuple[list[str], str]:
+    """The models a pool definition lists and the key they sit at."""
+    if isinstance(definition, PoolDefinition):
+        return definition.models, f"pools.{name}.models"
+    return definition, f"pools.{name}"
 
 
 def check_within(path: Path, pools: dict[str, Any], earlier: tuple[str, ...] = ()) -> None:

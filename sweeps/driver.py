@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import SweepConfig, WhichModelError
+from sweeps.config import SweepConfig
 from sweeps.paths import Paths
 from sweeps.plan import Plan, check_plan, expand_jobs, pair_key, plan_sweep
 from sweeps.tracking.client import Tracker
 from sweeps.tracking.recorder import PairRecorder, artifact_root
 from sweeps.trials import TrialSettings, run_trial
+from whichmodel.errors import WhichModelError
 from whichmodel.uri import redact_uri
 
 
@@ -59,11 +60,13 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     # Every model opens and every task's data is there, before anything runs or is written.
     metas = check_plan(plan, paths)
     settings = trial_settings(plan, paths)
+    from lightning_modules.task_data import DatasetError
+
     for task in plan.tasks:  # build (or read) each task's cache once here, not in every trial
         try:
             settings.load_task(task)
-        except (ValueError, OSError) as exc:
-            raise WhichModelError(f"task {task!r}: {exc}") from None
+        except OSError as exc:  # the data's own problems are DatasetErrors that name the task
+            raise DatasetError(f"task {task!r}: {exc}") from None
     uri = paths.tracking_uri(tracking_uri)
     hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
     tracker = Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from selection.nearest_task import NEAREST_TASK
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, targets_from_records
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 
 #: strategy name -> ChoiceNet version (None: the nearest task)
 LEARNED = {"choicenet_v1": "v1", "choicenet_v2": "v2", "choicenet_v3": "v3", NEAREST_TASK: None}

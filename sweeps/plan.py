@@ -20,7 +20,6 @@ from sweeps.config import (
     ConfigError,
     ModelEntry,
     SweepConfig,
-    WhichModelError,
     load_sweep_config,
 )
 from sweeps.paths import Paths
@@ -34,6 +33,7 @@ from sweeps.refs import (
     uses_rules,
 )
 from sweeps.zoo_config import load_zoo_config
+from whichmodel.errors import WhichModelError
 
 PROTOCOLS = ("probe", "finetune")
 

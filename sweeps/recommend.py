@@ -33,8 +33,8 @@ from typing import Any
 import pandas as pd
 
 from selection.records import GROUND_TRUTH
-from sweeps.config import WhichModelError
 from sweeps.learned import LEARNED, check_learnable, learned_table
+from whichmodel.errors import WhichModelError
 
 DEFAULT_STRATEGY = "hybrid:proxy/linear"
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -175,10 +175,8 @@ def check_strategy(name: str, proxies: list[str], models: list[str], task: str) 
         raise WhichModelError(f"--strategy {name!r} reads this task's fine-tune results (a bound "
                               f"for reports, not a way to choose); usable: {', '.join(usable)}")
     blank = pd.DataFrame(np.nan, index=models, columns=[task])
-    try:
-        create_strategy(name, {**{p: blank for p in [*proxies, *LEARNED]}, GROUND_TRUTH: blank})
-    except (UnknownStrategyError, KeyError, ValueError) as exc:
-        raise WhichModelError(f"--strategy {name!r}: {str(exc).strip(chr(34))}") from None
+    # an ensemble of a proxy the sweep lacks: UnknownStrategyError, naming the strategy
+    create_strategy(name, {**{p: blank for p in [*proxies, *LEARNED]}, GROUND_TRUTH: blank})
 
 
 def run_keys(plan, paths, uri: str, stream, models: list[str], protocol: str):

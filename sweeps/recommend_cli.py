@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 from whichmodel.files import atomic_write
 
 

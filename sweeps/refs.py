@@ -28,11 +28,12 @@ from sweeps.config import (
     PoolDefinition,
     SweepConfig,
     TaskEntry,
-    WhichModelError,
     load_catalog,
+    pool_listed,
 )
 from sweeps.paths import Paths
 from sweeps.zoo_config import ZooConfig
+from whichmodel.errors import WhichModelError
 
 VTAB_PREFIX = "vtab:"
 
@@ -155,7 +156,7 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
     """Named pools over the sweep's models: the catalog's (keeping the members this sweep runs;
     a pool left empty is dropped), then the sweep's. A definition is ``all``, a list, or a rule
     over ``metadata`` with optional listed models, inside an earlier pool (``within``)."""
-    from selection.pools import pool_members
+    from selection.pools import check_listed, pool_members
 
     metadata = metadata or {}
     pools: dict[str, list[str]] = {}
@@ -172,12 +173,8 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
         if definition == "all":
             pools[name] = list(models)
             continue
-        listed = definition.models if isinstance(definition, PoolDefinition) else definition
-        key = f"pools.{name}.models" if isinstance(definition, PoolDefinition) else f"pools.{name}"
-        for i, m in enumerate(listed):
-            if m not in models:
-                raise ConfigError(f"{source}: key '{key}[{i}]': model {m!r} is not in this "
-                                  f"sweep's models ({', '.join(models)})")
+        listed, key = pool_listed(name, definition)
+        check_listed(source, key, listed, models, f"in this sweep's models ({', '.join(models)})")
         if isinstance(definition, PoolDefinition):
             pools[name] = pool_members(models, metadata, rule=definition.rule, listed=listed,
                                        within=_within(pools, models, definition.within, source,
@@ -232,12 +229,13 @@ def _structure(name: str, ref: dict[str, Any], zoo: ZooConfig | None) -> dict[st
         m = zoo.model(name)
         backbone = create_backbone(m.arch, input_size=zoo.image_size, **m.arch_kwargs)
         return {"params": count_parameters(backbone), "feature_dim": backbone.feature_dim}
+    from lightning_modules.backbones import CheckpointError
     from lightning_modules.hub import structure
 
     try:
-        return structure(ref["spec"])
-    except (ValueError, OSError) as exc:
-        raise WhichModelError(f"model {name!r}: {exc}") from None
+        return structure(ref["spec"])  # a bad spec: ModelSpecError, naming the spec
+    except OSError as exc:
+        raise CheckpointError(f"model {name!r}: {exc}") from None
 
 
 def model_pools(pools: dict[str, list[str]], model: str) -> list[str]:
@@ -282,10 +280,12 @@ def check_task_ref(name: str, ref: dict[str, Any], data_root: str | Path,
                    download: bool = False) -> None:
     """A WhichModelError naming the task, the path and the fix when a resolved task's data is not
     there (``Task.check``: decodes nothing, writes nothing)."""
+    from lightning_modules.task_data import DatasetError
+
     try:
-        get_ref_task(name, ref).check(data_root, download=download)
-    except (ValueError, OSError) as exc:  # DatasetError is a ValueError
-        raise WhichModelError(f"task {name!r}: {exc}") from None
+        get_ref_task(name, ref).check(data_root, download=download)  # DatasetError names the path
+    except OSError as exc:
+        raise DatasetError(f"task {name!r}: {exc}") from None
 
 
 def task_group(name: str, ref: dict[str, Any]) -> str:
@@ -306,7 +306,7 @@ def check_models(models: list[str], paths: Paths, zoo_file: Path,
                 raise WhichModelError(f"{directory}: model {name!r} is not built; run "
                                       f"'whichmodel zoo build {zoo_file}' first")
         try:
-            _, metas[name] = load_model_ref(name, ref, paths.zoo_root)
-        except (CheckpointError, ValueError, OSError) as exc:
-            raise WhichModelError(f"model {name!r}: {exc}") from None
+            _, metas[name] = load_model_ref(name, ref, paths.zoo_root)  # CheckpointError names the file
+        except OSError as exc:
+            raise CheckpointError(f"model {name!r}: {exc}") from None
     return metas

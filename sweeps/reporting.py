@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 
 
 def proxy_notes() -> dict[str, str]:
@@ -30,15 +30,11 @@ def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
                        task_groups: dict[str, str] | None, **kwargs: Any) -> dict[str, Any]:
     """:func:`selection.report.compute.compute_report` with the registry's proxy notes; bad input is a
     ``WhichModelError`` (one line, exit 2)."""
-    from selection.records import RecordsError
     from selection.report.compute import compute_report
 
     kwargs.setdefault("proxy_notes", proxy_notes())
     kwargs.setdefault("timings", True)
-    try:
-        return compute_report(records, metadata, task_groups=task_groups, **kwargs)
-    except (RecordsError, KeyError, ValueError) as exc:
-        raise WhichModelError(str(exc).strip('"')) from None
+    return compute_report(records, metadata, task_groups=task_groups, **kwargs)
 
 
 def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None, learned=None,
@@ -56,6 +52,10 @@ def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None,
     report = report_from_tables(records, metadata, groups, predictions=predictions,
                                 rankings=rankings, **kwargs)
     report.update(extra)
+    if {"choicenet_v1", "choicenet_v2"} <= set(predictions or {}):  # the study's v1 and v2 both
+        from selection.report.learned import study_claim
+
+        report["choicenet_study_claim"] = study_claim(report["choicenet"])
     report["experiment"] = tracker.experiment
     return report
 

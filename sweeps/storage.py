@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 from whichmodel.files import atomic_write
 
 ENV = "WHICHMODEL_STORAGE"

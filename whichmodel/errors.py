@@ -16,3 +16,7 @@ class WhichModelError(Exception):
 
 class AccuracyError(WhichModelError, ValueError):
     """A value that cannot be an accuracy (:mod:`whichmodel.accuracy`)."""
+
+
+class InputError(WhichModelError, ValueError):
+    """A bad argument of a public function (a setting out of range, a malformed table)."""

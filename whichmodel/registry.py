@@ -19,13 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from whichmodel.errors import WhichModelError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(WhichModelError, KeyError, ValueError):
     """A name no registry entry has; the message lists the known names.
 
-    A ``KeyError`` (lookups) and a ``ValueError`` (bad input), so either ``except`` catches it.
+    A ``KeyError`` (lookups) and a ``ValueError`` (bad input), so either ``except`` catches it;
+    a :class:`~whichmodel.errors.WhichModelError` for the CLI (one line, exit 2).
     """
 
     def __init__(self, kind: str, name: object, known: list[str], hint: str = ""):

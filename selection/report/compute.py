@@ -49,7 +49,8 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
                                    pearson: {task}}}  # mse null, n_pairs 0 without predictions;
                                    # also "choicenet_records" and "ensemble:..." (mse null)
     choicenet_study_claim: {claim, v1_mse, v2_mse, reduction, reproduced, same_direction}
-                                     # reproduced: v2's MSE <= 20% of v1's; null without both
+                                     # added by the ChoiceNet reporting code (sweeps.learned,
+                                     # selection.report.learned.study_claim), not here
     picks: {strategy: {task: first max_budget models (tied models by name)}}
     finetune_test_acc: {task: {model: acc}}
     best_model: {task: model}                         # best per task, ties by name
@@ -64,6 +65,12 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     noise: {draws, seed, level, resampled}
     strategy_seconds: {strategy: s}  # with timings=True: building each strategy (a learner's fit)
 
+Settings are one typed object, :class:`ReportSettings` (``compute_report(records,
+settings=ReportSettings(max_budget=5))``, or its fields as keywords). The stages, each a named
+function: :func:`prepare_inputs` (validate, aggregate, the pool and each task's pool),
+:func:`build_strategies`, then the sections -- :func:`regret_section`, :func:`zero_regret_section`,
+:func:`selection.report.learned.learned_section`, agreement, noise -- merged into one dict.
+
 Predicted tables: ``predictions={"choicenet_v1": table, "nearest_task": table}`` (index model,
 columns task, predicted accuracy in [0, 1], NaN where none; made without the task's own results)
 add one ranking strategy each; ChoiceNet's fill ``choicenet`` (``choicenet_v1`` reports as
@@ -74,15 +81,16 @@ within-task z-scores) are strategies the same way, with rank agreement and no MS
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from selection.learners import is_records_learner
 from selection.noise import DRAWS, SEED, noise_section
 from selection.pools import Pools, resolve_pool
 from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
@@ -96,241 +104,75 @@ from selection.records import (
     pivot_metric,
     validate_records,
 )
-from selection.scoring import delta_pairs, full_zero_regret_budget, picks, score_strategies, strategy_deltas
-from selection.strategies import (
-    TIE_TOLERANCE,
-    ScoreStrategy,
-    check_predicted_name,
-    create_strategy,
-    list_strategies,
+from selection.report.learned import learned_section
+from selection.scoring import (
+    Scored,
+    delta_pairs,
+    full_zero_regret_budget,
+    picks,
+    score_strategies,
+    strategy_deltas,
 )
+from selection.strategies import TIE_TOLERANCE, Strategy, check_predicted_name, create_strategy, list_strategies
 from whichmodel.accuracy import check_accuracies
+from whichmodel.errors import InputError
 
 MAX_BUDGET = 10  # Renggli et al. 2022: budgets B = 1 .. min(10, pool size)
-CHOICENET_VERSIONS = ("v1", "v2")
 _LISTED = 10  # model names quoted in an error message
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a report is of and how it is computed (every field has the default of a sweep file's
+    ``report`` section or the library's): the pool (``pool``, its members ``pool_models`` or the
+    named ``pools``), ``task_groups`` (task -> group; others get no group mean), the budgets
+    1 .. ``max_budget`` (at most 10), ``strategies`` (default: every registered one the scores
+    support), the log-odds clipping ``log_odds_eps``, the task-agnostic rule's ``tie_tolerance``,
+    ``proxy_notes`` (why a proxy may have no score), the noise draws and seed, and ``timings``
+    (add the seconds each strategy took to build, which vary run to run)."""
+
+    pool: str = POOL_ALL
+    pool_models: tuple[str, ...] | list[str] | None = None
+    pools: Pools | None = None
+    task_groups: Mapping[str, str | None] | None = None
+    max_budget: int = 3
+    strategies: tuple[str, ...] | list[str] | None = None
+    log_odds_eps: float = 1e-4
+    tie_tolerance: float = TIE_TOLERANCE
+    proxy_notes: Mapping[str, str] | None = None
+    noise_draws: int = DRAWS
+    noise_seed: int = SEED
+    timings: bool = False
+
+    def __post_init__(self) -> None:
+        m = self.max_budget
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise InputError(f"max_budget={m!r} must be an integer >= 1")
+        if m > MAX_BUDGET:
+            raise InputError(f"max_budget={m!r}: budgets go up to {MAX_BUDGET} (this project's "
+                             f"cap, as the paper's figures: B = 1 .. min(10, pool size)); pass at "
+                             f"most {MAX_BUDGET}")
+        if self.task_groups is not None and not isinstance(self.task_groups, Mapping):
+            raise InputError(f"task_groups must map task -> group, got "
+                             f"{type(self.task_groups).__name__}")
+        names = list(self.strategies or [])
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InputError(f"strategies: {duplicates} listed more than once; list each "
+                             "strategy once")
+
+    @classmethod
+    def of(cls, settings: ReportSettings | None = None, **overrides: Any) -> ReportSettings:
+        """``settings`` (default: the defaults) with ``overrides`` of its fields."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"compute_report: unknown setting(s) {unknown}; settings: "
+                            f"{', '.join(sorted(fields))}")
+        return dataclasses.replace(settings or cls(), **overrides)
 
 
-def _check_max_budget(max_budget: object) -> int:
-    if isinstance(max_budget, bool) or not isinstance(max_budget, (int, np.integer)) or max_budget < 1:
-        raise ValueError(f"max_budget={max_budget!r} must be an integer >= 1")
-    if max_budget > MAX_BUDGET:
-        raise ValueError(f"max_budget={max_budget!r}: budgets go up to {MAX_BUDGET} "
-                         f"(Renggli et al. 2022: B = 1 .. min(10, pool size)); pass at most {MAX_BUDGET}")
-    return int(max_budget)
-
-
-def _check_predictions(predictions: Mapping[str, pd.DataFrame] | None, accuracies: bool = True
-                       ) -> dict[str, pd.DataFrame]:
-    """Predicted-accuracy tables: index model, columns task, values in [0, 1] or NaN (with
-    ``accuracies=False``: ranking scores, any real number or NaN)."""
-    if predictions is None:
-        return {}
-    if not isinstance(predictions, Mapping):
-        raise TypeError("predictions must map a strategy name (e.g. 'choicenet_v1') to a table "
-                        f"(index model, columns task); got {type(predictions).__name__}")
-    out = {}
-    for name, table in predictions.items():
-        check_predicted_name(name)
-        if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"predictions[{name!r}]: expected a pandas DataFrame (index model, columns "
-                            f"task), got {type(table).__name__}")
-        if table.index.has_duplicates or table.columns.has_duplicates:
-            raise ValueError(f"predictions[{name!r}]: duplicate model or task labels; one row per model, "
-                             "one column per task")
-        values = table.apply(pd.to_numeric, errors="coerce").astype(float)
-        if accuracies:
-            check_accuracies(values.to_numpy(), f"predictions[{name!r}]",
-                             lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
-        elif np.isinf(values.to_numpy()).any():
-            raise ValueError(f"rankings[{name!r}]: infinite scores; use finite numbers or NaN")
-        values.index = values.index.astype(str)
-        values.columns = values.columns.astype(str)
-        out[name] = values
-    return out
-
-
-def _choicenet_key(name: str) -> str:
-    return name[len("choicenet_"):] if name.startswith("choicenet_") else name
-
-
-def _empty_choicenet(tasks: list[str]) -> dict[str, Any]:
-    return {"mse": None, "n_pairs": 0, "per_task_mse": {t: None for t in tasks},
-            "weighted_tau": {t: None for t in tasks}, "pearson": {t: None for t in tasks}}
-
-
-def compute_report(
-    records: pd.DataFrame,
-    metadata: pd.DataFrame | None = None,
-    *,
-    pool: str = POOL_ALL,
-    pool_models: list[str] | None = None,
-    pools: Pools | None = None,
-    task_groups: dict[str, str] | None = None,
-    max_budget: int = 3,
-    strategies: list[str] | None = None,
-    predictions: Mapping[str, pd.DataFrame] | None = None,
-    log_odds_eps: float = 1e-4,
-    tie_tolerance: float = TIE_TOLERANCE,
-    proxy_notes: Mapping[str, str] | None = None,
-    test_results: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-    noise_draws: int = DRAWS,
-    noise_seed: int = SEED,
-    timings: bool = False,
-    rankings: Mapping[str, pd.DataFrame] | None = None,
-) -> dict[str, Any]:
-    """Regret of each strategy on each task of ``pool`` for budgets B = 1 .. min(max_budget, pool size).
-
-    ``records`` are validated and repeated rows aggregated by median. The pool's models are
-    ``pool_models`` if given, else ``pools[pool]`` (named lists), else every model of the
-    records for ``pool="all"``, else the models whose metadata ``pools`` field names ``pool``
-    (:func:`selection.pools.resolve_pool`). Per task, the pool is the pool's models with a
-    ``finetune_test_acc`` for that task; tasks with none are listed under ``skipped_tasks``.
-    Pool size for the budget range is the largest per-task pool; ``max_budget`` is at most 10.
-
-    ``strategies`` defaults to :func:`selection.strategies.list_strategies` of the proxies present
-    and the ``predictions`` given. ``predictions`` maps a strategy name (``choicenet_v1``,
-    ``nearest_task`` ...) to predicted accuracies (index model, columns task, NaN where none).
-    ``task_groups`` maps task -> group (e.g. natural/specialized/structured); tasks it does not
-    name get group None and no group mean. ``tie_tolerance``: the task-agnostic rule's
-    approximate ties. ``proxy_notes``: why a proxy may have no score (shown where it has none).
-    Appendix G's table is computed for ``pool`` and for every named pool of ``pools``.
-    ``test_results[task][model]``: per-example test results (repetitions, examples; 1 where
-    right) for the noise keys (:mod:`selection.noise`, ``noise_draws`` draws from
-    ``noise_seed``); repeated ``finetune_test_acc`` rows count as repetitions. ``timings``: add
-    the seconds each strategy took to build (the learners fit then), which vary run to run.
-
-    Returns the JSON-serialisable dict documented in the module docstring.
-    """
-    max_budget = _check_max_budget(max_budget)
-    predicted = _check_predictions(predictions)
-    ranked = _check_predictions(rankings, accuracies=False)
-    clean = validate_records(records, source="records")
-    agg = aggregate_records(clean)
-    meta = index_metadata(metadata)
-    if not (agg["metric"] == GROUND_TRUTH).any():
-        raise RecordsError(
-            f"records: no '{GROUND_TRUTH}' rows; regret needs the fine-tune test accuracy of the "
-            f"pool's models (metrics present: {sorted(agg['metric'].unique().tolist())})"
-        )
-    truth = pivot_metric(agg, GROUND_TRUTH)
-    members = resolve_pool(pool, agg["model"].unique().tolist(), meta, pools, pool_models)
-    view = _PoolView(truth, members)
-    tasks, task_pool, task_accs = view.tasks, view.task_pool, view.task_accs
-    if not tasks:
-        raise RecordsError(
-            f"pool {pool!r}: none of its {len(members)} model(s) {members[:_LISTED]} has a "
-            f"'{GROUND_TRUTH}' on any task; check the pool's model names against the records"
-        )
-    with_results = {m for t in tasks for m in task_pool[t]}
-    budgets = list(range(1, min(max_budget, max(len(v) for v in task_pool.values())) + 1))
-
-    if task_groups is not None and not isinstance(task_groups, Mapping):
-        raise TypeError(f"task_groups must map task -> group, got {type(task_groups).__name__}")
-    groups: dict[str, str | None] = {t: (task_groups or {}).get(t) for t in tasks}
-    group_names = sorted({g for g in groups.values() if g is not None})
-
-    proxies = list_proxy_metrics(agg)
-    scores = {m: pivot_metric(agg, m) for m in proxies}
-    scores[GROUND_TRUTH] = truth
-    scores.update(predicted)
-    scores.update(ranked)
-    names = (list(strategies) if strategies is not None
-             else list_strategies(proxies, [*predicted, *ranked]))
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"strategies: {duplicates} listed more than once; list each strategy once")
-    built, seconds = {}, {}
-    for name in names:  # timed: the learned strategies fit here (choicenet_records)
-        start = time.perf_counter()
-        built[name] = create_strategy(name, scores, meta, tie_tolerance=tie_tolerance)
-        seconds[name] = time.perf_counter() - start
-    scored = score_strategies(built, tasks, task_pool, task_accs, budgets)
-    b_keys = [str(b) for b in budgets]
-
-    def summary(per_task_by_b: list[dict[str, float]]) -> dict[str, Any]:
-        return {b: {"mean": _mean(list(per_task_by_b[k].values())), "per_task": per_task_by_b[k],
-                    "per_group": {g: _mean([per_task_by_b[k][t] for t in tasks if groups[t] == g])
-                                  for g in group_names}}
-                for k, b in enumerate(b_keys)}
-
-    def shape(measure: str) -> dict[str, Any]:
-        return {name: summary([{t: float(getattr(scored[name][t], measure)[k]) for t in tasks}
-                               for k in range(len(budgets))]) for name in names}
-
-    zero = {name: {t: scored[name][t].zero() for t in tasks} for name in names}
-    zero_budget = {name: {t: next((budgets[k] for k, z in enumerate(zero[name][t]) if z), None)
-                          for t in tasks} for name in names}
-    zero_fraction = {name: {b: float(np.mean([zero[name][t][k] for t in tasks]))
-                            for k, b in enumerate(b_keys)} for name in names}
-    accs = {t: dict(zip(task_pool[t], task_accs[t].tolist())) for t in tasks}
-    zero_full = {name: {t: full_zero_regret_budget(scored[name][t], accs[t]) for t in tasks}
-                 for name in names}
-    rel_deltas, lo_deltas = strategy_deltas(scored, delta_pairs(names, proxies), tasks,
-                                            len(budgets), log_odds_eps)
-
-    truth_rows = clean[clean["metric"] == GROUND_TRUTH]
-    reps = {key: g.to_numpy(dtype=float)
-            for key, g in truth_rows.groupby(["model", "task"])["value"]}
-    strategies_out = shape("relative")
-    noise = noise_section(tasks, task_pool, task_accs,
-                          {n: {t: scored[n][t].groups for t in tasks} for n in names}, budgets,
-                          strategies_out, reps, test_results, noise_draws, noise_seed)
-    agreement, proxy_scores = _agreement(scores, proxies, view)
-    choicenet = {v: _empty_choicenet(tasks) for v in CHOICENET_VERSIONS}
-    for name, table in [*predicted.items(), *ranked.items()]:
-        if name.startswith("choicenet"):
-            block = _prediction_summary(view.values(table), task_accs, tasks)
-            if name in ranked:  # ranking scores, not accuracies: no squared error
-                block.update(mse=None, per_task_mse={t: None for t in tasks})
-            choicenet[_choicenet_key(name)] = block
-    for name in names:  # the records learners rank by scores: rank agreement, no squared error
-        if is_records_learner(name) and isinstance(built[name], ScoreStrategy):
-            block = _prediction_summary(view.values(built[name].table), task_accs, tasks)
-            choicenet[name] = {**block, "mse": None, "per_task_mse": {t: None for t in tasks}}
-    v1_mse, v2_mse = choicenet["v1"]["mse"], choicenet["v2"]["mse"]
-    both = v1_mse is not None and v2_mse is not None and v1_mse > 0
-    claim = {"claim": "the ChoiceNet study: v2 cuts v1's MSE by 80%", "v1_mse": v1_mse,
-             "v2_mse": v2_mse, "reduction": 1 - v2_mse / v1_mse if both else None,
-             "reproduced": bool(v2_mse <= 0.2 * v1_mse) if both else None,
-             "same_direction": bool(v2_mse < v1_mse) if both else None}
-    return {
-        "pool": pool,
-        "models": members,
-        "models_without_results": [m for m in members if m not in with_results],
-        "tasks": tasks,
-        "task_groups": groups,
-        "skipped_tasks": view.skipped,
-        "budgets": budgets,
-        "strategy_order": names,
-        "tie_tolerance": tie_tolerance,
-        "strategies": strategies_out,
-        "absolute": shape("absolute"),
-        "log_odds": shape("log_odds"),
-        "deltas": {k: summary(v) for k, v in rel_deltas.items()},
-        "log_odds_deltas": {k: summary(v) for k, v in lo_deltas.items()},
-        "zero_regret_budget": zero_budget,
-        "zero_regret_budget_full": zero_full,
-        "zero_regret_fraction": zero_fraction,
-        "appendix_g": _appendix_g(built, truth, pool, members, pools, proxies),
-        **agreement,
-        "proxy_coverage": _coverage(proxy_scores, proxies, task_pool, proxy_notes or {}),
-        "proxy_scores": proxy_scores,
-        "choicenet": choicenet,
-        "choicenet_study_claim": claim,
-        "picks": {name: {t: picks(scored[name][t], max_budget) for t in tasks} for name in names},
-        "finetune_test_acc": accs,
-        "best_model": {t: task_pool[t][int(np.argmax(task_accs[t]))] for t in tasks},
-        **({"strategy_seconds": seconds} if timings else {}),
-        **noise,
-    }
-
-
-class _PoolView:
+class PoolView:
     """A pool's models on the records' tasks: each task's pool (the models with a result) and
     their accuracies, as float matrices (no per-cell pandas lookups)."""
 
@@ -351,46 +193,259 @@ class _PoolView:
         return {t: m[self.rows[t], self.col[t]] for t in self.tasks}
 
 
-def _agreement(scores: Mapping[str, pd.DataFrame], proxies: list[str], view: _PoolView):
+@dataclass
+class ReportInputs:
+    """The validated inputs of one report: what every stage reads."""
+
+    clean: pd.DataFrame  # validated records (repetitions kept)
+    meta: pd.DataFrame | None  # metadata indexed by model
+    truth: pd.DataFrame  # fine-tune test accuracy, index model, columns task (median)
+    members: list[str]  # the pool's models
+    view: PoolView  # each task's pool and accuracies
+    budgets: list[int]
+    groups: dict[str, str | None]  # task -> group
+    proxies: list[str]  # proxy metrics present
+    scores: dict[str, pd.DataFrame]  # metric or strategy name -> table (proxies, truth, learned)
+    predicted: dict[str, pd.DataFrame]  # predicted-accuracy tables
+    ranked: dict[str, pd.DataFrame]  # ranking-score tables
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.view.tasks
+
+
+def check_tables(tables: Mapping[str, pd.DataFrame] | None, accuracies: bool = True
+                 ) -> dict[str, pd.DataFrame]:
+    """Predicted-accuracy tables: index model, columns task, values in [0, 1] or NaN (with
+    ``accuracies=False``: ranking scores, any real number or NaN)."""
+    if tables is None:
+        return {}
+    what = "predictions" if accuracies else "rankings"
+    if not isinstance(tables, Mapping):
+        raise InputError(f"{what} must map a strategy name (e.g. 'choicenet_v1') to a table "
+                         f"(index model, columns task); got {type(tables).__name__}")
+    out = {}
+    for name, table in tables.items():
+        check_predicted_name(name)
+        if not isinstance(table, pd.DataFrame):
+            raise InputError(f"{what}[{name!r}]: expected a pandas DataFrame (index model, "
+                             f"columns task), got {type(table).__name__}")
+        if table.index.has_duplicates or table.columns.has_duplicates:
+            raise InputError(f"{what}[{name!r}]: duplicate model or task labels; one row per "
+                             "model, one column per task")
+        values = table.apply(pd.to_numeric, errors="coerce").astype(float)
+        if accuracies:
+            check_accuracies(values.to_numpy(), f"{what}[{name!r}]",
+                             lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
+        elif np.isinf(values.to_numpy()).any():
+            raise InputError(f"{what}[{name!r}]: infinite scores; use finite numbers or NaN")
+        values.index = values.index.astype(str)
+        values.columns = values.columns.astype(str)
+        out[name] = values
+    return out
+
+
+def prepare_inputs(records: pd.DataFrame, metadata: pd.DataFrame | None, s: ReportSettings,
+                   predictions: Mapping[str, pd.DataFrame] | None = None,
+                   rankings: Mapping[str, pd.DataFrame] | None = None) -> ReportInputs:
+    """Validate the records and tables, aggregate repetitions (median), resolve the pool and each
+    task's pool (the pool's models with a result), and the budgets."""
+    predicted, ranked = check_tables(predictions), check_tables(rankings, accuracies=False)
+    clean = validate_records(records, source="records")
+    agg = aggregate_records(clean)
+    meta = index_metadata(metadata)
+    if not (agg["metric"] == GROUND_TRUTH).any():
+        raise RecordsError(
+            f"records: no '{GROUND_TRUTH}' rows; regret needs the fine-tune test accuracy of the "
+            f"pool's models (metrics present: {sorted(agg['metric'].unique().tolist())})")
+    truth = pivot_metric(agg, GROUND_TRUTH)
+    members = resolve_pool(s.pool, agg["model"].unique().tolist(), meta, s.pools, s.pool_models)
+    view = PoolView(truth, members)
+    if not view.tasks:
+        raise RecordsError(
+            f"pool {s.pool!r}: none of its {len(members)} model(s) {members[:_LISTED]} has a "
+            f"'{GROUND_TRUTH}' on any task; check the pool's model names against the records")
+    largest = max(len(v) for v in view.task_pool.values())
+    proxies = list_proxy_metrics(agg)
+    scores = {m: pivot_metric(agg, m) for m in proxies}
+    scores[GROUND_TRUTH] = truth
+    scores.update(predicted)
+    scores.update(ranked)
+    return ReportInputs(clean, meta, truth, members, view,
+                        list(range(1, min(s.max_budget, largest) + 1)),
+                        {t: (s.task_groups or {}).get(t) for t in view.tasks}, proxies, scores,
+                        predicted, ranked)
+
+
+def build_strategies(inputs: ReportInputs, s: ReportSettings
+                     ) -> tuple[list[str], dict[str, Strategy], dict[str, float]]:
+    """(names, strategies, seconds to build each): the learned ones fit here."""
+    names = (list(s.strategies) if s.strategies is not None
+             else list_strategies(inputs.proxies, [*inputs.predicted, *inputs.ranked]))
+    built, seconds = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        built[name] = create_strategy(name, inputs.scores, inputs.meta,
+                                      tie_tolerance=s.tie_tolerance)
+        seconds[name] = time.perf_counter() - start
+    return names, built, seconds
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(inputs: ReportInputs, per_task_by_b: list[dict[str, float]]) -> dict[str, Any]:
+    """``{"B": {mean, per_task, per_group}}`` of per-task values at each budget."""
+    group_names = sorted({g for g in inputs.groups.values() if g is not None})
+    return {str(b): {"mean": _mean(list(per_task_by_b[k].values())), "per_task": per_task_by_b[k],
+                     "per_group": {g: _mean([per_task_by_b[k][t] for t in inputs.tasks
+                                             if inputs.groups[t] == g]) for g in group_names}}
+            for k, b in enumerate(inputs.budgets)}
+
+
+def regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, Scored]],
+                   names: list[str], s: ReportSettings) -> dict[str, Any]:
+    """Relative, absolute and log-odds regret of every strategy, and the deltas."""
+    def shape(measure: str) -> dict[str, Any]:
+        return {n: summarise(inputs, [{t: float(getattr(scored[n][t], measure)[k])
+                                       for t in inputs.tasks}
+                                      for k in range(len(inputs.budgets))]) for n in names}
+
+    rel, lo = strategy_deltas(scored, delta_pairs(names, inputs.proxies), inputs.tasks,
+                              len(inputs.budgets), s.log_odds_eps)
+    return {"strategies": shape("relative"), "absolute": shape("absolute"),
+            "log_odds": shape("log_odds"),
+            "deltas": {k: summarise(inputs, v) for k, v in rel.items()},
+            "log_odds_deltas": {k: summarise(inputs, v) for k, v in lo.items()}}
+
+
+def zero_regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, Scored]],
+                        names: list[str]) -> dict[str, Any]:
+    """The smallest zero-regret budget (reported budgets; the whole pool) and Figure 7's
+    fraction of tasks at zero regret."""
+    tasks, budgets = inputs.tasks, inputs.budgets
+    zero = {n: {t: scored[n][t].zero() for t in tasks} for n in names}
+    accs = task_accuracies(inputs)
+    return {
+        "zero_regret_budget": {n: {t: next((budgets[k] for k, z in enumerate(zero[n][t]) if z),
+                                           None) for t in tasks} for n in names},
+        "zero_regret_budget_full": {n: {t: full_zero_regret_budget(scored[n][t], accs[t])
+                                        for t in tasks} for n in names},
+        "zero_regret_fraction": {n: {str(b): float(np.mean([zero[n][t][k] for t in tasks]))
+                                     for k, b in enumerate(budgets)} for n in names},
+    }
+
+
+def task_accuracies(inputs: ReportInputs) -> dict[str, dict[str, float]]:
+    view = inputs.view
+    return {t: dict(zip(view.task_pool[t], view.task_accs[t].tolist())) for t in view.tasks}
+
+
+def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, *,
+                   settings: ReportSettings | None = None,
+                   predictions: Mapping[str, pd.DataFrame] | None = None,
+                   rankings: Mapping[str, pd.DataFrame] | None = None,
+                   test_results: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """Regret of each strategy on each task of the pool for budgets B = 1 .. min(max_budget,
+    pool size): the JSON-serialisable dict of the module docstring.
+
+    ``records`` are validated and repeated rows aggregated by median. ``settings`` (or its fields
+    as keywords, :class:`ReportSettings`) say which pool and how. The pool's models are
+    ``pool_models`` if given, else ``pools[pool]`` (named lists), else every model of the records
+    for ``pool="all"``, else the models whose metadata ``pools`` field names ``pool``
+    (:func:`selection.pools.resolve_pool`). Per task, the pool is the pool's models with a
+    ``finetune_test_acc`` for that task; tasks with none are listed under ``skipped_tasks``.
+    ``predictions`` maps a strategy name (``choicenet_v1``, ``nearest_task`` ...) to predicted
+    accuracies (index model, columns task, NaN where none); ``rankings`` to ranking scores.
+    Appendix G's table is computed for the pool and every named pool of ``pools``.
+    ``test_results[task][model]``: per-example test results (repetitions, examples; 1 where
+    right) for the noise keys (:mod:`selection.noise`); repeated ``finetune_test_acc`` rows count
+    as repetitions.
+    """
+    s = ReportSettings.of(settings, **overrides)
+    inputs = prepare_inputs(records, metadata, s, predictions, rankings)
+    names, built, seconds = build_strategies(inputs, s)
+    view, tasks = inputs.view, inputs.tasks
+    scored = score_strategies(built, tasks, view.task_pool, view.task_accs, inputs.budgets)
+    regret = regret_section(inputs, scored, names, s)
+    truth_rows = inputs.clean[inputs.clean["metric"] == GROUND_TRUTH]
+    reps = {key: g.to_numpy(dtype=float)
+            for key, g in truth_rows.groupby(["model", "task"])["value"]}
+    noise = noise_section(tasks, view.task_pool, view.task_accs,
+                          {n: {t: scored[n][t].groups for t in tasks} for n in names},
+                          inputs.budgets, regret["strategies"], reps, test_results,
+                          s.noise_draws, s.noise_seed)
+    agreement, proxy_scores = agreement_section(inputs)
+    with_results = {m for t in tasks for m in view.task_pool[t]}
+    return {
+        "pool": s.pool,
+        "models": inputs.members,
+        "models_without_results": [m for m in inputs.members if m not in with_results],
+        "tasks": tasks,
+        "task_groups": inputs.groups,
+        "skipped_tasks": view.skipped,
+        "budgets": inputs.budgets,
+        "strategy_order": names,
+        "tie_tolerance": s.tie_tolerance,
+        **regret,
+        **zero_regret_section(inputs, scored, names),
+        "appendix_g": appendix_g(built, inputs, s),
+        **agreement,
+        "proxy_coverage": coverage(proxy_scores, inputs, s.proxy_notes or {}),
+        "proxy_scores": proxy_scores,
+        "choicenet": learned_section(inputs, names, built),
+        "picks": {n: {t: picks(scored[n][t], s.max_budget) for t in tasks} for n in names},
+        "finetune_test_acc": task_accuracies(inputs),
+        "best_model": {t: view.task_pool[t][int(np.argmax(view.task_accs[t]))] for t in tasks},
+        **({"strategy_seconds": seconds} if s.timings else {}),
+        **noise,
+    }
+
+
+def agreement_section(inputs: ReportInputs):
     """Rank agreement of each proxy with the fine-tune accuracy per task, and the scores."""
+    view = inputs.view
     out: dict[str, dict[str, dict[str, float | None]]] = {
         "weighted_tau": {}, "weighted_tau_scipy_default": {}, "pearson": {}}
     proxy_scores: dict[str, dict[str, dict[str, float]]] = {}
-    for p in proxies:
-        values = view.values(scores[p])
+    for p in inputs.proxies:
+        values = view.values(inputs.scores[p])
         for key in out:
             out[key][p] = {}
         proxy_scores[p] = {}
         for t in view.tasks:
-            a, s = view.task_accs[t], values[t]
-            out["weighted_tau"][p][t] = weighted_tau(a, s)
-            out["weighted_tau_scipy_default"][p][t] = weighted_tau_scipy_default(a, s)
-            out["pearson"][p][t] = pearson(a, s)
-            proxy_scores[p][t] = {m: float(v) for m, v in zip(view.task_pool[t], s.tolist())
+            a, sc = view.task_accs[t], values[t]
+            out["weighted_tau"][p][t] = weighted_tau(a, sc)
+            out["weighted_tau_scipy_default"][p][t] = weighted_tau_scipy_default(a, sc)
+            out["pearson"][p][t] = pearson(a, sc)
+            proxy_scores[p][t] = {m: float(v) for m, v in zip(view.task_pool[t], sc.tolist())
                                   if math.isfinite(v)}
     return out, proxy_scores
 
 
-def _coverage(proxy_scores, proxies, task_pool, notes: Mapping[str, str]) -> dict[str, Any]:
+def coverage(proxy_scores, inputs: ReportInputs, notes: Mapping[str, str]) -> dict[str, Any]:
     """Pairs with a score of each proxy, and why there may be none (a NaN is no score)."""
     out = {}
-    for p in proxies:
+    task_pool = inputs.view.task_pool
+    total = sum(len(v) for v in task_pool.values())
+    for p in inputs.proxies:
         have = sum(len(proxy_scores[p][t]) for t in task_pool)
-        total = sum(len(v) for v in task_pool.values())
         out[p] = {"pairs": have, "of": total,
                   "note": notes.get(p.removeprefix("proxy/")) if have < total else None}
     return out
 
 
-def _appendix_g(built, truth: pd.DataFrame, pool: str, members: list[str], pools: Pools | None,
-                proxies: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+def appendix_g(built: Mapping[str, Strategy], inputs: ReportInputs, s: ReportSettings
+               ) -> dict[str, dict[str, dict[str, int]]]:
     """Appendix G's table: per pool and task, the smallest zero-regret budget over the whole pool
     of the task-agnostic oracle, each proxy and task-agnostic (``per_task_best`` is always 1)."""
-    wanted = [n for n in ("task_agnostic_oracle", *proxies, "task_agnostic") if n in built]
-    named = {pool: members, **{k: sorted(v) for k, v in (pools or {}).items()}}
+    wanted = [n for n in ("task_agnostic_oracle", *inputs.proxies, "task_agnostic") if n in built]
+    named = {s.pool: inputs.members, **{k: sorted(v) for k, v in (s.pools or {}).items()}}
     out = {}
     for name, models in named.items():
-        view = _PoolView(truth, [m for m in models if m in truth.index])
+        view = PoolView(inputs.truth, [m for m in models if m in inputs.truth.index])
         if not view.tasks:
             continue
         scored = score_strategies({n: built[n] for n in wanted}, view.tasks, view.task_pool,
@@ -399,21 +454,6 @@ def _appendix_g(built, truth: pd.DataFrame, pool: str, members: list[str], pools
                             scored[n][t], dict(zip(view.task_pool[t], view.task_accs[t].tolist())))
                          for n in wanted} for t in view.tasks}
     return out
-
-
-def _prediction_summary(pred: dict[str, np.ndarray], accs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, Any]:
-    """MSE (overall and per task) and rank agreement of predicted with fine-tune accuracy."""
-    errors, per_task = [], {}
-    for t in tasks:
-        known = np.isfinite(pred[t])
-        sq = (pred[t][known] - accs[t][known]) ** 2
-        errors.append(sq)
-        per_task[t] = float(sq.mean()) if sq.size else None
-    every = np.concatenate(errors) if errors else np.zeros(0)
-    return {"mse": float(every.mean()) if every.size else None, "n_pairs": int(every.size),
-            "per_task_mse": per_task,
-            "weighted_tau": {t: weighted_tau(accs[t], pred[t]) for t in tasks},
-            "pearson": {t: pearson(accs[t], pred[t]) for t in tasks}}
 
 
 def prediction_mse(predictions: pd.DataFrame, targets: pd.DataFrame) -> float | None:

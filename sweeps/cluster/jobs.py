@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sweeps.cluster.node_secrets import DEFAULT_PATH, ENV, WORKER_SETUP_HOOK, is_secret
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 
 # Variables a sweep needs on the cluster, passed from the submitter's environment when set,
 # except the secrets among them (is_secret: never in the runtime env; the nodes' secrets file).

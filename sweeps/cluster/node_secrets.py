@@ -27,7 +27,7 @@ import stat
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from sweeps.config import WhichModelError
+from whichmodel.errors import WhichModelError
 
 ENV = "WHICHMODEL_SECRETS_FILE"
 DEFAULT_PATH = "~/.whichmodel/secrets.env"

@@ -34,7 +34,6 @@ from typing import Any
 
 import pandas as pd
 
-from sweeps.config import WhichModelError
 from sweeps.plan import pair_key
 from sweeps.tracking.spool import Spool
 from sweeps.tracking.ui import (
@@ -43,6 +42,7 @@ from sweeps.tracking.ui import (
     log_task_dataset,
     sqlite_write_ahead,
 )
+from whichmodel.errors import WhichModelError
 from whichmodel.uri import redact_uri
 
 # Finetune runs log val/acc and test/acc (and the same under the records format's names,

@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import WhichModelError
 from sweeps.plan import PROTOCOLS, Job, Plan, pair_key
 from sweeps.refs import model_pools, task_group
 from sweeps.tracking.client import Tracker
+from whichmodel.errors import WhichModelError
 from whichmodel.uri import redact_uri
 
 

@@ -20,9 +20,9 @@ from sweeps.cluster.jobs import (
     resolve_address,
     withheld_secrets,
 )
-from sweeps.config import WhichModelError
 from tests.cluster.raycluster import free_port
 from tests.tiny import ZOO, sweep
+from whichmodel.errors import WhichModelError
 
 pytestmark = pytest.mark.cluster
 
