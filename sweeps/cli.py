@@ -205,7 +205,7 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
 
     if fmt and output == "-":
         from selection.report.files import write_report
-        from selection.report.text import format_markdown
+        from selection.report.sections import format_markdown
 
         write_report(report, out_dir)
         text = {"json": lambda: json.dumps(report, indent=2, sort_keys=True),

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from selection.records import GROUND_TRUTH
+from selection.report.tables import number
 from sweeps.learned import LEARNED, check_learnable, learned_table
 from whichmodel.errors import WhichModelError
 
@@ -40,10 +41,6 @@ DEFAULT_STRATEGY = "hybrid:proxy/linear"
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 WIDTH = 100
 _SHOWN_PROXIES = 3  # proxy columns in the text ranking (the JSON has them all)
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _seconds(value: float | None) -> str:
@@ -72,8 +69,8 @@ def format_decision(d: dict[str, Any]) -> str:
         tie = "=" if row["tie_group"] == previous else " "
         previous = row["tie_group"]
         pick = "*" if row["model"] in d["picks"] else " "
-        cells = "".join(f"  {_num(row['proxies'].get(p)):>14}" for p in shown)
-        lines.append(f"{i:>3}{tie}{pick} {row['model']:<{width}}  {_num(row['score']):>8}{cells}"[:WIDTH])
+        cells = "".join(f"  {number(row['proxies'].get(p)):>14}" for p in shown)
+        lines.append(f"{i:>3}{tie}{pick} {row['model']:<{width}}  {number(row['score']):>8}{cells}"[:WIDTH])
     lines.append("(* picked; = tied with the row above: ties in the order of their names)")
     if d["strategy"].startswith("hybrid:"):
         lines.append("(the hybrid: 1 is task-agnostic's pick, then the proxy's order)")
@@ -83,11 +80,11 @@ def format_decision(d: dict[str, Any]) -> str:
     if d["finetuned"]:
         lines.append("fine-tuned:")
         for m, r in d["finetuned"].items():
-            lines.append(f"  {m:<{width}}  val {_num(r['val_acc'])}  test {_num(r['test_acc'])}  "
+            lines.append(f"  {m:<{width}}  val {number(r['val_acc'])}  test {number(r['test_acc'])}  "
                          f"({_seconds(r.get('seconds'))})")
         w = d["winner"]
-        lines.append(f"winner: {w['model']} (best validation accuracy {_num(w['val_acc'])}; test "
-                     f"accuracy {_num(w['test_acc'])})")
+        lines.append(f"winner: {w['model']} (best validation accuracy {number(w['val_acc'])}; test "
+                     f"accuracy {number(w['test_acc'])})")
     else:
         lines.append(f"picks (not fine-tuned: --no-finetune): {', '.join(d['picks'])}")
     c = d["cost"]

@@ -115,19 +115,10 @@ def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=No
 
 
 def results_table(report: dict[str, Any], width: int | None = None) -> str:
-    """Fine-tune test accuracy per model and task, best per task marked with *; with ``width``
-    split into blocks of tasks no wider than that."""
+    """Fine-tune test accuracy per model and task (:func:`selection.report.text.accuracy_table`),
+    best per task marked with *; with ``width`` split into blocks of tasks no wider than that."""
     from selection.report.tables import fit_table
+    from selection.report.text import accuracy_table
 
-    acc = report["finetune_test_acc"]
-    tasks = report["tasks"]
-    models = sorted({m for t in tasks for m in acc.get(t, {})})
-    rows = []
-    for m in models:
-        cells = []
-        for t in tasks:
-            v = acc.get(t, {}).get(m)
-            best = v is not None and v == max(acc[t].values())
-            cells.append("-" if v is None else f"{v:.3f}" + ("*" if best else " "))
-        rows.append([m, *cells])
-    return fit_table(["model", *tasks], rows, 1, width or 10_000)
+    header, rows = accuracy_table(report, 3, lambda text: text + "*", lambda text: text + " ")
+    return fit_table(header, rows, 1, width or 10_000)

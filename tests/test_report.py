@@ -24,7 +24,8 @@ from selection.records import (
 from selection.report import plots as report_plots
 from selection.report.compute import compute_report
 from selection.report.files import write_report
-from selection.report.text import format_markdown, format_table
+from selection.report.sections import format_markdown
+from selection.report.text import format_table
 
 ACC = {  # finetune_test_acc; c has no value on t3 (a missing pair); t4 is all 1.0
     "t1": {"a": 0.9, "b": 0.8, "c": 0.7},
@@ -290,8 +291,10 @@ def test_format_markdown_has_regret_and_bold_best_accuracy(report):
     assert ("| group | task | task_agnostic | proxy/linear | hybrid:proxy/linear | "
             "task_agnostic_oracle | task_agnostic_oracle_loto | choicenet_records | per_task_best | "
             "random |") in md
-    assert "| a | **0.9000** | 0.5000 | **0.7000** | **1.0000** |" in md
-    assert "| c | 0.7000 | 0.4000 | - | **1.0000** |" in md
+    # tasks in the report's grouped order (t1, t2, t4 grouped; then t3), as report.html has them
+    assert "| model | t1 | t2 | t4 | t3 |" in md
+    assert "| a | **0.9000** | 0.5000 | **1.0000** | **0.7000** |" in md
+    assert "| c | 0.7000 | 0.4000 | **1.0000** | - |" in md
 
 
 def test_write_report_writes_every_file_and_json_round_trips(report, tmp_path):

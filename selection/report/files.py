@@ -17,7 +17,8 @@ from typing import Any
 
 from selection.report import plots as report_plots
 from selection.report.html import render_html
-from selection.report.text import format_appendix_g, format_markdown, render_appendix_g_csv, render_csv
+from selection.report.sections import format_appendix_g, format_markdown
+from selection.report.text import render_appendix_g_csv, render_csv
 from whichmodel.files import atomic_write
 
 REPORT_FILES = {"html": "report.html", "md": "regret.md", "csv": "regret.csv",
@@ -53,7 +54,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
 
     - ``html``: ``report.html``, the whole report on one self-contained page
       (:func:`selection.report.html.render_html`, the figures embedded);
-    - ``md``: ``regret.md`` (:func:`selection.report.text.format_markdown`);
+    - ``md``: ``regret.md`` (:func:`selection.report.sections.format_markdown`);
     - ``csv``: ``regret.csv``, long ``strategy,budget,task,group,relative_regret,log_odds_regret``
       with task ``mean`` rows for each group (group = its name) and overall (group empty);
     - ``json``: ``regret.json``, ``json.dumps(report, indent=2, sort_keys=True)``;

@@ -16,8 +16,9 @@ from typing import Any
 
 from selection.records import GROUND_TRUTH
 from selection.report.leaderboard import group_lines, leaderboard_rows, ranked
-from selection.report.noise_text import WITHIN, has_noise, task_rows
-from selection.report.text import appendix_g_columns, ordered_tasks
+from selection.report.noise_text import WITHIN, has_noise
+from selection.report.sections import Section, accuracy_section, appendix_g_sections, noise_floor
+from selection.report.tables import number
 
 #: figure file -> caption, in the page's order
 FIGURES = {
@@ -79,10 +80,6 @@ def _leaderboard(report: Mapping[str, Any]) -> str:
     return table(header, cells, 2, classes)
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _group_tables(report: Mapping[str, Any]) -> list[str]:
     groups = report.get("task_groups") or {}
     names = sorted({g for g in groups.values() if g})
@@ -93,36 +90,29 @@ def _group_tables(report: Mapping[str, Any]) -> list[str]:
         tasks = [t for t in report["tasks"] if groups.get(t) == g]
         at_b1 = {n: report["strategies"][n]["1"]["per_group"].get(g) for n in order}
         by_b1 = sorted(order, key=lambda n: (at_b1[n] is None, at_b1[n] or 0.0))  # stable
-        rows = [[_e(n), *(_fmt(report["strategies"][n][b]["per_group"].get(g)) for b in budgets)]
+        rows = [[_e(n), *(number(report["strategies"][n][b]["per_group"].get(g)) for b in budgets)]
                 for n in by_b1]
         parts += [f"<h3>{_e(g)} ({len(tasks)} tasks: {_e(', '.join(tasks))})</h3>",
                   table(["strategy", *(f"B = {b}" for b in budgets)], rows)]
     return parts
 
 
-def _appendix_g(report: Mapping[str, Any]) -> list[str]:
-    tables = report.get("appendix_g") or {}
-    parts = []
-    columns = appendix_g_columns(report)
-    for pool, by_task in tables.items():
-        rows = [[_e(t), *(_e(by_task[t].get(c, "-")) for c in columns)] for t in by_task]
-        parts += [f"<h3>pool <code>{_e(pool)}</code></h3>", table(["task", *columns], rows)]
-    return parts
+def section_html(section: Section, raw: bool = False) -> list[str]:
+    """A :class:`~selection.report.sections.Section` as a heading, paragraphs and a table;
+    ``raw``: the cells are HTML already (escaped where they were built)."""
+    tag = f"h{max(2, section.level)}"
+    out = [f"<{tag}>{_inline(section.title)}</{tag}>"] if section.title else []
+    out += [f"<p>{_inline(p)}</p>" for p in section.text]
+    if section.header is not None:
+        rows = section.rows if raw else [[_e(c) for c in r] for r in section.rows]
+        out.append(table(section.header, rows, section.n_labels))
+    return out
 
 
-def _accuracy(report: Mapping[str, Any]) -> str:
-    acc = report["finetune_test_acc"]
-    tasks = ordered_tasks(report)
-    models = sorted({m for t in tasks for m in acc[t]})
-    rows = []
-    for m in models:
-        row = [_e(m)]
-        for t in tasks:
-            v = acc[t].get(m)
-            text = _fmt(v)
-            row.append(f"<b>{text}</b>" if v is not None and v == max(acc[t].values()) else text)
-        rows.append(row)
-    return table(["model", *tasks], rows)
+def _inline(text: str) -> str:
+    """Markdown's inline code (`x`) as <code>, the rest escaped."""
+    parts = _e(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _figure(name: str, png: bytes) -> str:
@@ -161,17 +151,18 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         *(_figure(name, figures[name]) for name in FIGURES if name in figures),
     ]
     if report.get("appendix_g"):
-        parts += ["<h2>Smallest budget with zero regret over the whole pool (Appendix G)</h2>",
-                  *_appendix_g(report)]
-    parts += [f"<h2>Fine-tune test accuracy (<code>{GROUND_TRUTH}</code>; best per task in "
-              "bold)</h2>", _accuracy(report)]
+        parts += ["<h2>Smallest budget with zero regret over the whole pool (Appendix G)</h2>"]
+        for section in appendix_g_sections(report):
+            parts += section_html(section)
+    parts += section_html(accuracy_section(report, 3, lambda text: f"<b>{_e(text)}</b>", _e),
+                          raw=True)
     if noisy:
-        header, rows = task_rows(report)
-        parts += ["<h2>Noise floor of the ground truth per task</h2>",
-                  "<p><i>p_best</i>: the probability that the observed best model is the task's "
-                  "best under resampling; <i>noise floor</i>: the expected relative regret of "
-                  "the observed best model from measurement noise alone.</p>",
-                  table(header, [[_e(c) for c in r] for r in rows], 2)]
+        floor = noise_floor(report)
+        floor.text = ["<i>p_best</i>: the probability that the observed best model is the task's "
+                      "best under resampling; <i>noise floor</i>: the expected relative regret of "
+                      "the observed best model from measurement noise alone."]
+        parts += [f"<h2>{_inline(floor.title)}</h2>", f"<p>{floor.text[0]}</p>",
+                  table(floor.header, [[_e(c) for c in r] for r in floor.rows], 2)]
     if report.get("skipped_tasks"):
         parts.append(f"<p>Skipped tasks (no <code>{GROUND_TRUTH}</code> in the pool): "
                      f"{_e(', '.join(report['skipped_tasks']))}.</p>")

@@ -7,6 +7,7 @@ the terminal into blocks of columns, each repeating the label columns.
 
 from __future__ import annotations
 
+import math
 import shutil
 
 WIDTH = 100  # the default report's widest line
@@ -16,6 +17,16 @@ def terminal_width(cap: int | None = WIDTH) -> int:
     """The terminal's width (``COLUMNS``, else the tty's, else 100), at most ``cap``."""
     columns = shutil.get_terminal_size((WIDTH, 24)).columns
     return max(40, min(columns, cap) if cap else columns)
+
+
+def number(value: object, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or ``-`` where there is none (None, NaN, inf, not a
+    number): every table's empty cell."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    return f"{v:.{digits}f}" if math.isfinite(v) else "-"
 
 
 def clip(text: str, width: int) -> str:

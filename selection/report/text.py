@@ -1,8 +1,9 @@
-"""The regret report as text: terminal tables, Markdown and CSV.
+"""The regret report as text: terminal tables and CSV, and the rows every output shares.
 
-Each function reads the dict of :func:`selection.report.compute.compute_report` (documented there) and
-returns a string: :func:`format_table` for a terminal, :func:`format_markdown` for ``regret.md``,
-:func:`render_csv` for ``regret.csv``. Rows are the tasks grouped by task group, each group
+Each function reads the dict of :func:`selection.report.compute.compute_report` (documented
+there): :func:`format_table` for a terminal, :func:`render_csv` for ``regret.csv``,
+:func:`accuracy_table` and :func:`regret_rows` for every renderer (Markdown and HTML are built
+from :mod:`selection.report.sections`). Rows are the tasks grouped by task group, each group
 followed by its ``mean`` row, then the ungrouped tasks and the overall ``mean``
 (:func:`report_rows`); columns follow :func:`strategy_order`. The figures read the same order
 (:mod:`selection.report.plots`).
@@ -14,14 +15,14 @@ import csv
 import io
 import math
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from selection.records import GROUND_TRUTH
-from selection.report.noise_text import has_noise, interval_rows, legend, mark_cell, task_rows
-from selection.report.tables import fit_table
+from selection.report.noise_text import has_noise, interval_rows, mark_cell, task_rows
+from selection.report.tables import fit_table, number
 
 CSV_COLUMNS = ("strategy", "budget", "task", "group", "relative_regret", "absolute_regret",
                "log_odds_regret")
@@ -33,7 +34,7 @@ def strategy_order(report: Mapping[str, Any]) -> list[str]:
     return list(report.get("strategy_order") or report["strategies"])
 
 
-def _check_budget(report: Mapping[str, Any], budget: int | None) -> list[int]:
+def check_budget(report: Mapping[str, Any], budget: int | None) -> list[int]:
     budgets = [int(b) for b in report["budgets"]]
     if budget is None:
         return budgets
@@ -67,21 +68,14 @@ def _cell(block: Mapping[str, Any], kind: str, key: str | None) -> float | None:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None or not _finite(value) else f"{value:.{digits}f}"
-
-
-def _finite(value: object) -> bool:
-    try:
-        return math.isfinite(float(value))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
+    return number(value, digits)
 
 
 def _has_groups(report: Mapping[str, Any]) -> bool:
     return any(g is not None for g in (report.get("task_groups") or {}).values())
 
 
-def _regret_rows(report: Mapping[str, Any], budget: int,
+def regret_rows(report: Mapping[str, Any], budget: int,
                  which: str = "strategies") -> tuple[list[str], list[list[str]]]:
     names = strategy_order(report)
     grouped = _has_groups(report)
@@ -105,8 +99,8 @@ def format_table(report: Mapping[str, Any], budget: int | None = None,
         return fit_table(header, rows, n_labels, width or math.inf)
 
     out = []
-    for b in _check_budget(report, budget):
-        header, rows = _regret_rows(report, b)
+    for b in check_budget(report, budget):
+        header, rows = regret_rows(report, b)
         n_labels = len(header) - len(strategy_order(report))
         title = f"relative regret, pool '{report['pool']}', B = {b}"
         if "random" in report["strategies"]:
@@ -167,120 +161,6 @@ def claim_line(report: Mapping[str, Any]) -> str | None:
             f"({c['reduction']:+.0%} reduction): {verdict}")
 
 
-def _md_escape(text: object) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _md_table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
-    align = ["---" if i < n_labels else "---:" for i in range(len(header))]
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(_md_escape(c) if j != 1 else c for c in cells) + " |"
-                     for j, cells in enumerate(lines))
-
-
-def format_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: relative-regret tables per budget, the smallest zero-regret budget
-    per task, and the fine-tune test accuracies (models x tasks, best per task in bold)."""
-    names = strategy_order(report)
-    parts = [
-        f"# Regret report: pool `{report['pool']}`",
-        f"{len(report['models'])} models, {len(report['tasks'])} tasks, budgets "
-        f"{', '.join(map(str, report['budgets']))}.",
-        "Relative regret r = (s* - s(S)) / (1 - min(s*, s(S))): s(S) is the best fine-tune test "
-        "accuracy among a strategy's top B models, s* the best in the task's pool. "
-        "`random` is the exact expected regret over uniformly random size-B subsets.",
-    ]
-    if report.get("skipped_tasks"):
-        parts.append(f"Skipped tasks (no `{GROUND_TRUTH}` in the pool): {', '.join(report['skipped_tasks'])}.")
-    if has_noise(report):
-        parts += ["## How sure: mean relative regret with 95% intervals", legend(report),
-                  _md_table(*interval_rows(report), 1),
-                  "## Noise of the ground truth per task (`p_best`: probability that the model "
-                  "is the task's best under resampling)", _md_table(*task_rows(report), 2)]
-    for b in _check_budget(report, None):
-        header, rows = _regret_rows(report, b)
-        parts += [f"## Relative regret, B = {b}", _md_table(header, rows, len(header) - len(names))]
-
-    parts.append("## Smallest budget with zero regret (`-`: not within the budgets reported)")
-    header = ["task", *names]
-    rows = [[t, *[("-" if report["zero_regret_budget"][n][t] is None else str(report["zero_regret_budget"][n][t]))
-                  for n in names]] for t in report["tasks"]]
-    parts.append(_md_table(header, rows, 1))
-
-    full = report.get("zero_regret_budget_full")
-    if full:
-        parts.append("## Smallest budget with zero regret over the whole pool (Appendix G; "
-                     "`random`: expected regret)")
-        rows = [[t, *[str(full[n][t]) for n in names]] for t in report["tasks"]]
-        parts.append(_md_table(["task", *names], rows, 1))
-
-    fraction = report.get("zero_regret_fraction")
-    if fraction:
-        parts.append("## Fraction of tasks at zero regret (Figure 7)")
-        budgets = [str(b) for b in report["budgets"]]
-        rows = [[n, *[_fmt(fraction[n][b], 3) for b in budgets]] for n in names]
-        parts.append(_md_table(["strategy", *(f"B = {b}" for b in budgets)], rows, 1))
-
-    parts += _absolute_and_deltas(report)
-    parts += _appendix_g_parts(report)
-    nearest = (report.get("nearest_task") or {}).get("nearest")
-    if nearest:
-        parts.append("## Nearest task by Task2Vec (Appendix H; probe "
-                     f"`{report['nearest_task'].get('probe_model')}`)")
-        parts.append(_md_table(["task", "nearest task"], [[t, u] for t, u in nearest.items()], 2))
-    notes = {p: c for p, c in (report.get("proxy_coverage") or {}).items() if c["pairs"] < c["of"]}
-    if notes:
-        parts.append("## Proxies without a score on some pairs (no score ranks last)")
-        parts.append("\n".join(f"- `{p}`: {c['pairs']} of {c['of']} pairs" + (
-            f"; {c['note']}" if c.get("note") else "") for p, c in notes.items()))
-    for key, title in (("weighted_tau", "weighted Kendall tau (`scipy.stats.weightedtau(acc, score, "
-                                         "rank=None)`, importance by fine-tune rank)"),
-                       ("weighted_tau_scipy_default", "weighted Kendall tau, scipy's default "
-                        "(`weightedtau(acc, score)`, rank=True: SFDA's convention)"),
-                       ("pearson", "Pearson r")):
-        table = report.get(key) or {}
-        if not table:
-            continue
-        parts.append(f"## Rank agreement with `{GROUND_TRUTH}`: {title}; `-`: undefined "
-                     "(< 2 models or constant values)")
-        proxies = list(table)
-        rows = [[t, *[_fmt(table[p][t]) for p in proxies]] for t in report["tasks"]]
-        rows.append([MEAN_ROW, *[_fmt(defined_mean(table[p])[0]) for p in proxies]])
-        parts.append(_md_table(["task", *proxies], rows, 1))
-
-    cn = {v: b for v, b in (report.get("choicenet") or {}).items() if b and b.get("n_pairs")}
-    if cn:
-        parts.append("## ChoiceNet and the records learners, leave-one-task-out (predicted vs fine-tune "
-                     "test accuracy; v3, `choicenet_records` and the ensemble rank, so they have no MSE)")
-        rows = []
-        for version, block in cn.items():
-            tau, n = defined_mean(block["weighted_tau"])
-            mse = "-" if block.get("mse") is None else _fmt(block["mse"], 5)
-            rows.append([version, mse, str(block["n_pairs"]), _fmt(tau),
-                         _fmt(defined_mean(block["pearson"])[0])])
-        parts.append(_md_table(["version", "MSE", "pairs", "mean weighted tau", "mean pearson"], rows, 1))
-        claim = claim_line(report)
-        if claim:
-            parts.append(claim + ".")
-
-    parts.append(f"## Fine-tune test accuracy (`{GROUND_TRUTH}`; best per task in bold)")
-    acc = report["finetune_test_acc"]
-    tasks = list(report["tasks"])
-    models = sorted({m for t in tasks for m in acc[t]} | set(report["models"]))
-    rows = []
-    for m in models:
-        row = [m]
-        for t in tasks:
-            v = acc[t].get(m)
-            text = _fmt(v)
-            if v is not None and v == max(acc[t].values()):
-                text = f"**{text}**"
-            row.append(text)
-        rows.append(row)
-    parts.append(_md_table(["model", *tasks], rows, 1))
-    return "\n\n".join(parts) + "\n"
-
-
 def _csv_number(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
@@ -303,29 +183,30 @@ def render_csv(report: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
+def accuracy_table(report: Mapping[str, Any], digits: int, best: Callable[[str], str],
+                   other: Callable[[str], str] = lambda text: text
+                   ) -> tuple[list[str], list[list[str]]]:
+    """The fine-tune test accuracy table every output shows (terminal, Markdown, HTML): one row
+    per pool model -- those without a result too, ``-`` where a pair has none -- one column per
+    task in :func:`ordered_tasks` order; a task's best cell through ``best`` (bold, ``*``), the
+    others through ``other``."""
+    acc = report["finetune_test_acc"]
+    tasks = ordered_tasks(report)
+    models = sorted({m for t in tasks for m in acc[t]} | set(report["models"]))
+    rows = []
+    for m in models:
+        row = [m]
+        for t in tasks:
+            v = acc[t].get(m)
+            text = number(v, digits)
+            row.append(best(text) if v is not None and v == max(acc[t].values()) else other(text))
+        rows.append(row)
+    return ["model", *tasks], rows
+
+
 def ordered_tasks(report: Mapping[str, Any]) -> list[str]:
     """The reported tasks in the order of :func:`report_rows` (grouped first)."""
     return [key for _, _, kind, key in report_rows(report) if kind == "task"]
-
-
-def _absolute_and_deltas(report: Mapping[str, Any]) -> list[str]:
-    """Mean absolute regret per strategy and budget, and the mean relative and log-odds deltas of
-    the paper's comparisons (positive: the first strategy is better)."""
-    parts = []
-    budgets = [str(b) for b in report["budgets"]]
-    absolute = report.get("absolute") or {}
-    if absolute:
-        parts.append("## Mean absolute regret s* - s(S)")
-        rows = [[n, *[_fmt(absolute[n][b]["mean"]) for b in budgets]] for n in strategy_order(report)]
-        parts.append(_md_table(["strategy", *(f"B = {b}" for b in budgets)], rows, 1))
-    for key, title in (("deltas", "relative delta (Sec. 3, Eq. 2)"),
-                       ("log_odds_deltas", "log-odds delta (Appendix C)")):
-        table = report.get(key) or {}
-        if table:
-            parts.append(f"## Mean {title}; positive: the first strategy is better")
-            rows = [[pair, *[_fmt(table[pair][b]["mean"]) for b in budgets]] for pair in table]
-            parts.append(_md_table(["comparison", *(f"B = {b}" for b in budgets)], rows, 1))
-    return parts
 
 
 def appendix_g_columns(report: Mapping[str, Any]) -> list[str]:
@@ -333,26 +214,6 @@ def appendix_g_columns(report: Mapping[str, Any]) -> list[str]:
     tables = report.get("appendix_g") or {}
     first = next(iter(tables.values()), {})
     return list(next(iter(first.values()), {}))
-
-
-def _appendix_g_parts(report: Mapping[str, Any]) -> list[str]:
-    tables = report.get("appendix_g") or {}
-    if not tables:
-        return []
-    parts = ["## Appendix G: smallest budget with zero regret, per pool (the task-agnostic "
-             "oracle, each proxy, task-agnostic)"]
-    for pool, by_task in tables.items():
-        columns = appendix_g_columns(report)
-        rows = [[t, *[str(by_task[t].get(c, "-")) for c in columns]] for t in by_task]
-        parts += [f"### Pool `{pool}`", _md_table(["task", *columns], rows, 1)]
-    return parts
-
-
-def format_appendix_g(report: Mapping[str, Any]) -> str:
-    """``appendix_g.md``: Appendix G's table, one block per pool."""
-    return "\n\n".join([f"# Zero-regret budgets (Renggli et al. 2022, Appendix G): pool "
-                         f"`{report['pool']}` and the sweep's named pools",
-                         *_appendix_g_parts(report)[1:]]) + "\n"
 
 
 def render_appendix_g_csv(report: Mapping[str, Any]) -> str:
