@@ -353,7 +353,7 @@ PHASES = ("throughput", "orchestration", "efficiency", "scale", "two_node")
 
 
 def run(args) -> dict[str, Any]:
-    from sweeps.quiet import quiet_libraries
+    from whichmodel.quiet import quiet_libraries
 
     quiet_libraries()
     os.environ.pop("RAY_ADDRESS", None)  # always private instances, never a shared cluster

@@ -151,10 +151,6 @@ def _prep(input_size: int) -> dict[str, Any]:
     return {"input_size": int(input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
-def list_architectures() -> list[str]:
-    return sorted(ARCHITECTURES)
-
-
 def create_backbone(arch: str, source_classes: int = 0, **kwargs: Any) -> Backbone:
     """Build a zoo architecture with random weights (``arch`` from :data:`ARCHITECTURES`)."""
     return ARCHITECTURES.get(arch)(source_classes=source_classes, **kwargs)

@@ -52,9 +52,7 @@ No Ray and no MLflow here.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.backbones import Backbone, extract_features
+from whichmodel.quiet import quiet_lightning
 
 VERSIONS = ("v1", "v2")
 STRATEGY_NAMES = {"v1": "choicenet_v1", "v2": "choicenet_v2"}
@@ -78,9 +77,6 @@ V1_TASK_DIM = 256        # the ChoiceNet study: PCA-256 of the images
 V1_IMAGE_SIZE = 16       # images resized before PCA: 768 pixels keep the PCA fast and size-independent
 V2_TASK_CLASSES = 10     # the ChoiceNet study: the 10 classes of largest mean |activation|
 DEFAULT_STEPS = 500
-
-_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric")
-
 
 # ============================================================================ embeddings, v1
 def last_conv(backbone: Backbone) -> nn.Conv2d:
@@ -339,22 +335,16 @@ def create_choicenet(version: str, model_dim: int, task_dim: int, **kwargs: Any)
 # ============================================================================ training
 @contextlib.contextmanager
 def quiet_single_thread() -> Iterator[None]:
-    """Lightning's info lines and warnings off, and one intra-op thread: the net is tiny, and
-    several threads spinning on a shared CPU made each step ~10x slower."""
-    loggers = [logging.getLogger(n) for n in _LIGHTNING_LOGGERS]
-    levels = [lg.level for lg in loggers]
+    """Lightning's info lines and tips off (:func:`whichmodel.quiet.quiet_lightning`), and one
+    intra-op thread: the net is tiny, and several threads spinning on a shared CPU made each step
+    ~10x slower."""
     threads = torch.get_num_threads()
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_lightning():
             yield
     finally:
         torch.set_num_threads(threads)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def stack_embeddings(embeddings: Mapping[str, np.ndarray], what: str) -> tuple[list[str], np.ndarray]:

@@ -75,7 +75,7 @@ def _mean_over(acc: np.ndarray, tasks: list[int]) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _prepare(proxy_tables: Sequence[pd.DataFrame], truth: pd.DataFrame):
+def prepare_folds(proxy_tables: Sequence[pd.DataFrame], truth: pd.DataFrame):
     models, tasks = list(truth.index), list(truth.columns)
     acc = truth.to_numpy(dtype=float)
     z_acc = standardise_within_task(truth).to_numpy(dtype=float)
@@ -84,7 +84,7 @@ def _prepare(proxy_tables: Sequence[pd.DataFrame], truth: pd.DataFrame):
     return acc, z_acc, z_proxies
 
 
-def _fit_fold(acc: np.ndarray, z_acc: np.ndarray, z_proxies: list[np.ndarray], held_out: int,
+def fit_fold(acc: np.ndarray, z_acc: np.ndarray, z_proxies: list[np.ndarray], held_out: int,
               ridge: float) -> tuple[np.ndarray | None, list[int]]:
     """The ridge weights of the fold that holds ``held_out`` out, and its training tasks: every
     array read here is a column of a training task."""
@@ -101,21 +101,14 @@ def _fit_fold(acc: np.ndarray, z_acc: np.ndarray, z_proxies: list[np.ndarray], h
     return np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y), train
 
 
-def fold_weights(proxy_tables: Sequence[pd.DataFrame], truth: pd.DataFrame, held_out: str,
-                 ridge: float = RIDGE) -> np.ndarray | None:
-    """The fitted weights of ``held_out``'s fold (for the leakage test)."""
-    acc, z_acc, z_proxies = _prepare(proxy_tables, truth)
-    return _fit_fold(acc, z_acc, z_proxies, list(truth.columns).index(held_out), ridge)[0]
-
-
 def records_learner_table(proxy_tables: Sequence[pd.DataFrame], truth: pd.DataFrame,
                           ridge: float = RIDGE) -> pd.DataFrame:
     """Leave-one-task-out ranking scores (index model, columns task) of ``choicenet_records``:
     column t is predicted by a ridge regression fitted on the other tasks' pairs only."""
-    acc, z_acc, z_proxies = _prepare(proxy_tables, truth)
+    acc, z_acc, z_proxies = prepare_folds(proxy_tables, truth)
     out = np.full(acc.shape, np.nan)
     for t in range(acc.shape[1]):
-        w, train = _fit_fold(acc, z_acc, z_proxies, t, ridge)
+        w, train = fit_fold(acc, z_acc, z_proxies, t, ridge)
         if w is not None:
             out[:, t] = _features(z_proxies, _mean_over(acc, train), t) @ w
     return pd.DataFrame(out, index=list(truth.index), columns=list(truth.columns))

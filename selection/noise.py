@@ -40,13 +40,12 @@ from statistics import NormalDist
 
 import numpy as np
 
-from selection.regret import random_max_probabilities, relative_regret_unchecked
+from selection.regret import ZERO, random_max_probabilities, relative_regret_unchecked
 
 DRAWS = 10_000
 SEED = 0
 LEVEL = 0.95
 ORACLES = ("per_task_best", "task_agnostic_oracle")  # they see the task's results
-ZERO = 1e-12
 
 
 @dataclass
@@ -162,7 +161,10 @@ def regret_draws(groups: Sequence[Sequence[int]], acc: np.ndarray, budgets: Sequ
         keep = probs > 0
         cut = np.minimum(ordered[j][:, keep], prefix[j][:, None])
         out[:, k] = cut @ probs[keep]
-    return np.where(np.isfinite(out), out, 0.0)
+    if not np.isfinite(out).all():  # finite accuracies in [0, 1] give finite regrets
+        raise ValueError("regret_draws: a non-finite regret; the resampled accuracies must be "
+                         "finite fractions in [0, 1]")
+    return out
 
 
 def bca_interval(boot: np.ndarray, per_task: np.ndarray, level: float = LEVEL

@@ -26,9 +26,7 @@ from math import comb
 
 import numpy as np
 
-from selection.regret import log_odds_regret, relative_regret
-
-ZERO = 1e-12  # a regret at or below this counts as zero
+from selection.regret import ZERO, log_odds_regret, relative_regret
 
 
 @dataclass(frozen=True)

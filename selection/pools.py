@@ -107,17 +107,6 @@ def check_pools(pools: Pools | None) -> dict[str, list[str]]:
     return out
 
 
-def list_pools(metadata: pd.DataFrame | None = None, pools: Pools | None = None) -> list[str]:
-    """Every pool name known: ``all``, then explicit pools and metadata tags, sorted."""
-    names = set(check_pools(pools))
-    meta = index_metadata(metadata)
-    if meta is not None and METADATA_POOLS in meta.columns:
-        for value in meta[METADATA_POOLS].tolist():
-            names.update(pool_tags(value))
-    names.discard(POOL_ALL)
-    return [POOL_ALL, *sorted(names)]
-
-
 def resolve_pool(pool: str, record_models: Sequence[str], metadata: pd.DataFrame | None = None,
                  pools: Pools | None = None, pool_models: Sequence[str] | None = None) -> list[str]:
     """The sorted models of pool ``pool``: ``pool_models`` if given, else ``pools[pool]``, else

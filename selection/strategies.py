@@ -51,6 +51,7 @@ from selection.learners import (
     records_learner_table,
 )
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
+from selection.regret import ZERO
 from whichmodel.errors import InputError, WhichModelError
 from whichmodel.registry import Registry
 
@@ -150,7 +151,7 @@ class TaskAgnosticStrategy:
         out, group, first = [], [], None
         for m in ranked:
             value = get(m, key)
-            if group and first - value > tolerance + 1e-12:
+            if group and first - value > tolerance + ZERO:
                 out += sorted(group, key=lambda x: (-(get(x, "params") or 0.0), x))
                 group = []
             if not group:

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from sweeps.cluster.node_secrets import load_secrets
-from sweeps.quiet import quiet_libraries
 from whichmodel.errors import WhichModelError
+from whichmodel.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
 
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for the job to end (default 60)")
     st.set_defaults(func=cmd_stop)
 
-    from sweeps.recommend_cli import add_parser as add_recommend
+    from sweeps.recommend.cli import add_parser as add_recommend
 
     add_recommend(sub)
     return p

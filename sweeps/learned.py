@@ -77,9 +77,15 @@ def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], record
 
 
 def probe_model(plan, key: str, chosen: str | None) -> str:
-    """A fixed probe network of the sweep: ``chosen``, else its first generalist, else its first
-    model."""
-    name = chosen or next((m for m in plan.models if "generalist" in m), plan.models[0])
+    """A fixed probe network of the sweep: ``chosen``, else the model with the most upstream
+    data (metadata ``upstream_size``; of those tied, the first the sweep lists). A sweep whose
+    models have no upstream size must choose one (a named error)."""
+    sizes = {m: (plan.metadata.get(m) or {}).get("upstream_size") for m in plan.models}
+    known = [m for m in plan.models if isinstance(sizes[m], (int, float)) and sizes[m] == sizes[m]]
+    if chosen is None and not known:
+        raise WhichModelError(f"{plan.path}: key '{key}': no model of the sweep has an "
+                              "upstream_size to choose the probe network by; name one")
+    name = chosen or max(known, key=lambda m: (sizes[m], -plan.models.index(m)))
     if name not in plan.models:
         raise WhichModelError(f"{plan.path}: key '{key}': {name!r} is not in this sweep's models "
                               f"({', '.join(plan.models)})")

@@ -253,8 +253,10 @@ def pretrain_trial(job: Job, settings: ZooTrialSettings, report: Report | None =
                    ) -> dict[str, Any]:
     """Pre-train one zoo model and save its checkpoint."""
     meta = build_model(settings.zoo, job.model, settings.zoo_root, settings.data_root)
-    return {"upstream_acc": meta["upstream_acc"] or 0.0,
-            "pretrain_seconds": meta["pretrain_seconds"]}
+    out = {"pretrain_seconds": meta["pretrain_seconds"]}
+    if meta["upstream_acc"] is not None:  # a random-initialisation control has none
+        out["upstream_acc"] = meta["upstream_acc"]
+    return out
 
 
 def build_model(zoo: ZooConfig, name: str, zoo_root: str | Path, data_root: str | Path) -> dict:

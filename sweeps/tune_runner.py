@@ -127,7 +127,7 @@ def _trainable(config: dict[str, Any], fn: TrialFn, settings: Any,
                threads: dict[str, int]) -> None:
     import torch
 
-    from sweeps.quiet import quiet_libraries
+    from whichmodel.quiet import quiet_libraries
 
     quiet_libraries()
     job = Job.from_dict(config["job"])

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from selection.learners import (
+    RIDGE,
     ensemble_table,
-    fold_weights,
+    fit_fold,
+    prepare_folds,
     records_learner_table,
     standardise_within_task,
 )
@@ -61,13 +63,14 @@ def test_the_held_out_tasks_accuracies_and_proxy_scores_never_reach_its_folds_fi
     truth, proxies = _tables()
     rng = np.random.default_rng(4)
     for t in truth.columns:
-        before = fold_weights(proxies, truth, t)
+        before = fit_fold(*prepare_folds(proxies, truth), list(truth.columns).index(t), RIDGE)[0]
         changed_truth = truth.copy()
         changed_truth[t] = rng.uniform(0, 1, len(truth))
         changed = [p.copy() for p in proxies]
         for p in changed:
             p[t] = rng.normal(size=len(truth))
-        assert np.array_equal(fold_weights(changed, changed_truth, t), before), t
+        after = fit_fold(*prepare_folds(changed, changed_truth), list(truth.columns).index(t), RIDGE)[0]
+        assert np.array_equal(after, before), t
 
 
 def test_records_learner_beats_random_on_tables_with_a_model_effect():

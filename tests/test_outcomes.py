@@ -15,8 +15,9 @@ from scipy.stats import weightedtau
 
 from selection.outcomes import log_odds_delta, ranking_outcomes, relative, relative_delta, zero_regret_budget
 from selection.rank_agreement import weighted_tau, weighted_tau_scipy_default
-from selection.regret import expected_random_regret, log_odds_regret, relative_regret
+from selection.regret import log_odds_regret, relative_regret
 from selection.report.compute import compute_report
+from tests.regret_oracles import expected_random_regret
 
 
 def brute_force(groups: list[list[float]], budget: int, s_star: float, fn=relative_regret) -> float:

@@ -191,7 +191,7 @@ def test_learned_strategies_rank_a_new_task_from_the_other_tasks_results_only(en
     from sweeps.learned import learned_table
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
-    from sweeps.recommend import resolve_task
+    from sweeps.recommend.decide import resolve_task
     from sweeps.tracking.client import Tracker
 
     (env / "learn.yaml").write_text(sweep("learn", tasks="[digits]"))

@@ -8,15 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from selection.regret import (
+from selection.regret import log_odds_regret, random_max_probabilities, relative_regret
+from tests.regret_oracles import (
     best_of_top,
     expected_random_regret,
     expected_random_regret_by_budget,
-    log_odds_regret,
-    random_max_probabilities,
     random_zero_regret_budget,
     ranking_zero_regret_budget,
-    relative_regret,
     zero_regret_budget,
 )
 

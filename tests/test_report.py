@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, weightedtau
 
-from selection.pools import list_pools, models_in_pool, pool_tags, resolve_pool
+from selection.pools import models_in_pool, pool_tags, resolve_pool
 from selection.records import (
     RecordsError,
     aggregate_records,
@@ -458,7 +458,6 @@ def test_explicit_named_pools_and_tags(records, metadata):
     assert small["finetune_test_acc"]["t3"] == {"b": 0.7}  # c has no t3 result
     # an explicit list wins over a tag of the same name
     assert compute_report(records, metadata, pool="experts", pools={"experts": ["b"]})["models"] == ["b"]
-    assert list_pools(metadata, {"small": ["b"]}) == ["all", "experts", "small"]
     with pytest.raises(TypeError, match="list of model names"):
         resolve_pool("x", ["a"], pools={"x": "a"})
 

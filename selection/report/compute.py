@@ -454,12 +454,3 @@ def appendix_g(built: Mapping[str, Strategy], inputs: ReportInputs, s: ReportSet
                             scored[n][t], dict(zip(view.task_pool[t], view.task_accs[t].tolist())))
                          for n in wanted} for t in view.tasks}
     return out
-
-
-def prediction_mse(predictions: pd.DataFrame, targets: pd.DataFrame) -> float | None:
-    """Mean squared error of predicted accuracies over the (model, task) pairs where both tables
-    have a finite value; None when there is no such pair. Tables: index model, columns task."""
-    p, y = predictions.align(targets, join="inner")
-    p, y = p.to_numpy(dtype=float), y.to_numpy(dtype=float)
-    known = np.isfinite(p) & np.isfinite(y)
-    return float(np.mean((p[known] - y[known]) ** 2)) if known.any() else None

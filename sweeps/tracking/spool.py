@@ -25,10 +25,6 @@ from whichmodel.files import atomic_write_json
 SPOOL_FORMAT = 1
 
 
-def spool_root(home: str | os.PathLike) -> Path:
-    return Path(home) / "spool"
-
-
 def _folder_name(experiment: str) -> str:
     """A folder per experiment; names with other characters get a hash suffix to stay unique."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)[:80]

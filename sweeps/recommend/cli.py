@@ -1,4 +1,4 @@
-"""``whichmodel recommend``'s command line (the work: :mod:`sweeps.recommend`)."""
+"""``whichmodel recommend``'s command line (the work: :mod:`sweeps.recommend.decide`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_recommend(args) -> int:
-    from sweeps.recommend import RecommendFailed, format_decision, recommend
+    from sweeps.recommend import RecommendFailed, recommend
+    from sweeps.recommend.text import format_decision
 
     try:
         decision = recommend(args.task, args.budget, config=args.config, catalog=args.catalog,
