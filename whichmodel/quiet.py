@@ -23,7 +23,8 @@ _LIGHTNING = r"(pytorch_lightning|lightning_fabric|lightning)(\..*)?$"
 #: (category, module pattern): warnings about a library's own use, never about our numbers.
 NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, ""),  # every library's deprecation notices (for their developers)
-    (FutureWarning, r"(mlflow|ray|pydantic|torch|timm|pandas|sklearn|pytorch_lightning|lightning_fabric|lightning)(\..*)?$"),
+    (FutureWarning, r"(mlflow|ray|pydantic|torch|timm|pandas|sklearn)(\..*)?$"),
+    (FutureWarning, _LIGHTNING),
     # Lightning's tips: few dataloader workers, batch-size inference, an unused GPU, no logger
     (UserWarning, _LIGHTNING),
     (UserWarning, r"torch\.(utils\.data|amp|autocast_mode|_dynamo)(\..*)?$"),
