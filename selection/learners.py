@@ -55,8 +55,10 @@ def ensemble_table(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Mean of the within-task z-scores of the proxy tables (over the scores a pair has)."""
     z = [standardise_within_task(t) for t in tables]
     stacked = np.stack([t.to_numpy(dtype=float) for t in z])
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), axis=0)
+    have = np.isfinite(stacked)
+    count = have.sum(axis=0)
+    total = np.where(have, stacked, 0.0).sum(axis=0)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)  # no score: NaN
     return pd.DataFrame(mean, index=z[0].index, columns=z[0].columns)
 
 

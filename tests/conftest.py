@@ -41,3 +41,22 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("WHICHMODEL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path / "home"
+
+
+@pytest.fixture()
+def short_tmp():
+    """Short folders under /tmp (Ray's socket paths must stay under ~107 characters, which a
+    pytest tmp_path can exceed), removed after the test, also on failure: ``short_tmp("a")``."""
+    import shutil
+    from pathlib import Path
+
+    made: list[Path] = []
+
+    def make(tag: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"wm{tag}-", dir="/tmp"))
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

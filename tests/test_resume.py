@@ -18,18 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def _pair_runs(home: Path, experiment: str):
+    """The experiment's pair runs, read once no driver writes the store any more."""
     from mlflow.tracking import MlflowClient
 
-    db = home / "mlflow.db"
-    if not db.exists():
-        return []
-    client = MlflowClient(f"sqlite:///{db}")
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except Exception:  # the store is still being created by the driver
-        return []
-    if exp is None:
-        return []
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {home / 'mlflow.db'}"
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
             if r.data.tags.get("pair_key")]
 
@@ -57,30 +51,32 @@ def _cli(home: Path, ray_dir: Path, *args: str, **kw) -> subprocess.Popen:
                PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE,
+    return reaped([sys.executable, "-m", "sweeps.cli", *args], env=env, **kw)
+
+
+def reaped(cmd: list[str], **kw) -> subprocess.Popen:
+    """``cmd`` under :mod:`tests.reaper`: it and every process it starts (Ray's daemons too) are
+    stopped by PID when it exits or on :func:`kill_tree`."""
+    return subprocess.Popen([sys.executable, "-m", "tests.reaper", *cmd],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def _kill_group(proc: subprocess.Popen, ray_dir: Path) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    # Ray's own daemons may have left the process group: end whatever uses this run's temp dir.
-    subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the command and everything it started, by PID (the reaper does it on SIGTERM)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
 
 
-def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
+def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, short_tmp):
     home = tmp_path / "home"
     (tmp_path / "zoo.yaml").write_text(ZOO)
     config = tmp_path / "kill.yaml"
     config.write_text(sweep("kill", tasks="[digits, sprite_location, count]", steps=40))
-    ray_a, ray_b = Path(f"/tmp/wmk-{os.getpid()}-a"), Path(f"/tmp/wmk-{os.getpid()}-b")
+    ray_a, ray_b = short_tmp("k"), short_tmp("k")
     build = _cli(home, ray_a, "zoo", "build", str(tmp_path / "zoo.yaml"))
-    assert build.wait(timeout=300) == 0, build.stdout.read()
-    subprocess.run(["pkill", "-9", "-f", str(ray_a)], check=False)
+    assert build.wait(timeout=300) == 0, build.stdout.read()  # its leftovers stopped by PID
 
     driver = _cli(home, ray_a, "run", str(config), "--no-report")
     total = 2 * 3 * 2
@@ -91,7 +87,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
                 break
             time.sleep(0.5)
     finally:
-        _kill_group(driver, ray_a)
+        kill_tree(driver)
     before = {r.data.tags["pair_key"]: r.info.run_id for r in _pair_runs(home, "kill")
               if r.info.status == "FINISHED"}
     assert 0 < len(before) < total, "the driver must be killed mid-sweep"
@@ -100,7 +96,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
     try:
         out, _ = resume.communicate(timeout=600)
     finally:
-        _kill_group(resume, ray_b)
+        kill_tree(resume)
     assert resume.returncode == 0, out
     assert "resuming" in out and "afresh" not in out  # Tune restored its experiment
 

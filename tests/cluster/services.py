@@ -6,7 +6,6 @@ The stack itself (PostgreSQL, moto S3, MLflow with basic auth, all on loopback) 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -101,36 +100,26 @@ def seed_home(root: Path, home: Path) -> Path:
 
 def cli(home: Path, ray_dir: Path, *args: str, env: dict[str, str] | None = None,
         log: Path | None = None) -> subprocess.Popen:
-    """``python -m sweeps.cli ARGS`` in its own session, output to ``log``."""
+    """``python -m sweeps.cli ARGS`` under :mod:`tests.reaper` (everything it starts is stopped
+    by PID when it ends or on :func:`stop_cli`), output to ``log``."""
     full = dict(os.environ if env is None else env, WHICHMODEL_HOME=str(home),
                 WHICHMODEL_RAY_TEMP_DIR=str(ray_dir), PYTHONUNBUFFERED="1")
     full.pop("RAY_ADDRESS", None)
     out = open(log, "w") if log else subprocess.PIPE
     try:
-        return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], env=full, cwd=REPO,
-                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen([sys.executable, "-m", "tests.reaper", sys.executable, "-m",
+                                 "sweeps.cli", *args], env=full, cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
     finally:
         if log:
             out.close()
 
 
-def stop_cli(proc: subprocess.Popen, ray_dir: Path) -> None:
-    """End a CLI process group, and the Ray processes of its own temp dir that outlived it."""
+def stop_cli(proc: subprocess.Popen) -> None:
+    """End a :func:`cli` process and every process it started (Ray's daemons too), by PID."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-    for pid in processes_mentioning(str(ray_dir)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc.send_signal(signal.SIGTERM)  # the reaper SIGKILLs its descendants, then itself
+    proc.wait(timeout=60)
 
 
 def processes_mentioning(text: str) -> list[int]:

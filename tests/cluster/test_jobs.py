@@ -61,11 +61,27 @@ def cluster_env(tmp_path_factory):
             env=node_env(WHICHMODEL_HOME=str(home), RAY_ADDRESS=cluster.gcs_address),
             capture_output=True, text=True, timeout=300)
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-        yield {"cluster": cluster, "project": project, "home": home, "url": cluster.dashboard_url,
-               "jobs": {}}
+        yield {"cluster": cluster, "project": project, "home": home, "url": cluster.dashboard_url}
     finally:
         cluster.stop()
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_job(cluster_env):
+    """The tiny sweep submitted once as a job and followed to its end: (job id, stdout, stderr).
+    A submission that fails fails every test that reads the job, loudly."""
+    import contextlib
+    import io
+
+    project = cluster_env["project"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["submit", str(project / "tiny" / "tiny.yaml"), "--address",
+                     cluster_env["url"], "--working-dir", str(project)])
+    out, err = out.getvalue(), err.getvalue()
+    assert code == 0, out[-4000:] + err[-2000:]
+    return _job_id(out), out, err
 
 
 def _job_id(out: str) -> str:
@@ -80,15 +96,8 @@ def _client(url: str):
     return JobSubmissionClient(url)
 
 
-def test_submit_runs_the_sweep_as_a_job_and_logs_one_finished_run_per_key(cluster_env, capsys):
-    project = cluster_env["project"]
-    url = cluster_env["url"]
-    code = main(["submit", str(project / "tiny" / "tiny.yaml"), "--address", url,
-                 "--working-dir", str(project)])
-    out, err = capsys.readouterr()
-    job = _job_id(out)
-    cluster_env["jobs"]["tiny"] = job
-    assert code == 0, out[-4000:] + err[-2000:]
+def test_submit_runs_the_sweep_as_a_job_and_logs_one_finished_run_per_key(cluster_env, tiny_job):
+    job, out, err = tiny_job
     assert f"job {job}: SUCCEEDED" in out
     assert "python -m sweeps.cli run tiny/tiny.yaml" in out
     assert f"whichmodel logs {job} --address {cluster_env['url']} --follow" in out
@@ -117,11 +126,9 @@ def test_submit_runs_the_sweep_as_a_job_and_logs_one_finished_run_per_key(cluste
                client.search_runs([exp.experiment_id], max_results=1000))
 
 
-def test_the_driver_ran_on_the_head_and_every_trial_on_the_worker(cluster_env):
-    if "tiny" not in cluster_env["jobs"]:
-        pytest.skip("needs the sweep submitted by the first test")
+def test_the_driver_ran_on_the_head_and_every_trial_on_the_worker(cluster_env, tiny_job):
     cluster = cluster_env["cluster"]
-    info = _client(cluster_env["url"]).get_job_info(cluster_env["jobs"]["tiny"])
+    info = _client(cluster_env["url"]).get_job_info(tiny_job[0])
     assert info.driver_info.node_ip_address == cluster.HEAD_IP
     (experiment,) = (cluster_env["home"] / "tune").glob("jobs-*")
     trials = tune_trials(experiment)
@@ -131,10 +138,8 @@ def test_the_driver_ran_on_the_head_and_every_trial_on_the_worker(cluster_env):
     assert {t["status"] for t in trials} == {"TERMINATED"}
 
 
-def test_jobs_lists_the_job_and_logs_show_the_report(cluster_env, capsys, monkeypatch):
-    if "tiny" not in cluster_env["jobs"]:
-        pytest.skip("needs the sweep submitted by the first test")
-    job = cluster_env["jobs"]["tiny"]
+def test_jobs_lists_the_job_and_logs_show_the_report(cluster_env, tiny_job, capsys, monkeypatch):
+    job = tiny_job[0]
     # --address wins over the environment (Ray's own client would take the variable).
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")
     assert main(["jobs", "--address", cluster_env["url"]]) == 0

@@ -18,10 +18,8 @@ first; ``test_spool.py`` checks that path deterministically). The test takes 1m5
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -37,12 +35,12 @@ KEYS = {f"{m}|{t}|{p}" for m in ("tiny-shapes", "tiny-random")
 
 
 def test_mlflow_down_60s_mid_sweep_loses_no_result_and_duplicates_none(
-        mlflow_up, rest, wm_home, tmp_path):
+        mlflow_up, rest, wm_home, tmp_path, short_tmp):
     stack = mlflow_up
     config = tmp_path / "outage.yaml"
     config.write_text(sweep("outage", tasks="[digits, sprite_location]", steps=STEPS))
     log = tmp_path / "sweep.log"
-    ray_dir = Path(f"/tmp/wmo-{os.getpid()}")  # short: Ray's socket paths stay < 108 chars
+    ray_dir = short_tmp("o")  # short: Ray's socket paths stay < 108 chars
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(stack.client_env())
     spool = wm_home / "spool" / "outage"
@@ -72,8 +70,7 @@ def test_mlflow_down_60s_mid_sweep_loses_no_result_and_duplicates_none(
         rc = proc.wait(timeout=300)
         timeline["sweep done"] = time.monotonic() - t0
     finally:
-        services.stop_cli(proc, ray_dir)
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        services.stop_cli(proc)
     out = log.read_text()
     (tmp_path / "timeline.txt").write_text(repr(timeline))
     assert rc == 0, f"{timeline}\n{out[-4000:]}"

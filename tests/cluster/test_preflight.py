@@ -1,17 +1,17 @@
 """``whichmodel run`` against a tracking server it cannot use stops at once, before any trial.
 
 Wrong credentials and an unreachable address each end with one ``whichmodel: error:`` line that
-names the server (credentials redacted) and what to check, exit code 2, within seconds; no Tune
-state, no sweep state, no MLflow experiment or run is written.
+names the server (credentials redacted) and what to check, exit code 2, after the health check's
+own requests and no retry (the HTTP requests are counted); no Tune state, no sweep state, no
+MLflow experiment or run is written.
 """
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from sweeps.cli import main
+from tests.http_calls import count_requests
 from tests.tiny import sweep
 
 pytestmark = pytest.mark.cluster
@@ -25,10 +25,9 @@ def _run(wm_home, monkeypatch, capsys, uri: str, user: str, password: str):
     config = wm_home.parent / "preflight.yaml"
     config.write_text(sweep("preflight"))
     capsys.readouterr()
-    t0 = time.monotonic()
+    calls = count_requests(monkeypatch)
     rc = main(["run", str(config), "--reports-dir", str(wm_home.parent / "reports")])
-    elapsed = time.monotonic() - t0
-    return rc, capsys.readouterr().err.strip(), elapsed
+    return rc, capsys.readouterr().err.strip(), calls
 
 
 def _nothing_written(wm_home, rest=None):
@@ -42,15 +41,17 @@ def _nothing_written(wm_home, rest=None):
 
 
 def test_wrong_password_stops_the_run_before_any_trial(stack, rest, wm_home, monkeypatch, capsys):
-    rc, err, elapsed = _run(wm_home, monkeypatch, capsys, stack.tracking_uri, stack.username,
-                            "wrong-password-123")
+    rc, err, calls = _run(wm_home, monkeypatch, capsys, stack.tracking_uri, stack.username,
+                          "wrong-password-123")
     assert rc == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("whichmodel: error: MLflow tracking server ")
     assert stack.tracking_uri in err
     assert "401: check MLFLOW_TRACKING_USERNAME/PASSWORD" in err
     assert "wrong-password-123" not in err and stack.password not in err
-    assert elapsed < 15
+    # the health check's two requests (/health, then one authenticated read), and no retry
+    assert [(m, u.split("?")[0].removeprefix(stack.tracking_uri)) for m, u in calls] == [
+        ("GET", "/health"), ("GET", "/api/2.0/mlflow/experiments/search")]
     _nothing_written(wm_home, rest)
 
 
@@ -58,14 +59,14 @@ def test_unreachable_server_stops_the_run_before_any_trial(stack, wm_home, monke
     from mlflow_server.local import free_port
 
     port = free_port()
-    rc, err, elapsed = _run(wm_home, monkeypatch, capsys,
-                            f"http://admin:url-secret-9@127.0.0.1:{port}", "admin", "whatever-pass")
+    rc, err, calls = _run(wm_home, monkeypatch, capsys,
+                          f"http://admin:url-secret-9@127.0.0.1:{port}", "admin", "whatever-pass")
     assert rc == 2
     assert len(err.splitlines()) == 1, err
     assert f"MLflow tracking server http://***@127.0.0.1:{port} unreachable" in err
     assert "is the server up? try python -m mlflow_server.health" in err
     assert "url-secret-9" not in err and "whatever-pass" not in err
-    assert elapsed < 15
+    assert len(calls) == 1 and calls[0][1].endswith("/health")  # refused once, not retried
     _nothing_written(wm_home)
 
 

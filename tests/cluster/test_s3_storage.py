@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server.local import MotoS3
+from tests.test_resume import reaped
 from tests.tiny import ZOO, sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -47,26 +48,23 @@ def _env(home: Path, ray_dir: Path, s3: MotoS3, db: Path) -> dict[str, str]:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return reaped([sys.executable, "-m", "sweeps.cli", *args], env=env)
 
 
-def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3):
-    from tests.test_resume import _finished_pair_count, _kill_group
+def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3, short_tmp):
+    from tests.test_resume import _finished_pair_count, kill_tree
 
     db = tmp_path / "shared" / "mlflow.db"  # stands for the shared tracking server
     db.parent.mkdir()
     (tmp_path / "zoo.yaml").write_text(ZOO)
     config = tmp_path / "s3kill.yaml"
     config.write_text(sweep("s3kill", tasks="[digits, sprite_location, count]", steps=40))
-    ray_a, ray_b = Path(f"/tmp/wms-{os.getpid()}-a"), Path(f"/tmp/wms-{os.getpid()}-b")
+    ray_a, ray_b = short_tmp("s"), short_tmp("s")
     env_a = _env(tmp_path / "head-a", ray_a, s3, db)
     env_b = _env(tmp_path / "head-b", ray_b, s3, db)
-    for env, ray_dir in ((env_a, ray_a), (env_b, ray_b)):
+    for env in (env_a, env_b):
         build = _cli(env, "zoo", "build", str(tmp_path / "zoo.yaml"))
-        assert build.wait(timeout=300) == 0, build.stdout.read()
-        subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
+        assert build.wait(timeout=300) == 0, build.stdout.read()  # leftovers stopped by PID
 
     driver = _cli(env_a, "run", str(config), "--no-report")
     total = 2 * 3 * 2
@@ -77,7 +75,7 @@ def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3):
                 break
             time.sleep(0.5)
     finally:
-        _kill_group(driver, ray_a)
+        kill_tree(driver)
     done_before = _finished_pair_count(db.parent)
     assert 0 < done_before < total, "head A must be killed mid-sweep"
 
@@ -91,7 +89,7 @@ def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3):
     try:
         out, _ = resume.communicate(timeout=600)
     finally:
-        _kill_group(resume, ray_b)
+        kill_tree(resume)
     assert resume.returncode == 0, out
     assert "resuming s3://" in out and "afresh" not in out  # Tune restored from S3
 
