@@ -2,6 +2,7 @@
 behind included (Ray's raylet and GCS outlive a SIGKILLed driver).
 
     python -m tests.reaper CMD [ARG ...]
+    proc = reaped([CMD, ...], stdout=...)   # from a test; stop(proc) kills the whole tree
 
 This process becomes a *child subreaper* (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): a process
 its command starts that loses its parent is re-parented here, not to init, so it stays a
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -62,6 +64,24 @@ def kill_descendants() -> None:
                     time.sleep(0.05)
             except ChildProcessError:
                 break
+
+
+def reaped(cmd: list[str], **kw) -> subprocess.Popen:
+    """``cmd`` under this module, from a test: it and every process it starts are stopped by
+    PID when it exits or on :func:`stop`. Text output on a pipe unless ``stdout`` is given."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.STDOUT)
+    kw.setdefault("text", True)
+    return subprocess.Popen([sys.executable, "-m", "tests.reaper", *cmd],
+                            cwd=Path(__file__).resolve().parents[1], **kw)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a :func:`reaped` command and everything it started (the reaper does it on
+    SIGTERM), and wait for it; nothing if it has ended."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=timeout)
 
 
 def main(argv: list[str]) -> int:

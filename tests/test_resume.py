@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.reaper import reaped, stop
 from tests.tiny import ZOO, sweep
 
 pytestmark = pytest.mark.slow
@@ -54,21 +54,6 @@ def _cli(home: Path, ray_dir: Path, *args: str, **kw) -> subprocess.Popen:
     return reaped([sys.executable, "-m", "sweeps.cli", *args], env=env, **kw)
 
 
-def reaped(cmd: list[str], **kw) -> subprocess.Popen:
-    """``cmd`` under :mod:`tests.reaper`: it and every process it starts (Ray's daemons too) are
-    stopped by PID when it exits or on :func:`kill_tree`."""
-    return subprocess.Popen([sys.executable, "-m", "tests.reaper", *cmd],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the command and everything it started, by PID (the reaper does it on SIGTERM)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
 def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, short_tmp):
     home = tmp_path / "home"
     (tmp_path / "zoo.yaml").write_text(ZOO)
@@ -87,7 +72,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, 
                 break
             time.sleep(0.5)
     finally:
-        kill_tree(driver)
+        stop(driver)
     before = {r.data.tags["pair_key"]: r.info.run_id for r in _pair_runs(home, "kill")
               if r.info.status == "FINISHED"}
     assert 0 < len(before) < total, "the driver must be killed mid-sweep"
@@ -96,7 +81,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, 
     try:
         out, _ = resume.communicate(timeout=600)
     finally:
-        kill_tree(resume)
+        stop(resume)
     assert resume.returncode == 0, out
     assert "resuming" in out and "afresh" not in out  # Tune restored its experiment
 

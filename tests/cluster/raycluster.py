@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.reaper import descendants, reaped, stop
 
 RAY = str(Path(sys.executable).with_name("ray"))
 REPO = Path(__file__).resolve().parents[2]
@@ -140,11 +141,12 @@ class LocalCluster:
 
     def add_worker(self) -> Node:
         i = len(self.workers)
-        n_alive = len(self.alive_node_ids())
         node = self._start(f"worker{i}", f"127.0.0.{3 + i}",
                            [f"--address={self.gcs_address}", f"--num-cpus={self.cpus_per_worker}"])
         self.workers.append(node)
-        self._wait(lambda: len(self.alive_node_ids()) > n_alive, f"worker node {i}", node)
+        # up when its own raylet is an alive node of the cluster (not merely one more node)
+        self._wait(lambda: self.node_id_of(node) in self.alive_node_ids(), f"worker node {i}",
+                   node)
         return node
 
     def _start(self, name: str, ip: str, args: list[str]) -> Node:
@@ -154,9 +156,8 @@ class LocalCluster:
         cmd = [RAY, "start", "--block", "--num-gpus=0", f"--temp-dir={temp_dir}",
                f"--node-ip-address={ip}", f"--dashboard-agent-listen-port={free_port()}",
                "--disable-usage-stats", *args]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=node_env(), stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        with open(log, "wb") as out:  # under the reaper: the node's processes stop by PID
+            proc = reaped(cmd, env=node_env(), stdout=out, text=False)
         return Node(name, ip, temp_dir, proc, log)
 
     def _wait(self, ready, what: str, node: Node) -> None:
@@ -184,11 +185,11 @@ class LocalCluster:
 
     def kill_worker(self, i: int = 0) -> None:
         """SIGKILL a worker node: its raylet, agents and every worker process it started."""
-        _kill_node(self.workers[i], signal.SIGKILL, grace_s=0)
+        stop(self.workers[i].proc)
 
     def stop(self) -> None:
         for node in [*self.workers, *([self.head] if self.head else [])]:
-            _kill_node(node, signal.SIGTERM, grace_s=5)
+            stop(node.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ what runs where
@@ -201,7 +202,7 @@ class LocalCluster:
 
     def node_id_of(self, node: Node) -> str:
         """The node id Ray gave ``node`` (its raylet carries it on its command line)."""
-        for pid in _pids_under(node.temp_dir):
+        for pid in descendants(node.proc.pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
@@ -234,49 +235,3 @@ def tune_trials(experiment_dir: Path) -> list[dict]:
                            "num_failures": runtime.get("num_failures", 0),
                            "node_ip": last.get("node_ip")})
     return trials
-
-
-def _pids_under(root: Path) -> set[int]:
-    """Processes of this user holding a file (or their working dir) under ``root``: the ones a
-    node started, whatever their process group."""
-    root_s, me, found = str(root), os.getuid(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != me:
-                continue
-            paths = [os.readlink(entry / "cwd")]
-            paths += [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(p == root_s or p.startswith(root_s + "/") for p in paths):
-            found.add(int(entry.name))
-    return found
-
-
-def _kill_node(node: Node, sig: int, grace_s: float) -> None:
-    try:
-        os.killpg(node.proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        node.proc.wait(timeout=grace_s or 0.1)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(node.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    node.proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = _pids_under(node.temp_dir)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)

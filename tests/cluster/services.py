@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.reaper import reaped, stop
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,9 +108,7 @@ def cli(home: Path, ray_dir: Path, *args: str, env: dict[str, str] | None = None
     full.pop("RAY_ADDRESS", None)
     out = open(log, "w") if log else subprocess.PIPE
     try:
-        return subprocess.Popen([sys.executable, "-m", "tests.reaper", sys.executable, "-m",
-                                 "sweeps.cli", *args], env=full, cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        return reaped([sys.executable, "-m", "sweeps.cli", *args], env=full, stdout=out)
     finally:
         if log:
             out.close()
@@ -117,9 +116,7 @@ def cli(home: Path, ray_dir: Path, *args: str, env: dict[str, str] | None = None
 
 def stop_cli(proc: subprocess.Popen) -> None:
     """End a :func:`cli` process and every process it started (Ray's daemons too), by PID."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # the reaper SIGKILLs its descendants, then itself
-    proc.wait(timeout=60)
+    stop(proc)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_server.local import MotoS3
-from tests.test_resume import reaped
+from tests.reaper import reaped, stop
 from tests.tiny import ZOO, sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -52,7 +52,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
 
 
 def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3, short_tmp):
-    from tests.test_resume import _finished_pair_count, kill_tree
+    from tests.test_resume import _finished_pair_count
 
     db = tmp_path / "shared" / "mlflow.db"  # stands for the shared tracking server
     db.parent.mkdir()
@@ -75,7 +75,7 @@ def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3, sho
                 break
             time.sleep(0.5)
     finally:
-        kill_tree(driver)
+        stop(driver)
     done_before = _finished_pair_count(db.parent)
     assert 0 < done_before < total, "head A must be killed mid-sweep"
 
@@ -89,7 +89,7 @@ def test_new_head_node_resumes_a_killed_sweep_from_state_on_s3(tmp_path, s3, sho
     try:
         out, _ = resume.communicate(timeout=600)
     finally:
-        kill_tree(resume)
+        stop(resume)
     assert resume.returncode == 0, out
     assert "resuming s3://" in out and "afresh" not in out  # Tune restored from S3
 
