@@ -118,6 +118,18 @@ def test_subpackage_inits_import_nothing_but_what_registers():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_public_entry_points_keep_their_import_paths():
+    """What users import (README): the moves of the layout kept these paths working."""
+    from selection import proxies
+    from selection.rank_features import rank_features
+    from sweeps.recommend import recommend
+
+    assert callable(recommend) and callable(rank_features)
+    for name in ("compute_proxies", "list_proxies", "logme", "hscore", "transrate", "leep",
+                 "nce", "knn_accuracy"):
+        assert callable(getattr(proxies, name)), name
+
+
 def test_trial_bodies_import_neither_ray_nor_mlflow():
     code = ("import sys, sweeps.trials; "
             "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, "

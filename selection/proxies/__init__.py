@@ -23,10 +23,14 @@ from typing import Any
 
 from selection.proxies import early_stop, knn, linear, source_scores, transferability  # noqa: F401 (they register)
 from selection.proxies.inputs import check_inputs, check_int
+from selection.proxies.knn import knn_accuracy
 from selection.proxies.registry import PROXIES, Proxy, ProxyInputs
+from selection.proxies.source_scores import leep, nce
+from selection.proxies.transferability import hscore, logme, transrate
 from whichmodel.registry import UnknownNameError
 
-__all__ = ["compute_proxies", "get_proxy", "list_proxies", "make_inputs"]
+__all__ = ["compute_proxies", "get_proxy", "hscore", "knn_accuracy", "leep", "list_proxies",
+           "logme", "make_inputs", "nce", "transrate"]
 
 
 # The order proxies are listed in: by module (the paper's linear and kNN proxies first), then in
