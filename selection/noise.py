@@ -124,43 +124,45 @@ def task_noise(task: str, ev: TaskEvidence, point: np.ndarray, draws: int = DRAW
     return p_best, floor, acc
 
 
-def regret_matrix(acc: np.ndarray) -> np.ndarray:
-    """Relative regret of picking each model, per draw: (draws, models)."""
-    return relative_regret_unchecked(acc.max(axis=1, keepdims=True), acc)
+def expected_best_draws(groups: Sequence[Sequence[int]], acc: np.ndarray,
+                        budgets: Sequence[int]) -> np.ndarray:
+    """s(S) per draw (draws, budgets): the expected best accuracy of a ranking given as ordered
+    tie groups of column indices of ``acc`` (draws, models), exact over the tied orders.
 
-
-def regret_draws(groups: Sequence[Sequence[int]], acc: np.ndarray, budgets: Sequence[int],
-                 regrets: np.ndarray | None = None) -> np.ndarray:
-    """Relative regret (draws, budgets) of a ranking given as ordered tie groups of column
-    indices of ``acc`` (draws, models), exact over the tied orders at every budget.
-
-    Relative regret falls as s(S) rises, so the regret of the best pick is the smallest of the
-    picks' regrets: everything is computed on ``regrets`` (:func:`regret_matrix` of ``acc``,
-    passed in when several rankings share it), and a tie group cut by B contributes the i-th
-    largest regret of the group with the probability that the i-th smallest accuracy is the
-    best of a random subset.
+    The groups wholly inside B give their best; a group B cuts with ``left`` picks adds the
+    expected best of a random ``left``-subset of it, floored at the best before it: the i-th
+    smallest accuracy of the group is that best with probability C(i - 1, left - 1) / C(k, left).
     """
-    reg = regret_matrix(acc) if regrets is None else regrets
-    out = np.empty((reg.shape[0], len(budgets)))
+    out = np.empty((acc.shape[0], len(budgets)))
     starts = np.cumsum([0, *(len(g) for g in groups)])
-    prefix = [np.full(reg.shape[0], np.inf)]  # smallest regret of the first j groups
-    ordered: dict[int, np.ndarray] = {}  # a cut group's regrets, largest first
+    prefix = [np.full(acc.shape[0], -np.inf)]  # best accuracy of the first j groups
+    ordered: dict[int, np.ndarray] = {}  # a cut group's accuracies, ascending per draw
     for k, b in enumerate(budgets):
         b = min(int(b), int(starts[-1]))
         j = int(np.searchsorted(starts, b, side="right")) - 1  # groups wholly inside B
         while len(prefix) <= j:
             g = groups[len(prefix) - 1]
-            prefix.append(np.minimum(prefix[-1], reg[:, list(g)].min(axis=1)))
+            prefix.append(np.maximum(prefix[-1], acc[:, list(g)].max(axis=1)))
         left = b - int(starts[j])
         if left == 0:
             out[:, k] = prefix[j]
             continue
         if j not in ordered:
-            ordered[j] = -np.sort(-reg[:, list(groups[j])], axis=1)
+            ordered[j] = np.sort(acc[:, list(groups[j])], axis=1)
         probs = random_max_probabilities(len(groups[j]), left)
         keep = probs > 0
-        cut = np.minimum(ordered[j][:, keep], prefix[j][:, None])
-        out[:, k] = cut @ probs[keep]
+        out[:, k] = np.maximum(ordered[j][:, keep], prefix[j][:, None]) @ probs[keep]
+    return out
+
+
+def regret_draws(mixture: Sequence[tuple[float, Sequence[Sequence[int]]]], acc: np.ndarray,
+                 budgets: Sequence[int]) -> np.ndarray:
+    """Relative regret (draws, budgets) of the expected pick s(S) of a strategy -- a mixture of
+    rankings, each (probability, ordered tie groups of column indices of ``acc``) -- against each
+    draw's best accuracy (Renggli et al. 2022, Sec. 3: the regret of the expectation)."""
+    s = sum(w * expected_best_draws(groups, acc, budgets) for w, groups in mixture)
+    star = acc.max(axis=1, keepdims=True)
+    out = relative_regret_unchecked(star, np.minimum(s, star))  # s <= s*, up to rounding
     if not np.isfinite(out).all():  # finite accuracies in [0, 1] give finite regrets
         raise ValueError("regret_draws: a non-finite regret; the resampled accuracies must be "
                          "finite fractions in [0, 1]")
@@ -270,7 +272,8 @@ def evidence(task: str, models: Sequence[str], point: np.ndarray,
 
 
 def noise_section(tasks: Sequence[str], task_pool: Mapping[str, list[str]],
-                  task_accs: Mapping[str, np.ndarray], groups: Mapping[str, Mapping[str, list]],
+                  task_accs: Mapping[str, np.ndarray],
+                  rankings: Mapping[str, Mapping[str, list[tuple[float, list]]]],
                   budgets: Sequence[int], point: Mapping[str, Mapping[str, dict]],
                   reps: Mapping[tuple[str, str], np.ndarray],
                   test_results: Mapping[str, Mapping[str, np.ndarray]] | None,
@@ -278,34 +281,34 @@ def noise_section(tasks: Sequence[str], task_pool: Mapping[str, list[str]],
     """The report's noise keys: ``p_best``, ``noise_floor``, ``noise_source``, ``ci``,
     ``better_than``, ``within_noise``, ``above_noise_floor`` and ``noise`` (the settings).
 
-    ``groups[strategy][task]``: the strategy's ordered tie groups (model names);
+    ``rankings[strategy][task]``: the rankings the strategy draws from, each (probability,
+    ordered tie groups of model names);
     ``point[strategy][B]``: its reported summary (``mean``, ``per_task``).
     """
-    p_best, floor, source, per_task = {}, {}, {}, {name: {} for name in groups}
+    p_best, floor, source, per_task = {}, {}, {}, {name: {} for name in rankings}
     for t in tasks:
         models, accs = task_pool[t], task_accs[t]
         ev = evidence(t, models, accs, reps, test_results)
         p_best[t], floor[t], drawn = task_noise(t, ev, accs, draws, seed)
         source[t] = ev.source
         acc = drawn if drawn is not None else accs[None, :]
-        regrets = regret_matrix(acc)
         position = {m: i for i, m in enumerate(models)}
-        for name, by_task in groups.items():
+        for name, by_task in rankings.items():
             if name == "per_task_best":
                 r = np.zeros((1, len(budgets)))
             else:
-                r = regret_draws([[position[m] for m in g] for g in by_task[t]], acc, budgets,
-                                 regrets)
+                r = regret_draws([(w, [[position[m] for m in g] for g in groups])
+                                  for w, groups in by_task[t]], acc, budgets)
             per_task[name][t] = np.broadcast_to(r, (draws, len(budgets)))
     keys = [str(b) for b in budgets]
     observed = {n: [np.array([point[n][b]["per_task"][t] for t in tasks]) for b in keys]
-                for n in groups}
+                for n in rankings}
     out: dict[str, object] = strategy_intervals(per_task, tasks, budgets, observed, draws, seed)
     out.update(
         p_best=p_best, noise_floor=floor, noise_source=source,
         above_noise_floor={n: {b: {t: (None if floor[t] is None else
                                        bool(point[n][b]["per_task"][t] > floor[t] + ZERO))
-                                   for t in tasks} for b in keys} for n in groups},
+                                   for t in tasks} for b in keys} for n in rankings},
         noise={"draws": draws, "seed": seed, "level": LEVEL,
                "resampled": "test examples (jointly for a task's models) and repetitions; "
                             "tasks with replacement for the intervals"})

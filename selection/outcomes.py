@@ -1,17 +1,23 @@
-"""What a ranking gives at each budget, ties included: the distribution of s(S).
+"""What a ranking gives at each budget, ties included: the distribution of s(S), and s(S) itself.
 
 A strategy ranks a task's pool into ordered *tie groups* (models it cannot tell apart: the same
 proxy score, the same metadata). With budget B it fine-tunes the models of the first groups and,
 where B cuts a group, a uniformly random subset of it: every order of the tied models is equally
-likely, never alphabetical. s(S), the best accuracy among the B picks, is then a random variable
-with a small discrete distribution (:class:`Outcome`), and every measure of the report is its
-exact expectation (Renggli et al. 2022, Sec. 3: the expectation over the strategy's randomness):
+likely, never alphabetical. A strategy may also be a *mixture* of such rankings (a hybrid
+without task-agnostic metadata: a uniformly random first model, then the proxy's order of the
+rest), each with its probability. The best accuracy among the B picks is then a random variable
+with a small discrete distribution (:class:`Outcome`), and s(S) is its expectation (Renggli et
+al. 2022, Sec. 3: "the expected maximal test accuracy", the expectation including "any
+potential randomization in the algorithm"). Every measure is taken of that expectation:
 
-- relative regret E[(s* - s(S)) / (1 - min(s*, s(S)))], absolute regret s* - E[s(S)], log-odds
-  regret E[logit s* - logit s(S)];
-- the delta between strategies a and b (Sec. 3, Eq. 2), E[(s(S_a) - s(S_b)) / (1 - min(s(S_a),
-  s(S_b)))] over independent draws (0 when both are 1; delta(a, b) = -delta(b, a));
-- the smallest budget with zero regret: the first B at which every draw holds a best model.
+- relative regret (s* - s(S)) / (1 - min(s*, s(S))), absolute regret s* - s(S), log-odds
+  regret logit(s*) - logit(s(S)) (Appendix C);
+- the delta between strategies a and b (Sec. 3, Eq. 2), (s(S_a) - s(S_b)) / (1 - min(s(S_a),
+  s(S_b))) (0 when both are 1; delta(a, b) = -delta(b, a)), and its log-odds form;
+- Figure 7's "how frequently a strategy picks the best model": the probability that the picks
+  hold a best model (:func:`p_best_picked`; random with one best of n: B/n);
+- the smallest budget with zero regret: the first B at which every draw holds a best model
+  (for a mixture, every ranking of it).
 
 The random strategy is one tie group of the whole pool, so a proxy that scores every model alike
 is scored exactly as random. The distribution of the best of a uniformly random r-subset of a
@@ -41,7 +47,9 @@ class Outcome:
 
     @property
     def mean(self) -> float:
-        return float(np.dot(self.probs, self.values))
+        """E[s], kept inside the values' range (the probabilities sum to 1 up to rounding)."""
+        return float(np.clip(np.dot(self.probs, self.values), self.values.min(),
+                             self.values.max()))
 
 
 def best_of_random_subset(accs: Sequence[float], r: int) -> Outcome:
@@ -93,7 +101,8 @@ def _merge(values: np.ndarray, probs: np.ndarray) -> Outcome:
 
 
 def relative(s_star: float, outcome: Outcome) -> float:
-    return outcome.expect(lambda v: relative_regret(s_star, v))
+    """Relative regret of the expected best accuracy s(S) = E[max]."""
+    return float(relative_regret(s_star, outcome.mean))
 
 
 def absolute(s_star: float, outcome: Outcome) -> float:
@@ -101,7 +110,13 @@ def absolute(s_star: float, outcome: Outcome) -> float:
 
 
 def log_odds(s_star: float, outcome: Outcome, eps: float = 1e-4) -> float:
-    return outcome.expect(lambda v: log_odds_regret(s_star, v, eps=eps))
+    """logit(s*) - logit(s(S)), both clipped to [eps, 1 - eps]."""
+    return float(log_odds_regret(s_star, outcome.mean, eps=eps))
+
+
+def p_best_picked(s_star: float, outcome: Outcome) -> float:
+    """The probability that the picks hold a model as good as the pool's best (Figure 7)."""
+    return float(min(1.0, outcome.probs[outcome.values >= s_star - ZERO].sum()))
 
 
 def is_zero_regret(s_star: float, outcome: Outcome) -> bool:
@@ -110,21 +125,27 @@ def is_zero_regret(s_star: float, outcome: Outcome) -> bool:
 
 
 def relative_delta(a: Outcome, b: Outcome) -> float:
-    """E[(s_a - s_b) / (1 - min(s_a, s_b))] over independent draws; 0 where both are 1."""
-    x, y = np.meshgrid(a.values, b.values, indexing="ij")
-    w = np.outer(a.probs, b.probs)
-    denom = 1.0 - np.minimum(x, y)
-    delta = np.where(denom == 0.0, 0.0, (x - y) / np.where(denom == 0.0, 1.0, denom))
-    return float((w * delta).sum())
+    """(s_a - s_b) / (1 - min(s_a, s_b)) of the expected best accuracies; 0 where both are 1."""
+    x, y = a.mean, b.mean
+    denom = 1.0 - min(x, y)
+    return 0.0 if denom <= 0.0 else float((x - y) / denom)
 
 
 def log_odds_delta(a: Outcome, b: Outcome, eps: float = 1e-4) -> float:
-    """E[logit s_a - logit s_b] (Appendix C), accuracies clipped to [eps, 1 - eps]."""
-    def logit(v: np.ndarray) -> np.ndarray:
-        v = np.clip(v, eps, 1.0 - eps)
-        return np.log(v) - np.log1p(-v)
+    """logit s_a - logit s_b of the expected best accuracies (Appendix C), clipped to
+    [eps, 1 - eps]."""
+    def logit(v: float) -> float:
+        v = min(max(v, eps), 1.0 - eps)
+        return float(np.log(v) - np.log1p(-v))
 
-    return float(np.dot(a.probs, logit(a.values)) - np.dot(b.probs, logit(b.values)))
+    return logit(a.mean) - logit(b.mean)
+
+
+def mix(parts: Sequence[tuple[float, Outcome]]) -> Outcome:
+    """The outcome of a mixture of rankings: each part's outcome with its probability."""
+    values = np.concatenate([o.values for _, o in parts])
+    probs = np.concatenate([w * o.probs for w, o in parts])
+    return _merge(values, probs / probs.sum())
 
 
 def zero_regret_budget(groups: Sequence[Sequence[float]], s_star: float) -> int:

@@ -14,14 +14,23 @@ an alphabetical one). Strategies register themselves, like timm's ``create_model
 
 The strategies (Renggli et al. 2022, Sec. 2-5 and Appendix G):
 
-- ``task_agnostic`` -- upstream metadata only, the same order for every task: highest ImageNet
-  accuracy, otherwise largest upstream data; on an *approximate* tie, more parameters. Sorted by
-  accuracy, each model joins the open group if its accuracy is within ``tie_tolerance`` (0.005 by
-  default, 0.5 points) of the group's first, else opens a new one; inside a group more backbone
-  parameters first, then name. Models without an accuracy follow, by upstream size the same way.
+- ``task_agnostic`` -- upstream metadata only: highest ImageNet accuracy, otherwise largest
+  upstream data; on an *approximate* tie, more parameters. Among the models being ranked (the
+  pool: the groups depend on who is in it), sorted by accuracy, each model joins the open group
+  if its accuracy is within ``tie_tolerance`` (0.005 by default, 0.5 points) of the group's
+  first, else opens a new one; inside a group more backbone parameters first. Models without an
+  accuracy follow, by upstream size the same way (exact ties only), then the rest by parameters.
+  Models equal in all of it (or whose parameters are unknown) are a tie group, never ordered by
+  name.
+- ``static:<column>`` -- every task ranked by one metadata column (``params``, ``imagenet_acc``,
+  ``feature_dim``, ``upstream_size``), higher first, equal values tied: the baselines a proxy must
+  beat (a fixed ranking by model size beats most published transferability metrics on the
+  standard 11 x 11 table; Singh, Hess, Vanschoren, ICLR 2026).
 - ``proxy/<name>`` -- task-aware: one proxy score on the task (linear probe, kNN, LogME ...); a
   NaN score is no score (the model ranks after all that have one).
-- ``hybrid:proxy/<name>`` -- the top-1 task-agnostic model, then the proxy's order of the rest.
+- ``hybrid:proxy/<name>`` (and ``hybrid:nearest_task``) -- the top-1 task-agnostic model, then
+  the proxy's order of the rest; where task-agnostic ties at the top (no metadata: the whole
+  pool), the first pick is a uniformly random one of the tied models (a mixture of rankings).
 - ``task_agnostic_oracle`` -- by mean fine-tune accuracy over all tasks of the table: the
   paper's Oracle of Appendix G and Figure 7; not practical, it sees the task's own results.
   ``task_agnostic_oracle_loto`` -- by the mean over the *other* tasks (practical).
@@ -35,10 +44,8 @@ Other strategies register with :func:`register_strategy`, or are logged as a ``p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -50,41 +57,36 @@ from selection.learners import (
     ensemble_table,
     records_learner_table,
 )
+from selection.nearest_task import NEAREST_TASK
+from selection.rankings import (
+    RANDOM,
+    TASK_AGNOSTIC,
+    TIE_TOLERANCE,
+    HybridStrategy,
+    MeanAccuracyStrategy,
+    RandomStrategy,
+    ScoreStrategy,
+    StaticStrategy,
+    Strategy,
+    TaskAgnosticStrategy,
+    score_value,
+)
 from selection.records import GROUND_TRUTH, PROXY_PREFIX, index_metadata
-from selection.regret import ZERO
-from whichmodel.errors import InputError, WhichModelError
+from whichmodel.errors import WhichModelError
 from whichmodel.registry import Registry
 
-TASK_AGNOSTIC = "task_agnostic"
 TASK_AGNOSTIC_ORACLE = "task_agnostic_oracle"
 TASK_AGNOSTIC_ORACLE_LOTO = "task_agnostic_oracle_loto"
 PER_TASK_BEST = "per_task_best"
-RANDOM = "random"
 HYBRID_PREFIX = "hybrid:"
+STATIC_PREFIX = "static:"
+#: metadata columns a static ranking may read (higher first)
+STATIC_COLUMNS = ("params", "imagenet_acc", "feature_dim", "upstream_size")
 #: the meta-learned strategies; their score tables are predicted accuracies, not records.
 CHOICENET_V1 = "choicenet_v1"
 CHOICENET_V2 = "choicenet_v2"
-#: the task-agnostic rule's default approximate-tie tolerance (0.5 accuracy points).
-TIE_TOLERANCE = 0.005
 
 Scores = Mapping[str, pd.DataFrame]
-Groups = list[list[str]]
-
-
-@runtime_checkable
-class Strategy(Protocol):
-    """Ranks a task's pool into ordered tie groups, best first."""
-
-    name: str
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        """Every model of ``models`` exactly once, in ordered groups of tied models."""
-        ...
-
-
-def flat(groups: Groups) -> list[str]:
-    """A ranking for display: the groups in order, tied models by name."""
-    return [m for group in groups for m in sorted(group)]
 
 
 class UnknownStrategyError(WhichModelError, KeyError):
@@ -92,141 +94,6 @@ class UnknownStrategyError(WhichModelError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""
-
-
-def _score(value: object) -> float | None:
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def groups_by_value(models: Sequence[str], values: Sequence[float | None]) -> Groups:
-    """Models grouped by equal value, highest first; models without a value last, tied."""
-    known: dict[float, list[str]] = {}
-    missing = []
-    for m, v in zip(models, values):
-        if v is None:
-            missing.append(m)
-        else:
-            known.setdefault(v, []).append(m)
-    groups = [sorted(known[v]) for v in sorted(known, reverse=True)]
-    return groups + ([sorted(missing)] if missing else [])
-
-
-@dataclass(frozen=True, eq=False)
-class TaskAgnosticStrategy:
-    """The paper's task-agnostic rule (module docstring); one model per group (the rule orders
-    every model: accuracy group, then parameters, then name)."""
-
-    metadata: pd.DataFrame | None = None
-    tie_tolerance: float = TIE_TOLERANCE
-    name: str = TASK_AGNOSTIC
-    _order: dict = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not (self.tie_tolerance >= 0):
-            raise InputError(f"tie_tolerance={self.tie_tolerance!r} must be >= 0 (0: strict order)")
-        meta = index_metadata(self.metadata)
-        rows = {} if meta is None else {str(m): row for m, row in meta.iterrows()}
-
-        def get(model: str, key: str) -> float | None:
-            row = rows.get(model)
-            return None if row is None or key not in row else _score(row[key])
-
-        with_acc = [m for m in rows if get(m, "imagenet_acc") is not None]
-        with_size = [m for m in rows if m not in with_acc and get(m, "upstream_size") is not None]
-        rest = [m for m in rows if m not in with_acc and m not in with_size]
-        order = (self._approximate(with_acc, "imagenet_acc", get, self.tie_tolerance)
-                 + self._approximate(with_size, "upstream_size", get, 0.0)
-                 + sorted(rest, key=lambda m: (-(get(m, "params") or 0.0), m)))
-        object.__setattr__(self, "_order", {m: i for i, m in enumerate(order)})
-
-    @staticmethod
-    def _approximate(models: list[str], key: str, get, tolerance: float) -> list[str]:
-        """Greedy groups from the highest value (within ``tolerance`` of the group's first),
-        more parameters first inside a group, then name."""
-        ranked = sorted(models, key=lambda m: (-get(m, key), m))
-        out, group, first = [], [], None
-        for m in ranked:
-            value = get(m, key)
-            if group and first - value > tolerance + ZERO:
-                out += sorted(group, key=lambda x: (-(get(x, "params") or 0.0), x))
-                group = []
-            if not group:
-                first = value
-            group.append(m)
-        return out + sorted(group, key=lambda x: (-(get(x, "params") or 0.0), x))
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        unknown = [m for m in models if m not in self._order]
-        known = sorted((m for m in models if m in self._order), key=self._order.__getitem__)
-        return [[m] for m in known] + ([sorted(unknown)] if unknown else [])
-
-
-@dataclass(frozen=True, eq=False)
-class ScoreStrategy:
-    """Rank by one score table (a proxy, a prediction, an accuracy) on the task, highest first;
-    equal scores tie, models without a finite score tie last."""
-
-    name: str
-    table: pd.DataFrame
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        models = list(models)
-        if not models:
-            return []
-        if task not in self.table.columns:
-            return [sorted(models)]
-        values = pd.to_numeric(self.table[task], errors="coerce").reindex(models)
-        return groups_by_value(models, [_score(v) for v in values.to_numpy(dtype=float)])
-
-
-@dataclass(frozen=True, eq=False)
-class HybridStrategy:
-    """Top-1 task-agnostic model, then the proxy's ranking of the rest (B = 1 is task-agnostic)."""
-
-    name: str
-    agnostic: TaskAgnosticStrategy
-    proxy: ScoreStrategy
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        if not models:
-            return []
-        first = self.agnostic.rank_groups(task, models)[0]
-        if len(first) > 1:  # no metadata to choose by: the whole pool is one group
-            return self.proxy.rank_groups(task, models)
-        rest = [m for m in models if m != first[0]]
-        return [first, *(self.proxy.rank_groups(task, rest) if rest else [])]
-
-
-@dataclass(frozen=True, eq=False)
-class MeanAccuracyStrategy:
-    """The task-agnostic oracles: rank by mean fine-tune accuracy over all tasks of the table, or
-    (``leave_task_out``) over every task but the one ranked. Missing pairs are left out of the
-    mean; a model with no other result ties last."""
-
-    name: str
-    truth: pd.DataFrame
-    leave_task_out: bool = False
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        table = self.truth.reindex(index=list(models))
-        if self.leave_task_out and task in table.columns:
-            table = table.drop(columns=[task])
-        means = table.apply(pd.to_numeric, errors="coerce").mean(axis=1, skipna=True)
-        return groups_by_value(list(models), [_score(v) for v in means.to_numpy(dtype=float)])
-
-
-@dataclass(frozen=True, eq=False)
-class RandomStrategy:
-    """Uniformly random size-B subsets: the whole pool is one tie group."""
-
-    name: str = RANDOM
-
-    def rank_groups(self, task: str, models: list[str]) -> Groups:
-        return [sorted(models)] if models else []
 
 
 # ------------------------------------------------------------------------------- the registry
@@ -259,35 +126,40 @@ class StrategyContext:
 class StrategySpec:
     """A registered strategy, or a family of them (``offers`` lists its names).
 
-    ``offers(proxies, predicted)`` gives the names a family provides for these proxy metrics and
-    predicted tables (None: the spec's own name only); ``uses_task_results``: it reads the task's
-    own fine-tune results (a bound for the report, not a strategy for a new task); ``order``
-    places it in :func:`list_strategies` (built-ins 0-40 and 90+, others 50 by default).
+    ``offers(proxies, predicted, columns)`` gives the names a family provides for these proxy
+    metrics, predicted tables and metadata columns (None: the spec's own name only);
+    ``uses_task_results``: it reads the task's own fine-tune results (a bound for the report,
+    not a strategy for a new task); ``order`` places it in :func:`list_strategies` (built-ins
+    0-40 and 90+, others 50 by default).
     """
 
     name: str
     factory: Callable[[StrategyContext], Strategy]
-    offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None
+    offers: Callable[[Sequence[str], Sequence[str], Sequence[str]], list[str]] | None = None
     uses_task_results: bool = False
     order: int = 50
     prefix: str | None = None  # a family that also builds any name with this prefix
 
-    def names(self, proxies: Sequence[str], predicted: Sequence[str]) -> list[str]:
-        return [self.name] if self.offers is None else list(self.offers(proxies, predicted))
+    def names(self, proxies: Sequence[str], predicted: Sequence[str],
+              columns: Sequence[str] = ()) -> list[str]:
+        return ([self.name] if self.offers is None
+                else list(self.offers(proxies, predicted, columns)))
 
 
 STRATEGIES: Registry[StrategySpec] = Registry("strategy")
 
 
 def register_strategy(name: str, factory: Callable[[StrategyContext], Strategy] | None = None, *,
-                      offers: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None,
+                      offers: Callable[[Sequence[str], Sequence[str], Sequence[str]], list[str]]
+                      | None = None,
                       uses_task_results: bool = False, order: int = 50,
                       prefix: str | None = None):
     """Register ``factory(ctx) -> Strategy`` as ``name`` (or, with ``offers``, as a family named
     ``name``); a decorator when ``factory`` is omitted. Names of the built-in strategies and
     families are refused."""
     taken = {spec.name for _, spec in STRATEGIES.items()} | {GROUND_TRUTH}
-    if name in taken or (offers is None and name.startswith((PROXY_PREFIX, HYBRID_PREFIX))):
+    if name in taken or (offers is None and name.startswith((PROXY_PREFIX, HYBRID_PREFIX,
+                                                              STATIC_PREFIX))):
         raise ValueError(f"register_strategy: {name!r} is built in or reserved; choose another name")
 
     def add(fn: Callable[[StrategyContext], Strategy]) -> Callable[[StrategyContext], Strategy]:
@@ -302,22 +174,24 @@ def _specs() -> list[StrategySpec]:
     return sorted((spec for _, spec in STRATEGIES.items()), key=lambda spec: spec.order)
 
 
-def list_strategies(proxies: Sequence[str], predicted: Sequence[str] = ()) -> list[str]:
-    """Strategy names for these proxy metrics and predicted-accuracy tables, in report order:
-    task-agnostic, proxies, hybrids, the oracles, predicted tables, registered others,
-    ``per_task_best``, ``random``."""
-    return [n for spec in _specs() for n in spec.names(list(proxies), list(predicted))]
+def list_strategies(proxies: Sequence[str], predicted: Sequence[str] = (),
+                    columns: Sequence[str] = ()) -> list[str]:
+    """Strategy names for these proxy metrics, predicted-accuracy tables and metadata columns
+    (``static:<column>``), in report order: task-agnostic, static rankings, proxies, hybrids,
+    the oracles, predicted tables, registered others, ``per_task_best``, ``random``."""
+    return [n for spec in _specs()
+            for n in spec.names(list(proxies), list(predicted), list(columns))]
 
 
-def get_strategy_spec(name: str, proxies: Sequence[str] = (), predicted: Sequence[str] = ()
-                      ) -> StrategySpec:
-    """The spec that provides ``name`` for these proxies and predicted tables."""
+def get_strategy_spec(name: str, proxies: Sequence[str] = (), predicted: Sequence[str] = (),
+                      columns: Sequence[str] = ()) -> StrategySpec:
+    """The spec that provides ``name`` for these proxies, predicted tables and columns."""
     for spec in _specs():
-        if name in spec.names(list(proxies), list(predicted)) or (
+        if name in spec.names(list(proxies), list(predicted), list(columns)) or (
                 spec.prefix and name.startswith(spec.prefix)):
             return spec
     raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these scores: "
-                               f"{list_strategies(proxies, predicted)}")
+                               f"{list_strategies(proxies, predicted, columns)}")
 
 
 def check_predicted_name(name: object) -> str:
@@ -327,7 +201,8 @@ def check_predicted_name(name: object) -> str:
         raise ValueError(f"predictions: name {name!r} must be a non-empty string without surrounding "
                          "whitespace, e.g. 'choicenet_v1'")
     fixed = {spec.name for spec in _specs() if spec.offers is None}
-    if name in fixed or name == GROUND_TRUTH or name.startswith((PROXY_PREFIX, HYBRID_PREFIX)):
+    if name in fixed or name == GROUND_TRUTH or name.startswith((PROXY_PREFIX, HYBRID_PREFIX,
+                                                                 STATIC_PREFIX)):
         raise ValueError(f"predictions: name {name!r} is a built-in, registered or proxy strategy "
                          f"name; call predicted accuracies e.g. {CHOICENET_V1!r} or {CHOICENET_V2!r}")
     return name
@@ -341,6 +216,15 @@ def predicted_of(scores: Scores) -> list[str]:
     return sorted(m for m in scores if m != GROUND_TRUTH and not m.startswith(PROXY_PREFIX))
 
 
+def metadata_columns(metadata: pd.DataFrame | None) -> list[str]:
+    """The :data:`STATIC_COLUMNS` this metadata has a finite value of (a static ranking each)."""
+    meta = index_metadata(metadata)
+    if meta is None:
+        return []
+    return [c for c in STATIC_COLUMNS if c in meta.columns
+            and pd.to_numeric(meta[c], errors="coerce").notna().any()]
+
+
 def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = None, *,
                     tie_tolerance: float = TIE_TOLERANCE) -> Strategy:
     """Build the strategy called ``name``.
@@ -351,15 +235,17 @@ def create_strategy(name: str, scores: Scores, metadata: pd.DataFrame | None = N
     None). Raises :class:`UnknownStrategyError` (a KeyError) listing the known names.
     """
     proxies, predicted = proxies_of(scores), predicted_of(scores)
+    columns = metadata_columns(metadata)
     try:
-        spec = get_strategy_spec(name, proxies, predicted)
+        spec = get_strategy_spec(name, proxies, predicted, columns)
     except UnknownStrategyError:
         hint = ""
         if name in (CHOICENET_V1, CHOICENET_V2):
             hint = (f"; {name!r} ranks by ChoiceNet's predicted accuracy: pass "
                     f"predictions={{{name!r}: table}} (lightning_modules.choicenet.predict_choicenet)")
         raise UnknownStrategyError(f"unknown strategy {name!r}; known strategies for these "
-                                   f"scores: {list_strategies(proxies, predicted)}{hint}") from None
+                                   f"scores: {list_strategies(proxies, predicted, columns)}{hint}"
+                                   ) from None
     return spec.factory(StrategyContext(name, scores, metadata, tie_tolerance))
 
 
@@ -370,16 +256,31 @@ def _task_agnostic(ctx: StrategyContext) -> Strategy:
     return ctx.agnostic()
 
 
-@register_strategy("proxy/<name>", offers=lambda proxies, predicted: list(proxies), order=10)
+@register_strategy("static:<column>", order=5, prefix=STATIC_PREFIX,
+                   offers=lambda proxies, predicted, columns: [STATIC_PREFIX + c for c in columns])
+def _static(ctx: StrategyContext) -> Strategy:
+    """Every task ranked by one metadata column, higher first (a baseline to beat)."""
+    column = ctx.name[len(STATIC_PREFIX):]
+    if column not in metadata_columns(ctx.metadata):
+        raise UnknownStrategyError(
+            f"strategy {ctx.name!r}: the model metadata has no {column!r} value to rank by; "
+            f"static rankings here: {[STATIC_PREFIX + c for c in metadata_columns(ctx.metadata)]}")
+    meta = index_metadata(ctx.metadata)
+    values = pd.to_numeric(meta[column], errors="coerce")
+    return StaticStrategy(ctx.name, {str(m): score_value(v) for m, v in values.items()})
+
+
+@register_strategy("proxy/<name>", offers=lambda proxies, predicted, columns: list(proxies), order=10)
 def _proxy(ctx: StrategyContext) -> Strategy:
     """One proxy score on the task, best first."""
     return ScoreStrategy(ctx.name, ctx.table(ctx.name))
 
 
-@register_strategy("hybrid:<proxy>", order=20,
-                   offers=lambda proxies, predicted: [HYBRID_PREFIX + p for p in proxies])
+@register_strategy("hybrid:<proxy>", order=20, offers=lambda proxies, predicted, columns: [
+    HYBRID_PREFIX + p for p in [*proxies, *(n for n in predicted if n == NEAREST_TASK)]])
 def _hybrid(ctx: StrategyContext) -> Strategy:
-    """The top-1 task-agnostic model, then the proxy's order of the rest."""
+    """The top-1 task-agnostic model, then the proxy's (or the nearest task's) order of the
+    rest."""
     proxy = ctx.name[len(HYBRID_PREFIX):]
     return HybridStrategy(ctx.name, ctx.agnostic(), ScoreStrategy(proxy, ctx.table(proxy)))
 
@@ -396,7 +297,7 @@ def _task_agnostic_oracle_loto(ctx: StrategyContext) -> Strategy:
     return MeanAccuracyStrategy(TASK_AGNOSTIC_ORACLE_LOTO, ctx.table(GROUND_TRUTH), True)
 
 
-@register_strategy("<predicted table>", offers=lambda proxies, predicted: list(predicted),
+@register_strategy("<predicted table>", offers=lambda proxies, predicted, columns: list(predicted),
                    order=40)
 def _predicted(ctx: StrategyContext) -> Strategy:
     """A prediction made without the task's results (ChoiceNet, nearest task), best first."""
@@ -404,7 +305,7 @@ def _predicted(ctx: StrategyContext) -> Strategy:
 
 
 @register_strategy("ensemble:<proxies>", order=45, prefix=ENSEMBLE_PREFIX,
-                   offers=lambda proxies, predicted: [ENSEMBLE_ALL] if len(proxies) > 1 else [])
+                   offers=lambda proxies, predicted, columns: [ENSEMBLE_ALL] if len(proxies) > 1 else [])
 def _ensemble(ctx: StrategyContext) -> Strategy:
     """Mean of the proxies' within-task z-scores (all, or ``ensemble:knn+logme``)."""
     try:
@@ -415,7 +316,7 @@ def _ensemble(ctx: StrategyContext) -> Strategy:
 
 
 @register_strategy(CHOICENET_RECORDS, order=46,
-                   offers=lambda proxies, predicted: [CHOICENET_RECORDS] if proxies else [])
+                   offers=lambda proxies, predicted, columns: [CHOICENET_RECORDS] if proxies else [])
 def _choicenet_records(ctx: StrategyContext) -> Strategy:
     """Ridge on within-task proxy z-scores and the model's mean accuracy on the other tasks,
     fitted to within-task accuracy, leave-one-task-out (records only, no embeddings)."""

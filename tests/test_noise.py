@@ -104,7 +104,7 @@ def test_interval_covers_the_true_mean_regret_in_93_to_97_percent_of_400_tables(
         acc, score = _table(rng, len(tasks))
         per_task, point = {"proxy": {}}, {"proxy": [np.empty(len(tasks))]}
         for i, t in enumerate(tasks):
-            r = regret_draws([[j] for j in np.argsort(-score[i])], acc[i][None, :], [1])
+            r = regret_draws([(1.0, [[j] for j in np.argsort(-score[i])])], acc[i][None, :], [1])
             per_task["proxy"][t] = np.broadcast_to(r, (10_000, 1))
             point["proxy"][0][i] = r[0, 0]
         ci = strategy_intervals(per_task, tasks, [1], point, seed=k)["ci"]["proxy"]["1"]
@@ -120,8 +120,8 @@ def test_better_than_is_one_half_for_identical_strategies_and_orders_different_o
     for t in tasks:
         base = rng.uniform(0.5, 0.9, size=4)  # four models, measured with noise of 1 point
         acc = np.clip(base + rng.normal(0.0, 0.01, size=(500, 4)), 0.0, 1.0)
-        good = regret_draws([[int(np.argmax(base))]], acc, [1])
-        bad = regret_draws([[int(np.argmin(base))]], acc, [1])
+        good = regret_draws([(1.0, [[int(np.argmax(base))]])], acc, [1])
+        bad = regret_draws([(1.0, [[int(np.argmin(base))]])], acc, [1])
         for name, r in (("a", good), ("a_copy", good), ("worse", bad)):
             per_task[name][t] = r
             point[name][0].append(float(r.mean()))
@@ -133,13 +133,15 @@ def test_better_than_is_one_half_for_identical_strategies_and_orders_different_o
     assert out["within_noise"]["1"] == ["a", "a_copy"]  # worse is beaten at P >= 0.95
 
 
-def test_regret_draws_equal_the_exact_tie_expectation_of_the_report():
+def test_regret_draws_are_the_regret_of_the_expected_pick():
     acc = np.array([[0.9, 0.8, 0.7, 0.6]])
-    # B = 1 cuts the tie {1, 2, 3}: each is first with probability 1/3
-    r = regret_draws([[1, 2, 3], [0]], acc, [1, 3, 4])[0]
-    expected = np.mean([relative_regret(0.9, v) for v in (0.8, 0.7, 0.6)])
-    assert r[0] == pytest.approx(expected)
+    # B = 1 cuts the tie {1, 2, 3}: each is first with probability 1/3, s(S) = 0.7
+    r = regret_draws([(1.0, [[1, 2, 3], [0]])], acc, [1, 3, 4])[0]
+    assert r[0] == pytest.approx(relative_regret(0.9, 0.7))
     assert r[1] == pytest.approx(relative_regret(0.9, 0.8)) and r[2] == 0.0
+    # a mixture: half the time [0] first, half the time [3] first
+    half = regret_draws([(0.5, [[0], [1, 2, 3]]), (0.5, [[3], [0, 1, 2]])], acc, [1])[0]
+    assert half[0] == pytest.approx(relative_regret(0.9, (0.9 + 0.6) / 2))
 
 
 def test_test_results_that_do_not_reproduce_the_records_are_an_error_naming_the_pair():
@@ -165,7 +167,7 @@ def test_regret_draws_match_the_report_outcomes_on_300_random_tied_rankings():
         cuts = sorted(set(rng.integers(1, n, size=rng.integers(0, n)).tolist()))
         groups = [g.tolist() for g in np.split(rng.permutation(n), cuts) if len(g)]
         budgets = list(range(1, n + 2))
-        got = regret_draws(groups, acc[None, :], budgets)[0]
+        got = regret_draws([(1.0, groups)], acc[None, :], budgets)[0]
         exact = [relative(acc.max(), o)
                  for o in ranking_outcomes([acc[g] for g in groups], budgets)]
         assert got == pytest.approx(exact, abs=1e-12)

@@ -1,7 +1,8 @@
 """Ties, expectations and comparisons (selection.outcomes, selection.scoring) on hand-computed
-tables: a tied ranking is scored by the exact expected regret over the orders of the tied models
-(checked against brute force), a constant proxy scores exactly as random, absolute regret,
-deltas and their antisymmetry, Appendix G's budgets, both weighted-tau conventions."""
+tables: s(S) of a tied ranking is the expected best accuracy over the orders of the tied models
+and every measure is taken of it (checked against brute force), a constant proxy scores exactly
+as random, Figure 7's probability, absolute regret, deltas of the expected picks and their
+antisymmetry, Appendix G's budgets, both weighted-tau conventions."""
 
 from __future__ import annotations
 
@@ -13,20 +14,31 @@ import pandas as pd
 import pytest
 from scipy.stats import weightedtau
 
-from selection.outcomes import log_odds_delta, ranking_outcomes, relative, relative_delta, zero_regret_budget
+from selection.outcomes import (
+    log_odds,
+    log_odds_delta,
+    ranking_outcomes,
+    relative,
+    relative_delta,
+    zero_regret_budget,
+)
 from selection.rank_agreement import weighted_tau, weighted_tau_scipy_default
 from selection.regret import log_odds_regret, relative_regret
 from selection.report.compute import compute_report
-from tests.regret_oracles import expected_random_regret
 
 
-def brute_force(groups: list[list[float]], budget: int, s_star: float, fn=relative_regret) -> float:
-    """Mean regret over every order of every tie group."""
+def expected_best(groups: list[list[float]], budget: int) -> float:
+    """E[best of the first B] over every order of every tie group (the definition of s(S))."""
     values = []
     for orders in itertools.product(*(itertools.permutations(g) for g in groups)):
         ranking = [a for order in orders for a in order]
-        values.append(float(fn(s_star, max(ranking[:budget]))))
+        values.append(max(ranking[:budget]))
     return float(np.mean(values))
+
+
+def brute_force(groups: list[list[float]], budget: int, s_star: float, fn=relative_regret) -> float:
+    """The regret of the expected best pick over every order of every tie group."""
+    return float(fn(s_star, expected_best(groups, budget)))
 
 
 @pytest.mark.parametrize("groups", [
@@ -42,7 +54,8 @@ def test_tied_rankings_score_the_exact_expectation_over_tie_orders(groups):
     for b, outcome in zip(budgets, ranking_outcomes(groups, budgets)):
         assert relative(s_star, outcome) == pytest.approx(brute_force(groups, b, s_star), abs=1e-12)
         assert outcome.probs.sum() == pytest.approx(1.0)
-        assert outcome.expect(lambda v: log_odds_regret(s_star, v)) == pytest.approx(
+        # a tied ranking's log-odds regret is the logit of the expectation
+        assert log_odds(s_star, outcome) == pytest.approx(
             brute_force(groups, b, s_star, log_odds_regret), abs=1e-9)
 
 
@@ -83,7 +96,7 @@ def test_a_constant_proxy_scores_exactly_as_random(report):
                                                  abs=1e-15)
             accs = list(ACC[t].values())
             assert report["strategies"]["random"][str(b)]["per_task"][t] == pytest.approx(
-                expected_random_regret(accs, b))
+                brute_force([accs], b, max(accs)))
 
 
 def test_tied_proxy_scores_match_brute_force_in_the_report(report):
@@ -92,8 +105,11 @@ def test_tied_proxy_scores_match_brute_force_in_the_report(report):
     for b in (1, 2, 3):
         assert report["strategies"]["proxy/linear"][str(b)]["per_task"]["t1"] == pytest.approx(
             brute_force(groups, b, 0.9))
+    # B = 1 picks b or c: s(S) = 0.75, and the regret is of it (not the mean of two regrets)
     assert report["strategies"]["proxy/linear"]["1"]["per_task"]["t1"] == pytest.approx(
-        ((0.9 - 0.8) / 0.2 + (0.9 - 0.7) / 0.3) / 2)
+        (0.9 - 0.75) / (1 - 0.75))
+    assert report["log_odds"]["proxy/linear"]["1"]["per_task"]["t1"] == pytest.approx(
+        math.log(0.9 / 0.1) - math.log(0.75 / 0.25))
 
 
 def test_absolute_regret_is_s_star_minus_the_expected_pick(report):
@@ -114,9 +130,9 @@ def test_deltas_compare_hybrid_and_task_agnostic_with_each_proxy_and_are_antisym
         pytest.approx(0.2)
     assert report["log_odds_deltas"]["task_agnostic vs proxy/linear"]["1"]["per_task"]["t2"] == \
         pytest.approx(math.log(0.6 / 0.4) - math.log(0.5 / 0.5))
-    # t1, B = 1: task_agnostic picks b (0.8); linear picks b or c (0.8 or 0.7) half the time each
+    # t1, B = 1: task_agnostic picks b (0.8); linear picks b or c: s(S) = 0.75
     assert report["deltas"]["task_agnostic vs proxy/linear"]["1"]["per_task"]["t1"] == \
-        pytest.approx(0.5 * 0.0 + 0.5 * (0.8 - 0.7) / 0.3)
+        pytest.approx((0.8 - 0.75) / (1 - 0.75))
     outcomes = ranking_outcomes([[0.8, 0.7], [0.9], [0.5]], [1, 2])
     other = ranking_outcomes([[0.5], [0.9], [0.8, 0.7]], [1, 2])
     for a, b in zip(outcomes, other):

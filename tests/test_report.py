@@ -41,7 +41,8 @@ LINEAR = {  # proxy/linear; t5 has proxy scores only (no fine-tune: skipped)
     "t5": {"a": 0.5, "b": 0.4, "c": 0.3},
 }
 GROUPS = {"t1": "natural", "t2": "natural", "t3": "structured", "t4": "specialized"}
-STRATEGIES = ["task_agnostic", "proxy/linear", "hybrid:proxy/linear", "task_agnostic_oracle",
+STRATEGIES = ["task_agnostic", "static:imagenet_acc", "proxy/linear", "hybrid:proxy/linear",
+              "task_agnostic_oracle",
               "task_agnostic_oracle_loto", "choicenet_records", "per_task_best", "random"]
 
 
@@ -181,8 +182,8 @@ def test_report_regret_values_hand_computed(report):
     # proxy/linear on t2 picks c: (0.6 - 0.4) / (1 - 0.4)
     assert regret(report, "proxy/linear", 1, "t2") == pytest.approx(1 / 3)
     assert regret(report, "task_agnostic", 1, "t1", "log_odds") == pytest.approx(math.log(9) - math.log(4))
-    # random, exact expectation: t1 B=1 (0 + 0.5 + 2/3) / 3
-    assert regret(report, "random", 1, "t1") == pytest.approx(7 / 18)
+    # random: the regret of the expected pick, t1 B=1 s(S) = (0.9 + 0.8 + 0.7) / 3 = 0.8
+    assert regret(report, "random", 1, "t1") == pytest.approx(0.5)
     block = report["strategies"]["task_agnostic"]["1"]
     assert block["mean"] == pytest.approx(0.5 / 4)
     assert block["per_group"] == pytest.approx({"natural": 0.25, "structured": 0.0, "specialized": 0.0})
@@ -288,7 +289,7 @@ def test_format_table_without_groups_has_mean_row(records):
 def test_format_markdown_has_regret_and_bold_best_accuracy(report):
     md = format_markdown(report)
     assert "## Relative regret, B = 1" in md and "## Relative regret, B = 3" in md
-    assert ("| group | task | task_agnostic | proxy/linear | hybrid:proxy/linear | "
+    assert ("| group | task | task_agnostic | static:imagenet_acc | proxy/linear | hybrid:proxy/linear | "
             "task_agnostic_oracle | task_agnostic_oracle_loto | choicenet_records | per_task_best | "
             "random |") in md
     # tasks in the report's grouped order (t1, t2, t4 grouped; then t3), as report.html has them
@@ -406,8 +407,10 @@ def test_zero_regret_fraction_hand_computed(report):
     # B = 1: task_agnostic picks b: misses only t1; proxy/linear misses t1 (b) and t2 (c)
     assert frac["task_agnostic"] == {"1": 0.75, "2": 1.0, "3": 1.0}
     assert frac["proxy/linear"] == {"1": 0.5, "2": 0.75, "3": 1.0}
-    # random: zero expected regret only on t3 (a tie) and t4 (all 1.0) until B = 3
-    assert frac["random"] == {"1": 0.5, "2": 0.5, "3": 1.0}
+    # random (Figure 7 is a probability): B/n on t1 and t2 (one best of three), 1 on t3 (a tie
+    # of the two) and t4 (all 1.0)
+    assert frac["random"] == pytest.approx({"1": (1 / 3 + 1 / 3 + 1 + 1) / 4,
+                                            "2": (2 / 3 + 2 / 3 + 1 + 1) / 4, "3": 1.0})
     assert frac["per_task_best"] == {"1": 1.0, "2": 1.0, "3": 1.0}
 
 
@@ -435,11 +438,15 @@ def test_budgets_up_to_10():
     # knn ranks scores 4 (m04, m09), 3 (m03, m08), 2 (m02, m07), 1 (m01, m06, m11), 0 ...
     assert rep["picks"]["proxy/knn"]["t"] == ["m04", "m09", "m03", "m08", "m02", "m07", "m01", "m06", "m11", "m00"]
     assert rep["zero_regret_budget"]["proxy/knn"]["t"] == 9
-    assert rep["zero_regret_fraction"]["proxy/knn"]["8"] == 0.0 and rep["zero_regret_fraction"]["proxy/knn"]["9"] == 1.0
+    # B = 8 takes 2 of the tied (m01, m06, m11): the best, m11, with probability 2/3
+    assert rep["zero_regret_fraction"]["proxy/knn"]["8"] == pytest.approx(2 / 3)
+    assert rep["zero_regret_fraction"]["proxy/knn"]["9"] == 1.0
     # B = 8: the first 6 models and 2 of the tied (m01, m06, m11): m11 is among them with
     # probability 2/3; else the best pick is m09
     s_star, s8 = 0.50 + 0.33, 0.50 + 0.27
-    assert rep["strategies"]["proxy/knn"]["8"]["mean"] == pytest.approx((s_star - s8) / (1 - s8) / 3)
+    expected = 2 / 3 * s_star + 1 / 3 * s8  # s(S), and the regret is of it
+    assert rep["strategies"]["proxy/knn"]["8"]["mean"] == pytest.approx(
+        (s_star - expected) / (1 - expected))
     assert rep["strategies"]["random"]["10"]["mean"] > 0  # 10 of 12 can still miss m11
     with pytest.raises(ValueError, match="at most 10"):
         compute_report(twelve_models(), max_budget=11)
@@ -473,7 +480,8 @@ def predictions_v1() -> pd.DataFrame:
 
 def test_choicenet_predictions_become_strategies_with_mse(records, metadata):
     rep = compute_report(records, metadata, predictions={"choicenet_v1": predictions_v1()})
-    assert rep["strategy_order"] == ["task_agnostic", "proxy/linear", "hybrid:proxy/linear",
+    assert rep["strategy_order"] == ["task_agnostic", "static:imagenet_acc", "proxy/linear",
+                                     "hybrid:proxy/linear",
                                      "task_agnostic_oracle", "task_agnostic_oracle_loto",
                                      "choicenet_v1", "choicenet_records", "per_task_best",
                                      "random"]

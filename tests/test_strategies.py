@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 
 from selection import strategies as strategies_module
+from selection.rankings import ScoreStrategy, flat
 from selection.strategies import (
-    ScoreStrategy,
     UnknownStrategyError,
     create_strategy,
-    flat,
     list_strategies,
     register_strategy,
 )
@@ -94,7 +93,7 @@ def test_task_agnostic_without_metadata_is_one_tie_group(scores):
     assert groups(s, "t1", ["d", "b", "a"]) == [["a", "b", "d"]]
     no_keys = pd.DataFrame({"model": ["b", "a"], "family": ["x", "y"]})
     assert groups(create_strategy("task_agnostic", scores, no_keys), "t1", ["b", "a"]) == [
-        ["a"], ["b"]]  # no keys at all: by parameters (none), then name, as the rule says
+        ["a", "b"]]  # no keys at all, parameters unknown: a tie, never the names' order
 
 
 def test_task_agnostic_ranks_models_missing_from_metadata_last_and_tied(scores, metadata):

@@ -94,6 +94,7 @@ import pandas as pd
 from selection.noise import DRAWS, SEED, noise_section
 from selection.pools import Pools, resolve_pool
 from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
+from selection.rankings import TIE_TOLERANCE, Strategy
 from selection.records import (
     GROUND_TRUTH,
     POOL_ALL,
@@ -113,7 +114,7 @@ from selection.scoring import (
     score_strategies,
     strategy_deltas,
 )
-from selection.strategies import TIE_TOLERANCE, Strategy, check_predicted_name, create_strategy, list_strategies
+from selection.strategies import check_predicted_name, create_strategy, list_strategies, metadata_columns
 from whichmodel.accuracy import check_accuracies
 from whichmodel.errors import InputError
 
@@ -281,7 +282,8 @@ def build_strategies(inputs: ReportInputs, s: ReportSettings
                      ) -> tuple[list[str], dict[str, Strategy], dict[str, float]]:
     """(names, strategies, seconds to build each): the learned ones fit here."""
     names = (list(s.strategies) if s.strategies is not None
-             else list_strategies(inputs.proxies, [*inputs.predicted, *inputs.ranked]))
+             else list_strategies(inputs.proxies, [*inputs.predicted, *inputs.ranked],
+                                  metadata_columns(inputs.meta)))
     built, seconds = {}, {}
     for name in names:
         start = time.perf_counter()
@@ -322,8 +324,8 @@ def regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, Score
 
 def zero_regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, Scored]],
                         names: list[str]) -> dict[str, Any]:
-    """The smallest zero-regret budget (reported budgets; the whole pool) and Figure 7's
-    fraction of tasks at zero regret."""
+    """The smallest zero-regret budget (reported budgets; the whole pool: every order of the
+    ties reaches zero regret) and Figure 7's curve (how often the picks hold a best model)."""
     tasks, budgets = inputs.tasks, inputs.budgets
     zero = {n: {t: scored[n][t].zero() for t in tasks} for n in names}
     accs = task_accuracies(inputs)
@@ -332,7 +334,9 @@ def zero_regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, 
                                            None) for t in tasks} for n in names},
         "zero_regret_budget_full": {n: {t: full_zero_regret_budget(scored[n][t], accs[t])
                                         for t in tasks} for n in names},
-        "zero_regret_fraction": {n: {str(b): float(np.mean([zero[n][t][k] for t in tasks]))
+        # Figure 7: the mean over tasks of the probability that the picks hold a best model
+        "zero_regret_fraction": {n: {str(b): float(np.mean([scored[n][t].p_best[k]
+                                                            for t in tasks]))
                                      for k, b in enumerate(budgets)} for n in names},
     }
 
@@ -374,7 +378,7 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
     reps = {key: g.to_numpy(dtype=float)
             for key, g in truth_rows.groupby(["model", "task"])["value"]}
     noise = noise_section(tasks, view.task_pool, view.task_accs,
-                          {n: {t: scored[n][t].groups for t in tasks} for n in names},
+                          {n: {t: scored[n][t].mixture for t in tasks} for n in names},
                           inputs.budgets, regret["strategies"], reps, test_results,
                           s.noise_draws, s.noise_seed)
     agreement, proxy_scores = agreement_section(inputs)

@@ -17,7 +17,7 @@ import numpy as np
 
 from selection.learners import is_records_learner
 from selection.rank_agreement import pearson, weighted_tau
-from selection.strategies import ScoreStrategy
+from selection.rankings import ScoreStrategy
 
 CHOICENET_VERSIONS = ("v1", "v2")
 STUDY_CLAIM = "the ChoiceNet study: v2 cuts v1's MSE by 80%"
