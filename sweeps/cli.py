@@ -85,6 +85,20 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def task_agnostic_orders(plan) -> dict[str, list[list[str]]]:
+    """Per pool, task-agnostic's ranking of its models: tie groups, best first (the rule decides
+    its approximate ties among the pool's own models)."""
+    import pandas as pd
+
+    from selection.rankings import TaskAgnosticStrategy
+
+    keys = ("imagenet_acc", "upstream_size", "params")
+    meta = pd.DataFrame([{"model": m, **{k: (plan.metadata.get(m) or {}).get(k) for k in keys}}
+                         for m in plan.models]).set_index("model")
+    rule = TaskAgnosticStrategy(meta, plan.cfg.report.task_agnostic.tie_tolerance)
+    return {p: rule.rank_groups("", list(members)) for p, members in plan.pools.items()}
+
+
 def plan_json(plan) -> dict:
     """The resolved plan: each model with its metadata, each task with its group, each pool with
     its members (``whichmodel validate --json``)."""
@@ -102,6 +116,7 @@ def plan_json(plan) -> dict:
     return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
             "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
             "pools": {p: list(members) for p, members in plan.pools.items()},
+            "task_agnostic": task_agnostic_orders(plan),
             "protocols": plan.protocols, "trials": dict(Counter(
                 j.kind for j in expand_jobs(plan.cfg, plan.keys())))}
 
@@ -179,6 +194,7 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
         from sweeps.learned import learned_predictions
 
         kwargs.update(max_budget=budget or cfg.report.max_budget, strategies=cfg.report.strategies,
+                      deltas=cfg.report.deltas,
                       protocol_hashes={p: cfg.protocol_hash(p) for p in ("probe", "finetune")},
                       pool_models=plan.pools.get(pool), pools=plan.pools,
                       tie_tolerance=cfg.report.task_agnostic.tie_tolerance,

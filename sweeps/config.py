@@ -190,8 +190,24 @@ class NearestTaskSettings(Strict):
 
 
 class ReportSettings(Strict):
+    """``max_budget``: B = 1 .. K (this project caps K at 10, as the paper's figures go); the
+    ``strategies`` to report (default: every one the results support); ``deltas``: comparisons
+    ``"a vs b"`` (default: the paper's figures)."""
+
     max_budget: int = Field(3, ge=1, le=10)
     strategies: list[str] | None = None
+    deltas: list[str] | None = None
+
+    _unique = field_validator("strategies", "deltas")(unique_grid)
+
+    @field_validator("deltas")
+    @classmethod
+    def _delta_form(cls, values: list[str] | None) -> list[str] | None:
+        from selection.scoring import parse_delta
+
+        for v in values or []:
+            parse_delta(v)
+        return values
     task_agnostic: TaskAgnosticSettings = TaskAgnosticSettings()
     choicenet: ChoiceNetSettings = ChoiceNetSettings()
     nearest_task: NearestTaskSettings = NearestTaskSettings()

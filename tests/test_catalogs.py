@@ -118,6 +118,17 @@ def test_validate_json_prints_pools_that_equal_their_rules_on_the_printed_metada
         assert {"params", "feature_dim", "imagenet_acc", "upstream_size"} <= set(meta), m
         if meta["imagenet_acc"] is not None:
             assert 0.6 < meta["imagenet_acc"] < 0.9
+    # The paper's All pool: task-agnostic ties PNASNet (0.828) with NASNet-A Large (0.826,
+    # more parameters), decided among the pool's own models, so NASNet-A Large comes first ...
+    order = plan["task_agnostic"]
+    assert order["All"][:2] == [["nasnetalarge.tf_in1k"], ["pnasnet5large.tf_in1k"]]
+    assert sorted(m for g in order["All"] for m in g) == sorted(pools["All"])
+    # ... while in the sweep's whole pool EfficientNet-B5 (0.832) opens the group PNASNet
+    # joins, and NASNet-A Large (0.53 points below B5) falls into the next
+    flat = [m for g in order["all"] for m in g]
+    i = flat.index("pnasnet5large.tf_in1k")
+    assert flat[i:i + 3] == ["pnasnet5large.tf_in1k", "tf_efficientnet_b5.in1k",
+                             "nasnetalarge.tf_in1k"]
 
 
 def test_pool_rules_and_lists_combine_inside_another_pool(tmp_path, capsys):

@@ -221,3 +221,80 @@ def test_score_ranking_handles_negative_scores_and_models_absent_from_the_table(
     logme = table({"t1": {"a": -3.5, "b": -1.0, "c": -1.0, "d": -7.0}})
     s = create_strategy("proxy/logme", {**scores, "proxy/logme": logme}, None)
     assert groups(s, "t1", ["zz", "d", "c", "b", "a"]) == [["b", "c"], ["a"], ["d"], ["zz"]]
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's definitions (issue 23): ties decided within the pool, exact ties as ties, static
+# baselines, a hybrid whose task-agnostic top is tied
+
+
+def test_task_agnostic_regroups_within_the_pool_being_ranked():
+    meta = pd.DataFrame({"imagenet_acc": [0.780, 0.777, 0.774], "params": [10.0, 20.0, 30.0]},
+                        index=pd.Index(["a780", "b777", "c774"], name="model"))
+    s = create_strategy("task_agnostic", {"finetune_test_acc": table({"t": {}})}, meta)
+    # all three: {0.780, 0.777} (within 0.005 of 0.780), then {0.774}; more parameters first
+    assert s.rank_groups("t", ["a780", "b777", "c774"]) == [["b777"], ["a780"], ["c774"]]
+    # without the group's opener: {0.777, 0.774} is one group, the bigger model first
+    assert s.rank_groups("t", ["b777", "c774"]) == [["c774"], ["b777"]]
+
+
+def test_equal_accuracy_and_parameters_or_unknown_parameters_are_one_tie_group():
+    meta = pd.DataFrame({"imagenet_acc": [0.8, 0.8, 0.7, 0.7], "params": [5.0, 5.0, None, None]},
+                        index=pd.Index(["x", "y", "p", "q"], name="model"))
+    s = create_strategy("task_agnostic", {"finetune_test_acc": table({"t": {}})}, meta)
+    assert s.rank_groups("t", ["y", "q", "x", "p"]) == [["x", "y"], ["p", "q"]]
+
+
+def test_static_params_has_zero_regret_where_bigger_is_better():
+    from selection.report.compute import compute_report
+
+    params = {"a": 1e6, "b": 5e6, "c": 2e7}
+    acc = {t: {"a": 0.5 + d, "b": 0.6 + d, "c": 0.7 + d} for t, d in (("t1", 0.0), ("t2", 0.1))}
+    rows = [(m, t, "finetune_test_acc", v) for t, by in acc.items() for m, v in by.items()]
+    records = pd.DataFrame(rows, columns=["model", "task", "metric", "value"])
+    meta = pd.DataFrame({"model": list(params), "params": list(params.values()),
+                         "imagenet_acc": [0.8, 0.7, 0.6]})
+    rep = compute_report(records, meta, noise_draws=200)
+    assert "static:params" in rep["strategy_order"] and "static:imagenet_acc" in rep["strategy_order"]
+    assert "static:feature_dim" not in rep["strategy_order"]  # the metadata has no such column
+    assert all(rep["strategies"]["static:params"][str(b)]["mean"] == 0.0 for b in rep["budgets"])
+    assert rep["strategies"]["static:imagenet_acc"]["1"]["mean"] > 0  # smallest model first
+    assert rep["static_baseline"]["1"] == "static:params"
+
+
+def test_a_hybrid_without_task_agnostic_metadata_draws_its_first_pick_uniformly():
+    from selection.report.compute import compute_report
+
+    # proxy order a > b > c; accuracies a 0.5, b 0.9, c 0.8
+    rows = [(m, "t", "finetune_test_acc", v) for m, v in (("a", 0.5), ("b", 0.9), ("c", 0.8))]
+    rows += [(m, "t", "proxy/p", v) for m, v in (("a", 3.0), ("b", 2.0), ("c", 1.0))]
+    rep = compute_report(pd.DataFrame(rows, columns=["model", "task", "metric", "value"]),
+                         max_budget=2, noise_draws=200)
+    hybrid = rep["strategies"]["hybrid:proxy/p"]
+    # B = 1: a uniformly random model, as random
+    assert hybrid["1"]["per_task"]["t"] == pytest.approx(rep["strategies"]["random"]["1"]["per_task"]["t"])
+    # B = 2: first a -> {a, b}, first b -> {b, a}, first c -> {c, a}: s(S) = (0.9 + 0.9 + 0.8) / 3
+    expected = (0.9 + 0.9 + 0.8) / 3
+    assert hybrid["2"]["per_task"]["t"] == pytest.approx((0.9 - expected) / (1 - expected))
+    assert rep["zero_regret_budget_full"]["hybrid:proxy/p"]["t"] == 3  # first c: b comes third
+
+
+def test_deltas_default_to_the_papers_figures_and_follow_report_deltas():
+    from selection.report.compute import compute_report
+    from whichmodel.errors import InputError
+
+    rows = [(m, t, "finetune_test_acc", 0.5 + 0.1 * i + 0.01 * j)
+            for j, t in enumerate(("t1", "t2")) for i, m in enumerate("abc")]
+    rows += [(m, t, f"proxy/{p}", float(k + i)) for k, p in enumerate(("knn", "linear"))
+             for t in ("t1", "t2") for i, m in enumerate("abc")]
+    records = pd.DataFrame(rows, columns=["model", "task", "metric", "value"])
+    meta = pd.DataFrame({"model": list("abc"), "imagenet_acc": [0.7, 0.8, 0.6]})
+    rep = compute_report(records, meta, noise_draws=100)
+    assert {"proxy/knn vs proxy/linear", "hybrid:proxy/knn vs hybrid:proxy/linear",
+            "hybrid:proxy/knn vs proxy/knn", "task_agnostic vs proxy/linear"} <= set(rep["deltas"])
+    mine = compute_report(records, meta, noise_draws=100, deltas=["random vs task_agnostic"])
+    assert set(mine["deltas"]) == {"random vs task_agnostic"}
+    with pytest.raises(InputError, match="no strategy 'proxy/logme'"):
+        compute_report(records, meta, noise_draws=100, deltas=["proxy/logme vs proxy/knn"])
+    with pytest.raises(InputError, match="'a vs b'"):
+        compute_report(records, meta, noise_draws=100, deltas=["proxy/knn versus proxy/linear"])

@@ -114,7 +114,13 @@ from selection.scoring import (
     score_strategies,
     strategy_deltas,
 )
-from selection.strategies import check_predicted_name, create_strategy, list_strategies, metadata_columns
+from selection.strategies import (
+    STATIC_PREFIX,
+    check_predicted_name,
+    create_strategy,
+    list_strategies,
+    metadata_columns,
+)
 from whichmodel.accuracy import check_accuracies
 from whichmodel.errors import InputError
 
@@ -138,6 +144,7 @@ class ReportSettings:
     task_groups: Mapping[str, str | None] | None = None
     max_budget: int = 3
     strategies: tuple[str, ...] | list[str] | None = None
+    deltas: tuple[str, ...] | list[str] | None = None  # "a vs b"; None: the paper's figures
     log_odds_eps: float = 1e-4
     tie_tolerance: float = TIE_TOLERANCE
     proxy_notes: Mapping[str, str] | None = None
@@ -314,7 +321,7 @@ def regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, Score
                                        for t in inputs.tasks}
                                       for k in range(len(inputs.budgets))]) for n in names}
 
-    rel, lo = strategy_deltas(scored, delta_pairs(names, inputs.proxies), inputs.tasks,
+    rel, lo = strategy_deltas(scored, delta_pairs(names, inputs.proxies, s.deltas), inputs.tasks,
                               len(inputs.budgets), s.log_odds_eps)
     return {"strategies": shape("relative"), "absolute": shape("absolute"),
             "log_odds": shape("log_odds"),
@@ -382,6 +389,7 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
                           inputs.budgets, regret["strategies"], reps, test_results,
                           s.noise_draws, s.noise_seed)
     agreement, proxy_scores = agreement_section(inputs)
+    static = static_section(names, regret["strategies"], noise, inputs.budgets)
     with_results = {m for t in tasks for m in view.task_pool[t]}
     return {
         "pool": s.pool,
@@ -401,11 +409,37 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
         "proxy_scores": proxy_scores,
         "choicenet": learned_section(inputs, names, built),
         "picks": {n: {t: picks(scored[n][t], s.max_budget) for t in tasks} for n in names},
+        **static,
         "finetune_test_acc": task_accuracies(inputs),
         "best_model": {t: view.task_pool[t][int(np.argmax(view.task_accs[t]))] for t in tasks},
         **({"strategy_seconds": seconds} if s.timings else {}),
         **noise,
     }
+
+
+#: the strategies measured against the best static ranking: proxies, hybrids, ensembles and the
+#: learned ones (not the bounds, task-agnostic, random or the static rankings themselves)
+def _against_static(name: str) -> bool:
+    return not name.startswith(STATIC_PREFIX) and name not in (
+        "task_agnostic", "random", "per_task_best", "task_agnostic_oracle")
+
+
+def static_section(names: list[str], strategies: Mapping[str, Any], noise: Mapping[str, Any],
+                   budgets: list[int]) -> dict[str, Any]:
+    """The static baseline to beat at each budget (``static_baseline``: the ``static:*`` ranking
+    with the lowest mean regret) and the probability that each proxy and learned strategy beats
+    it (``beats_static``, from the same draws as ``better_than``; null without a noise estimate
+    of any task)."""
+    static = [n for n in names if n.startswith(STATIC_PREFIX)]
+    if not static:
+        return {"static_baseline": {}, "beats_static": {}}
+    best, beats = {}, {}
+    better = noise.get("better_than") or {}
+    for b in map(str, budgets):
+        best[b] = min(static, key=lambda n: (strategies[n][b]["mean"], static.index(n)))
+        beats[b] = {n: (better[b][n][best[b]] if b in better else None)
+                    for n in names if _against_static(n)}
+    return {"static_baseline": best, "beats_static": beats}
 
 
 def agreement_section(inputs: ReportInputs):

@@ -16,7 +16,7 @@ from typing import Any
 
 from selection.records import GROUND_TRUTH
 from selection.report.leaderboard import group_lines, leaderboard_rows, ranked
-from selection.report.noise_text import WITHIN, has_noise
+from selection.report.noise_text import NOT_BEYOND, WITHIN, has_noise, static_line
 from selection.report.sections import Section, accuracy_section, appendix_g_sections, noise_floor
 from selection.report.tables import number
 
@@ -74,7 +74,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], n_labels: int = 
 
 def _leaderboard(report: Mapping[str, Any]) -> str:
     header, rows, bounds = leaderboard_rows(report)
-    classes = ["within" if r[2].endswith(WITHIN) else "" for r in rows] + ["bound"] * len(bounds)
+    classes = (["within" if r[2].rstrip(" " + NOT_BEYOND).endswith(WITHIN) else "" for r in rows]
+               + ["bound"] * len(bounds))
     cells = [[_e(c.strip()) for c in r] for r in rows] + \
             [["bound", *(_e(c.strip()) for c in r[1:])] for r in bounds]
     return table(header, cells, 2, classes)
@@ -142,7 +143,10 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         "<p>Mean relative regret over the tasks" + (" with its 95% interval" if noisy else "")
         + ", sorted by B = 1. " + (f"<code>{WITHIN}</code> (green rows at B = 1): within noise "
                                    "of the best strategy. " if noisy else "")
-        + "<i>bound</i>: reads the task's own results (not a strategy one can use).</p>",
+        + "<i>bound</i>: reads the task's own results (not a strategy one can use)."
+        + (f" <code>{NOT_BEYOND}</code>: not shown better than the best static ranking "
+           "(ranking every task by one metadata column; P &lt; 0.95). "
+           + _e(static_line(report)) + "." if static_line(report) else "") + "</p>",
         _leaderboard(report),
         "<h2>By task group</h2>",
         "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in group_lines(report, 10_000)) + "</ul>",

@@ -15,12 +15,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from selection.report.noise_text import WITHIN, has_noise
+from selection.report.noise_text import NOT_BEYOND, WITHIN, has_noise, not_beyond_static, static_line
 from selection.report.tables import WIDTH, clip, table_lines
 
 LEADER_BUDGETS = 3  # B = 1, 2, 3
 BOUNDS = ("task_agnostic_oracle", "per_task_best")  # read the task's own results
-BASELINES = ("task_agnostic", "random")
+BASELINES = ("task_agnostic", "random")  # and every static:<column> ranking
 
 
 def strategy_kind(name: str) -> str:
@@ -28,7 +28,7 @@ def strategy_kind(name: str) -> str:
     ChoiceNet, nearest task, the records learners, the leave-one-task-out oracle)."""
     if name in BOUNDS:
         return "bound"
-    if name in BASELINES:
+    if name in BASELINES or name.startswith("static:"):
         return "baseline"
     if name.startswith("proxy/"):
         return "proxy"
@@ -72,7 +72,8 @@ def _cell(report: Mapping[str, Any], name: str, budget: str) -> str:
         return "-"
     ci = (report.get("ci") or {}).get(name, {}).get(budget)
     text = f"{mean:.3f}" + (f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "")
-    return text + (WITHIN if name in (report.get("within_noise") or {}).get(budget, []) else " ")
+    return (text + (WITHIN if name in (report.get("within_noise") or {}).get(budget, []) else " ")
+            + (NOT_BEYOND if not_beyond_static(report, name, budget) else " "))
 
 
 def leaderboard_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]]]:
@@ -103,7 +104,9 @@ def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
             return math.inf if v is None else float(v)
 
         best = sorted(order, key=value)[:2]  # stable: ties keep the report's order
-        base = [n for n in BASELINES if n in order and n not in best]
+        static = (report.get("static_baseline") or {}).get("1")
+        base = [n for n in (BASELINES[0], static, *BASELINES[1:])
+                if n and n in order and n not in best]
         label = f"{g or 'all tasks'} ({len(tasks)})"
 
         def cells(shown: list[str], value=value) -> str:
@@ -125,6 +128,9 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
     if noisy:
         out.append(clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
                          "0 is the best model of every task", width))
+    static = static_line(report)
+    if static:
+        out.append(clip(static, width))
     table = table_lines(header, rows + bounds, 2, width)
     if bounds:
         table.insert(2 + len(rows), "bounds (they read the task's own results):")
@@ -171,7 +177,9 @@ def leaderboard_markdown(report: Mapping[str, Any], limit: int = MARKDOWN_LIMIT)
     legend = (f"Mean relative regret over {len(report['tasks'])} tasks"
               + (" [95% interval]" if has_noise(report) else "") + f", pool `{report['pool']}`, "
               f"sorted by B = 1; `{WITHIN}`: within noise of the best; `bound`: reads the task's "
-              "own results.")
+              "own results."
+              + (f" `{NOT_BEYOND}`: not shown better than the best static ranking; "
+                 f"{static_line(report)}." if static_line(report) else ""))
     groups = "\n".join(f"- {line}" for line in group_lines(report, 10_000))
     text = (f"## Which strategy finds the best model: `{report.get('experiment', report['pool'])}`"
             f"\n\n{legend}\n\n{table}\n\nBy task group:\n\n{groups}\n")

@@ -9,6 +9,32 @@ from typing import Any
 
 WITHIN = "~"  # within noise of the best non-oracle strategy at that budget
 FLOOR = "°"  # a task's regret at or below its noise floor
+NOT_BEYOND = "!"  # not shown better than the best static ranking (P < 0.95)
+
+
+def not_beyond_static(report: Mapping[str, Any], name: str, budget: str) -> bool:
+    """The strategy is measured against the best static ranking at this budget and does not beat
+    it with probability >= the report's level (0.95)."""
+    p = (report.get("beats_static") or {}).get(budget, {}).get(name)
+    return p is not None and p < (report.get("noise") or {}).get("level", 0.95)
+
+
+def static_line(report: Mapping[str, Any], budget: str = "1") -> str | None:
+    """Which static ranking is the baseline to beat, and who beats it (one line)."""
+    best = (report.get("static_baseline") or {}).get(budget)
+    if best is None:
+        return None
+    mean = report["strategies"][best][budget]["mean"]
+    probs = (report.get("beats_static") or {}).get(budget, {})
+    known = {n: p for n, p in probs.items() if p is not None}
+    if not known:
+        return (f"static baseline to beat: {best} (mean regret {mean:.3f} at B = {budget}); "
+                "no noise estimate to test against it")
+    level = (report.get("noise") or {}).get("level", 0.95)
+    winners = [n for n, p in known.items() if p >= level]
+    return (f"static baseline to beat: {best} (mean regret {mean:.3f} at B = {budget}); beaten "
+            f"at P >= {level:.2f} by {len(winners)} of {len(known)}"
+            + (f": {', '.join(winners)}" if winners else f" ({NOT_BEYOND}: not beaten)"))
 
 
 def has_noise(report: Mapping[str, Any]) -> bool:
