@@ -9,12 +9,14 @@ Rendering it is elsewhere: :mod:`selection.report.text` (terminal, Markdown, CSV
 Definitions (Renggli et al. 2022, Sec. 3): for task t the pool is the pool's models that have a
 ``finetune_test_acc`` for t (a missing pair is simply not in that task's pool); s* is the best
 accuracy in it; with budget B a strategy's picks S are its first B models, a uniformly random
-subset of the tie group B cuts, and s(S) is the best accuracy among them. Every measure is the
-exact expectation over the tied orders (:mod:`selection.outcomes`): relative regret
+subset of the tie group B cuts, and s(S) is the *expected* best accuracy among them -- the
+expectation over the strategy's randomness, tie orders and random subsets included
+(:mod:`selection.outcomes`). Every measure is taken of s(S): relative regret
 (s* - s(S)) / (1 - min(s*, s(S))), absolute regret s* - s(S), log-odds regret (Appendix C), and
 deltas between two strategies (Eq. 2; positive: the first is better). ``random`` is the whole
 pool as one tie group. A budget larger than a task's pool picks the whole pool. Budgets are
-B = 1 .. min(max_budget, largest task pool), max_budget <= 10.
+B = 1 .. min(max_budget, largest task pool); max_budget <= 10 is this project's cap (the
+paper's figures go to 10), not a rule of the paper.
 
 JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does not exist)::
 
@@ -25,18 +27,22 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     task_groups: {task: group|null}
     skipped_tasks: [task]            # tasks in the records with no result in the pool
     budgets: [1, 2, ...]
-    strategy_order: [strategy]       # task_agnostic, proxies, hybrids, oracles, predicted tables
-                                     # (choicenet_*, nearest_task), per_task_best, random
+    strategy_order: [strategy]       # task_agnostic, static:<column>, proxies, hybrids, oracles,
+                                     # predicted tables (choicenet_*, nearest_task), per_task_best,
+                                     # random
     tie_tolerance: float             # the task-agnostic rule's approximate ties
     strategies: {strategy: {"B": {mean, per_task: {task}, per_group: {group}}}}  # relative regret
     absolute: {same shape}                                                       # s* - s(S)
     log_odds: {same shape}                                                       # log-odds regret
-    deltas: {"<a> vs <b>": {"B": {mean, per_task, per_group}}}  # hybrid:<p> vs <p>,
-                                                                # task_agnostic vs <p>
+    deltas: {"<a> vs <b>": {"B": {mean, per_task, per_group}}}  # report.deltas, else the
+                                     # paper's: hybrid:<p> vs <p>, task_agnostic vs <p>,
+                                     # proxy/knn vs proxy/linear, hybrid:proxy/knn vs
+                                     # hybrid:proxy/linear, hybrid:nearest_task vs nearest_task
     log_odds_deltas: {same shape}
     zero_regret_budget: {strategy: {task: B|null}}    # smallest *reported* B with regret 0
     zero_regret_budget_full: {strategy: {task: B}}    # smallest B over 1 .. task pool size
-    zero_regret_fraction: {strategy: {"B": fraction of tasks with regret 0}}       # Figure 7
+    zero_regret_fraction: {strategy: {"B": mean over tasks of P(the picks hold a best model)}}
+                                                      # Figure 7 (random: B/n, one best of n)
     appendix_g: {pool: {task: {strategy: B}}}         # Appendix G: task_agnostic_oracle, each
                                                       # proxy, task_agnostic; every named pool
     weighted_tau: {proxy: {task: tau|null}}  # scipy.stats.weightedtau(acc, score, rank=None)
@@ -52,6 +58,8 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
                                      # added by the ChoiceNet reporting code (sweeps.learned,
                                      # selection.report.learned.study_claim), not here
     picks: {strategy: {task: first max_budget models (tied models by name)}}
+    static_baseline: {"B": static:<column>}           # the static ranking of lowest mean regret
+    beats_static: {"B": {strategy: p | null}}         # P(a proxy or learned strategy beats it)
     finetune_test_acc: {task: {model: acc}}
     best_model: {task: model}                         # best per task, ties by name
     # How sure (selection/noise.py; draws resample test examples, repetitions and tasks):
@@ -82,7 +90,6 @@ within-task z-scores) are strategies the same way, with rank agreement and no MS
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,20 +99,15 @@ import numpy as np
 import pandas as pd
 
 from selection.noise import DRAWS, SEED, noise_section
-from selection.pools import Pools, resolve_pool
-from selection.rank_agreement import pearson, weighted_tau, weighted_tau_scipy_default
+from selection.pools import Pools
 from selection.rankings import TIE_TOLERANCE, Strategy
 from selection.records import (
     GROUND_TRUTH,
     POOL_ALL,
-    RecordsError,
-    aggregate_records,
-    index_metadata,
-    list_proxy_metrics,
-    pivot_metric,
-    validate_records,
 )
+from selection.report.inputs import ReportInputs, prepare_inputs, task_accuracies
 from selection.report.learned import learned_section
+from selection.report.measures import agreement_section, appendix_g, coverage, static_section
 from selection.scoring import (
     Scored,
     delta_pairs,
@@ -115,13 +117,10 @@ from selection.scoring import (
     strategy_deltas,
 )
 from selection.strategies import (
-    STATIC_PREFIX,
-    check_predicted_name,
     create_strategy,
     list_strategies,
     metadata_columns,
 )
-from whichmodel.accuracy import check_accuracies
 from whichmodel.errors import InputError
 
 MAX_BUDGET = 10  # Renggli et al. 2022: budgets B = 1 .. min(10, pool size)
@@ -180,109 +179,8 @@ class ReportSettings:
         return dataclasses.replace(settings or cls(), **overrides)
 
 
-class PoolView:
-    """A pool's models on the records' tasks: each task's pool (the models with a result) and
-    their accuracies, as float matrices (no per-cell pandas lookups)."""
-
-    def __init__(self, truth: pd.DataFrame, members: list[str]):
-        self.members, self.all_tasks = members, list(truth.columns)
-        acc = truth.reindex(index=members, columns=self.all_tasks).to_numpy(dtype=float)
-        has = np.isfinite(acc)
-        self.tasks = [t for j, t in enumerate(self.all_tasks) if has[:, j].any()]
-        self.skipped = [t for j, t in enumerate(self.all_tasks) if not has[:, j].any()]
-        self.col = {t: self.all_tasks.index(t) for t in self.tasks}
-        self.rows = {t: np.flatnonzero(has[:, self.col[t]]) for t in self.tasks}
-        self.task_pool = {t: [members[i] for i in self.rows[t]] for t in self.tasks}
-        self.task_accs = {t: acc[self.rows[t], self.col[t]] for t in self.tasks}
-
-    def values(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """A score table's values on each task's pool (NaN where none)."""
-        m = table.reindex(index=self.members, columns=self.all_tasks).to_numpy(dtype=float)
-        return {t: m[self.rows[t], self.col[t]] for t in self.tasks}
 
 
-@dataclass
-class ReportInputs:
-    """The validated inputs of one report: what every stage reads."""
-
-    clean: pd.DataFrame  # validated records (repetitions kept)
-    meta: pd.DataFrame | None  # metadata indexed by model
-    truth: pd.DataFrame  # fine-tune test accuracy, index model, columns task (median)
-    members: list[str]  # the pool's models
-    view: PoolView  # each task's pool and accuracies
-    budgets: list[int]
-    groups: dict[str, str | None]  # task -> group
-    proxies: list[str]  # proxy metrics present
-    scores: dict[str, pd.DataFrame]  # metric or strategy name -> table (proxies, truth, learned)
-    predicted: dict[str, pd.DataFrame]  # predicted-accuracy tables
-    ranked: dict[str, pd.DataFrame]  # ranking-score tables
-
-    @property
-    def tasks(self) -> list[str]:
-        return self.view.tasks
-
-
-def check_tables(tables: Mapping[str, pd.DataFrame] | None, accuracies: bool = True
-                 ) -> dict[str, pd.DataFrame]:
-    """Predicted-accuracy tables: index model, columns task, values in [0, 1] or NaN (with
-    ``accuracies=False``: ranking scores, any real number or NaN)."""
-    if tables is None:
-        return {}
-    what = "predictions" if accuracies else "rankings"
-    if not isinstance(tables, Mapping):
-        raise InputError(f"{what} must map a strategy name (e.g. 'choicenet_v1') to a table "
-                         f"(index model, columns task); got {type(tables).__name__}")
-    out = {}
-    for name, table in tables.items():
-        check_predicted_name(name)
-        if not isinstance(table, pd.DataFrame):
-            raise InputError(f"{what}[{name!r}]: expected a pandas DataFrame (index model, "
-                             f"columns task), got {type(table).__name__}")
-        if table.index.has_duplicates or table.columns.has_duplicates:
-            raise InputError(f"{what}[{name!r}]: duplicate model or task labels; one row per "
-                             "model, one column per task")
-        values = table.apply(pd.to_numeric, errors="coerce").astype(float)
-        if accuracies:
-            check_accuracies(values.to_numpy(), f"{what}[{name!r}]",
-                             lambda ij, v=values: f": model {v.index[ij[0]]!r}, task {v.columns[ij[1]]!r}")
-        elif np.isinf(values.to_numpy()).any():
-            raise InputError(f"{what}[{name!r}]: infinite scores; use finite numbers or NaN")
-        values.index = values.index.astype(str)
-        values.columns = values.columns.astype(str)
-        out[name] = values
-    return out
-
-
-def prepare_inputs(records: pd.DataFrame, metadata: pd.DataFrame | None, s: ReportSettings,
-                   predictions: Mapping[str, pd.DataFrame] | None = None,
-                   rankings: Mapping[str, pd.DataFrame] | None = None) -> ReportInputs:
-    """Validate the records and tables, aggregate repetitions (median), resolve the pool and each
-    task's pool (the pool's models with a result), and the budgets."""
-    predicted, ranked = check_tables(predictions), check_tables(rankings, accuracies=False)
-    clean = validate_records(records, source="records")
-    agg = aggregate_records(clean)
-    meta = index_metadata(metadata)
-    if not (agg["metric"] == GROUND_TRUTH).any():
-        raise RecordsError(
-            f"records: no '{GROUND_TRUTH}' rows; regret needs the fine-tune test accuracy of the "
-            f"pool's models (metrics present: {sorted(agg['metric'].unique().tolist())})")
-    truth = pivot_metric(agg, GROUND_TRUTH)
-    members = resolve_pool(s.pool, agg["model"].unique().tolist(), meta, s.pools, s.pool_models)
-    view = PoolView(truth, members)
-    if not view.tasks:
-        raise RecordsError(
-            f"pool {s.pool!r}: none of its {len(members)} model(s) {members[:_LISTED]} has a "
-            f"'{GROUND_TRUTH}' on any task; check the pool's model names against the records")
-    largest = max(len(v) for v in view.task_pool.values())
-    proxies = list_proxy_metrics(agg)
-    scores = {m: pivot_metric(agg, m) for m in proxies}
-    scores[GROUND_TRUTH] = truth
-    scores.update(predicted)
-    scores.update(ranked)
-    return ReportInputs(clean, meta, truth, members, view,
-                        list(range(1, min(s.max_budget, largest) + 1)),
-                        {t: (s.task_groups or {}).get(t) for t in view.tasks}, proxies, scores,
-                        predicted, ranked)
 
 
 def build_strategies(inputs: ReportInputs, s: ReportSettings
@@ -347,10 +245,6 @@ def zero_regret_section(inputs: ReportInputs, scored: Mapping[str, Mapping[str, 
                                      for k, b in enumerate(budgets)} for n in names},
     }
 
-
-def task_accuracies(inputs: ReportInputs) -> dict[str, dict[str, float]]:
-    view = inputs.view
-    return {t: dict(zip(view.task_pool[t], view.task_accs[t].tolist())) for t in view.tasks}
 
 
 def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, *,
@@ -417,78 +311,6 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
     }
 
 
-#: the strategies measured against the best static ranking: proxies, hybrids, ensembles and the
-#: learned ones (not the bounds, task-agnostic, random or the static rankings themselves)
-def _against_static(name: str) -> bool:
-    return not name.startswith(STATIC_PREFIX) and name not in (
-        "task_agnostic", "random", "per_task_best", "task_agnostic_oracle")
 
 
-def static_section(names: list[str], strategies: Mapping[str, Any], noise: Mapping[str, Any],
-                   budgets: list[int]) -> dict[str, Any]:
-    """The static baseline to beat at each budget (``static_baseline``: the ``static:*`` ranking
-    with the lowest mean regret) and the probability that each proxy and learned strategy beats
-    it (``beats_static``, from the same draws as ``better_than``; null without a noise estimate
-    of any task)."""
-    static = [n for n in names if n.startswith(STATIC_PREFIX)]
-    if not static:
-        return {"static_baseline": {}, "beats_static": {}}
-    best, beats = {}, {}
-    better = noise.get("better_than") or {}
-    for b in map(str, budgets):
-        best[b] = min(static, key=lambda n: (strategies[n][b]["mean"], static.index(n)))
-        beats[b] = {n: (better[b][n][best[b]] if b in better else None)
-                    for n in names if _against_static(n)}
-    return {"static_baseline": best, "beats_static": beats}
 
-
-def agreement_section(inputs: ReportInputs):
-    """Rank agreement of each proxy with the fine-tune accuracy per task, and the scores."""
-    view = inputs.view
-    out: dict[str, dict[str, dict[str, float | None]]] = {
-        "weighted_tau": {}, "weighted_tau_scipy_default": {}, "pearson": {}}
-    proxy_scores: dict[str, dict[str, dict[str, float]]] = {}
-    for p in inputs.proxies:
-        values = view.values(inputs.scores[p])
-        for key in out:
-            out[key][p] = {}
-        proxy_scores[p] = {}
-        for t in view.tasks:
-            a, sc = view.task_accs[t], values[t]
-            out["weighted_tau"][p][t] = weighted_tau(a, sc)
-            out["weighted_tau_scipy_default"][p][t] = weighted_tau_scipy_default(a, sc)
-            out["pearson"][p][t] = pearson(a, sc)
-            proxy_scores[p][t] = {m: float(v) for m, v in zip(view.task_pool[t], sc.tolist())
-                                  if math.isfinite(v)}
-    return out, proxy_scores
-
-
-def coverage(proxy_scores, inputs: ReportInputs, notes: Mapping[str, str]) -> dict[str, Any]:
-    """Pairs with a score of each proxy, and why there may be none (a NaN is no score)."""
-    out = {}
-    task_pool = inputs.view.task_pool
-    total = sum(len(v) for v in task_pool.values())
-    for p in inputs.proxies:
-        have = sum(len(proxy_scores[p][t]) for t in task_pool)
-        out[p] = {"pairs": have, "of": total,
-                  "note": notes.get(p.removeprefix("proxy/")) if have < total else None}
-    return out
-
-
-def appendix_g(built: Mapping[str, Strategy], inputs: ReportInputs, s: ReportSettings
-               ) -> dict[str, dict[str, dict[str, int]]]:
-    """Appendix G's table: per pool and task, the smallest zero-regret budget over the whole pool
-    of the task-agnostic oracle, each proxy and task-agnostic (``per_task_best`` is always 1)."""
-    wanted = [n for n in ("task_agnostic_oracle", *inputs.proxies, "task_agnostic") if n in built]
-    named = {s.pool: inputs.members, **{k: sorted(v) for k, v in (s.pools or {}).items()}}
-    out = {}
-    for name, models in named.items():
-        view = PoolView(inputs.truth, [m for m in models if m in inputs.truth.index])
-        if not view.tasks:
-            continue
-        scored = score_strategies({n: built[n] for n in wanted}, view.tasks, view.task_pool,
-                                  view.task_accs, [1])
-        out[name] = {t: {n: full_zero_regret_budget(
-                            scored[n][t], dict(zip(view.task_pool[t], view.task_accs[t].tolist())))
-                         for n in wanted} for t in view.tasks}
-    return out

@@ -12,6 +12,7 @@ strategies the figures show (:mod:`selection.report.plots`).
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,15 +105,16 @@ def group_lines(report: Mapping[str, Any], width: int = WIDTH) -> list[str]:
             return math.inf if v is None else float(v)
 
         best = sorted(order, key=value)[:2]  # stable: ties keep the report's order
-        static = (report.get("static_baseline") or {}).get("1")
-        base = [n for n in (BASELINES[0], static, *BASELINES[1:])
-                if n and n in order and n not in best]
+        base = [n for n in BASELINES if n in order and n not in best]
         label = f"{g or 'all tasks'} ({len(tasks)})"
 
         def cells(shown: list[str], value=value) -> str:
             return ", ".join(f"{n} {value(n):.3f}" for n in shown if math.isfinite(value(n)))
 
-        out.append(clip(f"{label:<15} best {cells(best)}; {cells(base)}", width))
+        line = f"{label:<15} best {cells(best)}; {cells(base)}"
+        if len(line) > width:  # the runner-up gives way before anything is clipped
+            line = f"{label:<15} best {cells(best[:1])}; {cells(base)}"
+        out.append(clip(line, width))
     return out
 
 
@@ -129,8 +131,8 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
         out.append(clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
                          "0 is the best model of every task", width))
     static = static_line(report)
-    if static:
-        out.append(clip(static, width))
+    if static:  # wrapped, not clipped: the names of the strategies that beat it matter
+        out += textwrap.wrap(static, width, subsequent_indent="  ")
     table = table_lines(header, rows + bounds, 2, width)
     if bounds:
         table.insert(2 + len(rows), "bounds (they read the task's own results):")

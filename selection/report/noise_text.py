@@ -27,14 +27,14 @@ def static_line(report: Mapping[str, Any], budget: str = "1") -> str | None:
     mean = report["strategies"][best][budget]["mean"]
     probs = (report.get("beats_static") or {}).get(budget, {})
     known = {n: p for n, p in probs.items() if p is not None}
+    head = f"static baseline to beat at B = {budget}: {best} ({mean:.3f})"
     if not known:
-        return (f"static baseline to beat: {best} (mean regret {mean:.3f} at B = {budget}); "
-                "no noise estimate to test against it")
+        return f"{head}; no noise estimate to test against it"
     level = (report.get("noise") or {}).get("level", 0.95)
     winners = [n for n, p in known.items() if p >= level]
-    return (f"static baseline to beat: {best} (mean regret {mean:.3f} at B = {budget}); beaten "
-            f"at P >= {level:.2f} by {len(winners)} of {len(known)}"
-            + (f": {', '.join(winners)}" if winners else f" ({NOT_BEYOND}: not beaten)"))
+    return (f"{head}; beaten at P >= {level:.2f} by {len(winners)} of {len(known)} proxies and "
+            "learned strategies" + (f": {', '.join(winners)}" if winners else
+                                    f" ({NOT_BEYOND} on the others)"))
 
 
 def has_noise(report: Mapping[str, Any]) -> bool:
