@@ -156,9 +156,9 @@ def test_pool_rules_and_lists_combine_inside_another_pool(tmp_path, capsys):
 
 
 def test_catalog_pool_naming_a_model_it_does_not_define_is_refused(tmp_path):
-    from sweeps.config import ConfigError
+    from selection.pools import PoolError
 
     bad = tmp_path / "c.yaml"
     bad.write_text("models: [{name: a, spec: 'timm:resnet18'}]\npools: {p: [a, b]}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: key 'pools\.p\[1\]': model 'b'"):
+    with pytest.raises(PoolError, match=r"c\.yaml: key 'pools\.p\[1\]': model 'b'"):
         load_catalog(bad)

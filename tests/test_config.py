@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from selection.pools import PoolError
 from sweeps.cli import main
 from sweeps.config import ConfigError, load_sweep_config
 from sweeps.plan import plan_sweep
@@ -69,7 +70,7 @@ def test_unknown_task_lists_the_known_names(tmp_path):
 
 def test_pool_member_outside_the_sweep_is_refused(tmp_path):
     path = _write(tmp_path, "name: s\nmodels: [cnn-random]\npools: {p: [cnn-generalist]}\n")
-    with pytest.raises(ConfigError, match=r"'pools\.p\[0\]'"):
+    with pytest.raises(PoolError, match=r"sweep\.yaml: key 'pools\.p\[0\]'"):
         plan_sweep(path)
 
 
