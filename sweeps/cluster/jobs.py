@@ -65,7 +65,8 @@ WORKING_DIR_EXCLUDES = [
 ]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-AGENT_WAIT_S = 30.0  # how long submit retries while a new head's job agent starts
+AGENT_WAIT_S = 120.0  # how long submit retries while a new head's job agent starts (a loaded
+# head took over 30 s here)
 
 
 # --------------------------------------------------------------------------- the address
