@@ -8,6 +8,8 @@
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
     whichmodel list models|tasks|proxies|strategies|architectures [--config FILE]
     whichmodel recommend --task TASK --budget B [--config FILE]   which model to fine-tune
+    whichmodel proxy score FILE.py:FUNCTION --experiment NAME     a new proxy, from saved features
+    whichmodel benchmark-proxies [--records public:all]           proxies vs static rankings
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
@@ -467,8 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_recommend(sub)
     from sweeps.proxy_benchmark import add_parser as add_benchmark
+    from sweeps.proxy_score import add_parser as add_proxy
 
     add_benchmark(sub)
+    add_proxy(sub, lambda args, paths, plan: _report(  # the report, with the new proxy in it
+        paths, args.tracking_uri, args.experiment, plan=plan,
+        out_dir=Path(args.reports_dir) / args.experiment))
     return p
 
 
