@@ -8,6 +8,8 @@
     whichmodel report --experiment quickstart        regret report from MLflow (or --records CSV)
     whichmodel list models|tasks|proxies|strategies|architectures [--config FILE]
     whichmodel recommend --task TASK --budget B [--config FILE]   which model to fine-tune
+    whichmodel proxy score FILE.py:FUNCTION --experiment NAME     a new proxy, from saved features
+    whichmodel benchmark-proxies [--records public:all]           proxies vs static rankings
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
@@ -246,13 +248,16 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
 
 def cmd_report(args) -> int:
     paths = _paths(args)
-    out_dir = Path(args.reports_dir) / (args.experiment or Path(args.records).stem)
+    out_dir = Path(args.reports_dir) / (args.experiment or "")
     if args.records:
         from selection.records import read_models_csv, read_records_csv
+        from sweeps.public import records_source
         from sweeps.reporting import report_from_tables
 
-        records = read_records_csv(args.records)  # RecordsError: one line, exit 2
-        meta = read_models_csv(args.models) if args.models else None
+        records_path, models_path, label = records_source(args.records, args.models)
+        out_dir = Path(args.reports_dir) / label
+        records = read_records_csv(records_path)  # RecordsError: one line, exit 2
+        meta = read_models_csv(models_path) if models_path else None
         report = report_from_tables(records, meta, None, pool=args.pool,
                                     max_budget=args.budget or 3)
         return _emit(report, out_dir, None, args.format, args.output, args.detail)
@@ -408,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="regret report of an experiment or a records file")
     rep.add_argument("--experiment")
     rep.add_argument("--config", type=Path, help="the sweep file (pools, budgets, strategies)")
-    rep.add_argument("--records", type=Path, help="long CSV model,task,metric,value")
+    rep.add_argument("--records", help="long CSV model,task,metric,value, or public:<name> (a "
+                                         "table shipped with whichmodel, sweeps/public/)")
     rep.add_argument("--models", type=Path, help="model metadata CSV")
     rep.add_argument("--tracking-uri")
     rep.add_argument("--pool", default="all")
@@ -462,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     from sweeps.recommend.cli import add_parser as add_recommend
 
     add_recommend(sub)
+    from sweeps.proxy_benchmark import add_parser as add_benchmark
+    from sweeps.proxy_score import add_parser as add_proxy
+
+    add_benchmark(sub)
+    add_proxy(sub, lambda args, paths, plan: _report(  # the report, with the new proxy in it
+        paths, args.tracking_uri, args.experiment, plan=plan,
+        out_dir=Path(args.reports_dir) / args.experiment))
     return p
 
 

@@ -84,8 +84,9 @@ class ProbeProtocol(Strict):
     linear: LinearProbeSettings = LinearProbeSettings()
     knn: KnnSettings = KnnSettings()
     early_stop: EarlyStopSettings = EarlyStopSettings()
-    # Keep each pair's features (train/val/test, float16 .npz) and log them as an artifact of
-    # its probe run, for reuse (ChoiceNet v2, new proxies) without another forward pass.
+    # Keep each pair's features (.npz: train/val at float32, what the proxies read; test at
+    # float16) and log them as an artifact of its probe run, for reuse without another forward
+    # pass (whichmodel proxy score).
     save_features: bool = False
 
     _known = field_validator("proxies")(known_proxy)

@@ -80,5 +80,18 @@ def upload_file(path: str | os.PathLike, location: str) -> str:
     return location
 
 
+def download_file(location: str, path: str | os.PathLike) -> Path:
+    """Copy an s3:// URI to a local file; FileNotFoundError when there is no such object."""
+    bucket, key = _split(location)
+    try:
+        _client().download_file(bucket, key, str(path))
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            raise FileNotFoundError(location) from None
+        raise WhichModelError(f"{location}: cannot read ({type(exc).__name__}: {exc})") from None
+    return Path(path)
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts])

@@ -77,19 +77,11 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
                 ) -> dict[str, Any]:
     """One frozen forward pass over train, validation and test; then every feature proxy on it
     (the early-stop proxy, a short fine-tune, runs as fine-tune work: :func:`early_stop_trial`)."""
-    from lightning_modules.backbones import extract_features
     from selection.proxies import make_inputs, score_proxies
 
     cfg = settings.cfg
-    backbone, _ = settings.load_model(job.model)
-    data = settings.load_task(job.task)
-    t0 = time.perf_counter()
-    feats, probs = {}, {}
-    for split in ("train800", "val200", "test"):
-        feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
-                                                      with_source_probs=True)
-    metrics: dict[str, Any] = {"time/features": time.perf_counter() - t0,
-                               "task_digest": splits_digest(data.splits)}
+    feats, probs, data, seconds = probe_features(job, settings)
+    metrics: dict[str, Any] = {"time/features": seconds, "task_digest": splits_digest(data.splits)}
     inputs = make_inputs(feats["train800"], data.splits["train800"][1], feats["val200"],
                          data.splits["val200"][1], source_probs_train=probs["train800"])
     names = [n for n in cfg.probe.proxies if n != "early_stop"]
@@ -110,17 +102,61 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
     return metrics
 
 
+def probe_features(job: Job, settings: TrialSettings) -> tuple[dict, dict, Any, float]:
+    """The probe's one frozen forward pass: features and source-classifier probabilities of the
+    train800, val200 and test splits (torch float32; probabilities None without a source head),
+    the task's data and the seconds of the forward pass alone."""
+    from lightning_modules.backbones import extract_features
+
+    backbone, _ = settings.load_model(job.model)
+    data = settings.load_task(job.task)
+    t0 = time.perf_counter()
+    feats, probs = {}, {}
+    for split in ("train800", "val200", "test"):
+        feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
+                                                      with_source_probs=True)
+    return feats, probs, data, time.perf_counter() - t0
+
+
+#: the splits the proxies read, kept at float32 in a features cache; the test split at float16
+PROXY_SPLITS = ("train800", "val200")
+
+
 def save_features(path: Path, feats: dict, probs: dict, splits: dict) -> Path:
-    """A probe's features (float16), labels and source probabilities as one compressed .npz."""
+    """A probe's features, labels and source probabilities as one compressed .npz: what the
+    proxies read (train800, val200) exactly as they read it (float32), so a proxy scored later
+    from the cache (``whichmodel proxy score``) sees the probe's inputs; the test split at
+    float16."""
     import numpy as np
 
-    arrays = {f"{s}_x": f.numpy().astype(np.float16) for s, f in feats.items()}
+    def kept(split: str, tensor) -> np.ndarray:
+        return tensor.numpy().astype(np.float32 if split in PROXY_SPLITS else np.float16)
+
+    arrays = {f"{s}_x": kept(s, f) for s, f in feats.items()}
     arrays.update({f"{s}_y": splits[s][1] for s in feats})
-    arrays.update({f"{s}_source_probs": v.numpy().astype(np.float16)
-                   for s, v in probs.items() if v is not None})
+    arrays.update({f"{s}_source_probs": kept(s, v) for s, v in probs.items() if v is not None})
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     return path
+
+
+def load_features(path: str | Path) -> dict[str, Any]:
+    """What :func:`save_features` wrote, as the probe trial hands it to the proxies: features and
+    source probabilities of train800 and val200 as torch tensors, labels as numpy arrays
+    (``train_x, train_y, val_x, val_y, source_probs_train``: None without a source head) and
+    ``dtype``, the features' stored type (float16 in caches of earlier versions)."""
+    import numpy as np
+    import torch
+
+    with np.load(path) as npz:
+        probs = npz["train800_source_probs"] if "train800_source_probs" in npz.files else None
+        return {"train_x": torch.from_numpy(npz["train800_x"].astype(np.float32)),
+                "train_y": npz["train800_y"],
+                "val_x": torch.from_numpy(npz["val200_x"].astype(np.float32)),
+                "val_y": npz["val200_y"],
+                "source_probs_train": None if probs is None else torch.from_numpy(
+                    probs.astype(np.float32)),
+                "dtype": str(npz["train800_x"].dtype)}
 
 
 def run_key(lr: float, rep: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -61,12 +60,11 @@ def test_a_records_table_with_proxies_ranks_with_the_records_learner_and_the_ens
 
 
 def test_public_logme_table_reports_with_the_records_learner(tmp_path):
-    """The table reconstructed from LogME's published fine-tune accuracies (benchmarks/public)
-    reports through the CLI with the records learner, the proxy, its hybrid and task-agnostic."""
-    root = Path(__file__).resolve().parents[1] / "benchmarks" / "public"
+    """The public table of LogME's 11 x 11 published fine-tune accuracies (public:logme11, its
+    metadata read with it) reports through the CLI with the records learner, the proxy, its
+    hybrid and task-agnostic."""
     out = tmp_path / "report.json"
-    rc = main(["report", "--records", str(root / "logme11_records.csv"), "--models",
-               str(root / "logme11_models.csv"), "--reports-dir", str(tmp_path / "r"),
+    rc = main(["report", "--records", "public:logme11", "--reports-dir", str(tmp_path / "r"),
                "--format", "json", "--output", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
