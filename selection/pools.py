@@ -31,12 +31,12 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from selection.records import METADATA_POOLS, POOL_ALL, RecordsError, index_metadata
-from whichmodel.errors import WhichModelError
+from whichmodel.errors import ConfigError
 
 Pools = Mapping[str, Sequence[str]]
 
 
-class PoolError(WhichModelError, ValueError):
+class PoolError(ConfigError, ValueError):
     """A pool names a model that is not there (one line, exit 2)."""
 
 
