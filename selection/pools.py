@@ -187,6 +187,22 @@ def _clause(meta: Mapping[str, object], key: str, op: str, value) -> bool:
     return bool(_OPS[op](str(have), value)) if op in ("==", "!=") else False
 
 
+def rule_keys(rule: str) -> list[str]:
+    """The metadata keys a rule reads, in order, each once."""
+    keys = [key for clauses in parse_rule(rule) for key, _, _ in clauses]
+    return list(dict.fromkeys(keys))
+
+
+def check_rule_keys(source: object, key: str, rule: str, known: Sequence[str]) -> None:
+    """Every key ``rule`` reads is one the models' metadata has (``known``); else a
+    :class:`PoolError` naming the rule, the key and the keys that exist -- a misspelled key
+    (``paramz <= 1.0e6``) would otherwise give a pool that silently matches no model."""
+    for name in rule_keys(rule):
+        if name not in known:
+            raise PoolError(f"{source}: key '{key}': rule {rule!r} reads {name!r}, which no "
+                            f"model's metadata has; keys that exist: {', '.join(sorted(known))}")
+
+
 def rule_matches(rule: str, meta: Mapping[str, object]) -> bool:
     return any(all(_clause(meta, *c) for c in clauses) for clauses in parse_rule(rule))
 

@@ -75,10 +75,10 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
         return 0
-    from sweeps.plan import expand_jobs
+    from sweeps.plan import count_trials
 
     n_pairs = len(plan.models) * len(plan.tasks)
-    trials = len(expand_jobs(cfg, plan.keys()))
+    trials = count_trials(cfg, plan.keys())
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))

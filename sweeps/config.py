@@ -423,7 +423,7 @@ class Catalog(Strict):
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    from selection.pools import check_listed
+    from selection.pools import check_listed, check_rule_keys
 
     path, data = read_yaml(path)
     try:
@@ -438,6 +438,12 @@ def load_catalog(path: str | Path) -> Catalog:
         listed, key = pool_listed(pool, members)
         check_listed(path, key, listed, names, "one of this file's models")
     check_within(path, catalog.pools)
+    # what a rule can read before a model is opened: its entry's meta, and the parameters and
+    # feature width counted on the architecture (sweeps.refs.model_metadata)
+    known = {"params", "feature_dim"} | {k for m in catalog.models for k in m.meta}
+    for pool, members in catalog.pools.items():
+        if isinstance(members, PoolDefinition) and members.rule is not None:
+            check_rule_keys(path, f"pools.{pool}.rule", members.rule, sorted(known))
     for i, paper in enumerate(catalog.mapping):
         if paper.equivalent is not None and paper.equivalent not in names:
             raise ConfigError(f"{path}: key 'mapping[{i}].equivalent': {paper.equivalent!r} is not "

@@ -156,9 +156,10 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
     """Named pools over the sweep's models: the catalog's (keeping the members this sweep runs;
     a pool left empty is dropped), then the sweep's. A definition is ``all``, a list, or a rule
     over ``metadata`` with optional listed models, inside an earlier pool (``within``)."""
-    from selection.pools import check_listed, pool_members
+    from selection.pools import check_listed, check_rule_keys, pool_members
 
     metadata = metadata or {}
+    known = sorted({k for meta in metadata.values() for k, v in meta.items() if v is not None})
     pools: dict[str, list[str]] = {}
     for name, definition in (catalog_pools or {}).items():
         if isinstance(definition, PoolDefinition):
@@ -176,9 +177,14 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
         listed, key = pool_listed(name, definition)
         check_listed(source, key, listed, models, f"in this sweep's models ({', '.join(models)})")
         if isinstance(definition, PoolDefinition):
+            if definition.rule is not None:
+                check_rule_keys(source, f"pools.{name}.rule", definition.rule, known)
             pools[name] = pool_members(models, metadata, rule=definition.rule, listed=listed,
                                        within=_within(pools, models, definition.within, source,
                                                       name))
+            if not pools[name]:
+                raise ConfigError(f"{source}: key 'pools.{name}': no model of this sweep is in "
+                                  f"it (rule {definition.rule!r}); a report needs one or more")
         else:
             pools[name] = list(listed)
     return pools
