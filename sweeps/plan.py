@@ -306,3 +306,38 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]
         else:
             jobs += [Job("finetune", m, t, runs=(run,)) for run in runs]
     return jobs
+
+
+def task_agnostic_orders(plan) -> dict[str, list[list[str]]]:
+    """Per pool, task-agnostic's ranking of its models: tie groups, best first (the rule decides
+    its approximate ties among the pool's own models)."""
+    import pandas as pd
+
+    from selection.rankings import TaskAgnosticStrategy
+
+    keys = ("imagenet_acc", "upstream_size", "params")
+    meta = pd.DataFrame([{"model": m, **{k: (plan.metadata.get(m) or {}).get(k) for k in keys}}
+                         for m in plan.models]).set_index("model")
+    rule = TaskAgnosticStrategy(meta, plan.cfg.report.task_agnostic.tie_tolerance)
+    return {p: rule.rank_groups("", list(members)) for p, members in plan.pools.items()}
+
+
+def plan_json(plan) -> dict:
+    """The resolved plan: each model with its metadata, each task with its group, each pool with
+    its members (``whichmodel validate --json``)."""
+    from collections import Counter
+
+    from sweeps.refs import task_group
+
+    keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
+    models = {}
+    for m in plan.models:
+        meta = plan.metadata.get(m, {})
+        models[m] = {**{k: meta.get(k) for k in keys},
+                     **{k: v for k, v in meta.items() if k not in keys}}
+    return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
+            "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
+            "pools": {p: list(members) for p, members in plan.pools.items()},
+            "task_agnostic": task_agnostic_orders(plan),
+            "protocols": plan.protocols, "trials": dict(Counter(
+                j.kind for j in expand_jobs(plan.cfg, plan.keys())))}
