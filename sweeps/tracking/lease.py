@@ -63,31 +63,36 @@ class LeaseHeld(WhichModelError):
     """Another live driver runs the same sweep (one line, exit code 2)."""
 
 
-def _this_process_start() -> float | None:
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, from Linux's /proc; None
+    where there is no such process or no /proc."""
     try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 -- psutil missing or the process table unreadable
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
         return None
 
 
-def _process_gone(pid: int, started: float | None) -> bool:
-    """Whether process ``pid`` of this host is gone (or is another process reusing its id)."""
+def _this_process_start() -> str | None:
+    stat = _proc_stat(os.getpid())
+    return None if stat is None else stat[1]
+
+
+def _process_gone(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` of this host is gone: no such process, a zombie (killed, not yet
+    reaped), or another process that reuses its id (another start time)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except (PermissionError, OSError):
-        return False
-    if started is None:
-        return False
-    try:
-        import psutil
-
-        return abs(psutil.Process(pid).create_time() - float(started)) > 1.0
-    except Exception:  # noqa: BLE001 -- gone between the two looks, or unreadable
-        return False
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # vanished since os.kill (where there is a /proc to tell)
+        return os.path.isdir("/proc/self")
+    state, start = stat
+    return state == "Z" or (started is not None and str(started) != start)
 
 
 @dataclass
@@ -104,7 +109,7 @@ class Holder:
     since: float
     expires: float
     claim: Any  # "*" or [[models, tasks, ["protocol@hash", ...]], ...]
-    started: float | None = None
+    started: str | None = None  # the process's start time (Linux), against pid reuse
 
     @classmethod
     def parse(cls, tag: str, value: str) -> Holder | None:
