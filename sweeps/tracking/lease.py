@@ -229,7 +229,7 @@ class Lease:
 
     def _attempt(self) -> bool:
         since = time.time()
-        others = self._live_overlapping(self.holders(), since, announce=True)
+        others, dead = self._overlapping(self.holders(), since)
         if self.kind == "sweep":
             self._refuse_or_force([h for h in others if h.kind == "sweep"])
         token = uuid.uuid4().hex
@@ -243,7 +243,7 @@ class Lease:
             return False
         time.sleep(SETTLE_S)
         now = time.time()
-        earlier = [h for h in self._live_overlapping(self.holders(), now, announce=False)
+        earlier = [h for h in self._overlapping(self.holders(), now)[0]
                    if h.order() < self.mine.order()]
         if self.kind == "sweep":
             rivals = [h for h in earlier if h.kind == "sweep"]
@@ -252,24 +252,24 @@ class Lease:
                 self.mine = None
                 raise self._held(rivals[0])
             earlier = [h for h in earlier if h.kind != "sweep"]
+        for h, why in dead:  # taken over once this driver holds the lease, not before
+            self._delete(h.tag)
+            self._say(f"took over the lease of {h.describe()}: {why}")
         self.held = set().union(*(h.covers(self.keys) for h in earlier)) if earlier else set()
         return True
 
-    def _live_overlapping(self, holders: list[Holder], now: float, announce: bool
-                          ) -> list[Holder]:
-        """The live leases among ``holders`` that share a key with this one; dead ones that do
-        are taken over (their tag removed, and said so)."""
-        live = []
+    def _overlapping(self, holders: list[Holder], now: float
+                     ) -> tuple[list[Holder], list[tuple[Holder, str]]]:
+        """(live, dead with why) among ``holders`` that share a key with this lease."""
+        live, dead = [], []
         for h in holders:
-            if not h.covers(self.keys):
-                continue
-            why = h.dead(now)
-            if why is None:
-                live.append(h)
-            elif announce:
-                self._delete(h.tag)
-                self._say(f"took over the lease of {h.describe()}: {why}")
-        return live
+            if h.covers(self.keys):
+                why = h.dead(now)
+                if why is None:
+                    live.append(h)
+                else:
+                    dead.append((h, why))
+        return live, dead
 
     def _refuse_or_force(self, rivals: list[Holder]) -> None:
         if rivals and not self.force:
