@@ -42,6 +42,7 @@ from lightning_modules.task_data import (
     split_arrays,
     task_rng,
 )
+from whichmodel.names import within
 
 Array = np.ndarray
 
@@ -209,7 +210,7 @@ def create_task_data(info: TaskInfo, image_size: int, seed: int,
 def cache_file(folder: pathlib.Path, name: str, image_size: int, seed: int, n_train: int,
                n_val: int) -> pathlib.Path:
     sizes = "" if (n_train, n_val) == (N_TRAIN, N_VAL) else f"-{n_train}+{n_val}"
-    return folder / f"{name}-{image_size}px-seed{seed}{sizes}.npz"
+    return within(folder, f"{name}-{image_size}px-seed{seed}{sizes}.npz")
 
 
 def imagefolder_cache_path(cache_root: PathLike, name: str, image_size: int = 224, seed: int = 0,

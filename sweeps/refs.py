@@ -34,6 +34,7 @@ from sweeps.config import (
 from sweeps.paths import Paths
 from sweeps.zoo_config import ZooConfig
 from whichmodel.errors import WhichModelError
+from whichmodel.names import within
 
 VTAB_PREFIX = "vtab:"
 
@@ -249,7 +250,7 @@ def model_pools(pools: dict[str, list[str]], model: str) -> list[str]:
 
 
 def model_dir(paths: Paths, model: str) -> Path:
-    return paths.zoo_root / model
+    return within(paths.zoo_root, model)
 
 
 def load_model_ref(name: str, ref: dict[str, Any], zoo_root: str | Path):
