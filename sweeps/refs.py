@@ -183,9 +183,6 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
             pools[name] = pool_members(models, metadata, rule=definition.rule, listed=listed,
                                        within=_within(pools, models, definition.within, source,
                                                       name))
-            if not pools[name]:
-                raise ConfigError(f"{source}: key 'pools.{name}': no model of this sweep is in "
-                                  f"it (rule {definition.rule!r}); a report needs one or more")
         else:
             pools[name] = list(listed)
     return pools

@@ -229,7 +229,7 @@ class Cluster:
 # --------------------------------------------------------------------------- submitting
 def project_root() -> Path:
     """The source checkout this ``sweeps`` package belongs to: the default working dir."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # sweeps/cluster/jobs.py -> the checkout
     if not ((root / "setup.cfg").is_file() or (root / "pyproject.toml").is_file()):
         raise WhichModelError(
             f"{root}: not a whichmodel source checkout (no setup.cfg); pass --working-dir "
