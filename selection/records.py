@@ -153,18 +153,29 @@ def read_csv_rows(path: str | Path, what: str, header_hint: str,
     except pd.errors.EmptyDataError:
         raise RecordsError(f"{path}: the file is empty; expected {header_hint}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise RecordsError(f"{path}: not a readable CSV ({exc}); expected {header_hint}") from exc
+        raise RecordsError(f"{path}: not a readable CSV ({' '.join(str(exc).split())}); expected "
+                           f"{header_hint}") from exc
     lines = np.arange(len(df)) + 2
     blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
     return df.loc[~blank].reset_index(drop=True), lines[~blank].tolist()
 
 
 def _check_header(path: Path, what: str, columns: Sequence[str] | None) -> None:
+    """The header names each column once (and only ``columns``), and every row has as many
+    fields as the header (pandas would take a longer row's first field as its index)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+            rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
         return  # pandas names what is wrong with the file
+    header = rows[0] if rows else []
+    ragged = [(n, len(r)) for n, r in enumerate(rows[1:], start=2)
+              if len(r) != len(header) and any(c.strip() for c in r)]
+    if header and ragged:
+        (line, fields), more = ragged[0], len(ragged) - 1
+        raise RecordsError(f"{path}: line {line}: {fields} fields, the header has "
+                           f"{len(header)}" + (f" (and {more} more such lines)" if more else "")
+                           + "; a value holding a comma needs quotes")
     names = [h.strip() for h in header]
     for j, name in enumerate(names):
         if name and name in names[:j]:

@@ -167,6 +167,10 @@ CASES = [
     Case("records_extra_column", ["report", "--records", "{d}/r.csv", "--reports-dir", "{r}"],
          ["r.csv: line 1: unknown column 'unit'; a records file has the columns model, task, "
           "metric, value"], {"r.csv": _records(header="model,task,metric,value,unit", cell=",x")}),
+    Case("records_row_with_an_extra_field",
+         ["report", "--records", "{d}/r.csv", "--reports-dir", "{r}"],
+         ["r.csv: line 38: 5 fields, the header has 4; a value holding a comma needs quotes"],
+         {"r.csv": _records(extra_rows=["m0,t0,finetune_test_acc,0,5"])}),
     Case("models_csv_duplicate_column",
          ["report", "--records", "{d}/r.csv", "--models", "{d}/m.csv", "--reports-dir", "{r}"],
          ["m.csv: line 1: column 'params' appears twice"],
