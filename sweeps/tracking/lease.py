@@ -316,11 +316,14 @@ class Lease:
                 and (self.mine is None or h.order() < self.mine.order())]
 
     def release(self) -> None:
+        """Stop renewing and delete the tag: one quick try (a server that is away lets the
+        lease expire instead of holding the command up with MLflow's minutes of retries)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.mine is not None:
-            self._delete(self.mine.tag)
+            with _quick_requests():
+                self._delete(self.mine.tag)
             self.mine = None
 
     def __enter__(self) -> Lease:
@@ -329,6 +332,18 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def _quick_requests():
+    added = {k: v for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+                               ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")) if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _owner() -> str:
