@@ -24,8 +24,8 @@ from typing import Any
 from sweeps.config import SweepConfig
 from sweeps.paths import Paths
 from sweeps.plan import Plan, check_plan, check_trials, expand_jobs, pair_key, plan_sweep
-from sweeps.tracking.client import Tracker
-from sweeps.tracking.lease import POLL_S, Lease
+from sweeps.tracking.client import Tracker, preflight
+from sweeps.tracking.lease import POLL_S, Lease, refuse_if_held
 from sweeps.tracking.recorder import PairRecorder, artifact_root
 from sweeps.tracking.spool import Spool
 from sweeps.trials import TrialSettings, run_trial
@@ -68,6 +68,18 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
     wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
                                             for m in plan.models for t in plan.tasks]
+    preflight(uri)  # a server that cannot be used: one line, before anything else
+    if label is None and not force:  # another live driver of this sweep: stop, writing nothing
+        refuse_if_held(uri, cfg.experiment, f"sweep {cfg.name!r}",
+                       [(*k, hashes[k[2]]) for k in wanted])
+    settings = trial_settings(plan, paths)
+    from lightning_modules.task_data import DatasetError
+
+    for task in plan.tasks:  # build (or read) each task's cache once here, not in every trial
+        try:
+            settings.load_task(task)
+        except OSError as exc:  # the data's own problems are DatasetErrors that name the task
+            raise DatasetError(f"task {task!r}: {exc}") from None
     tracker = open_tracker(uri, cfg.experiment, paths, spool=False)  # nothing replayed yet
     finished, _ = tracker.runs_by_key(hashes)
     todo = [k for k in wanted if pair_key(*k) not in finished]
@@ -84,14 +96,6 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
                   [(*k, hashes[k[2]]) for k in todo], force=force, stream=stream)
     held = {k[:3] for k in lease.acquire()}  # LeaseHeld: one line, exit 2, nothing written
     try:
-        settings = trial_settings(plan, paths)
-        from lightning_modules.task_data import DatasetError
-
-        for task in plan.tasks:  # build (or read) each task's cache once here, not in every trial
-            try:
-                settings.load_task(task)
-            except OSError as exc:  # the data's own problems are DatasetErrors that name the task
-                raise DatasetError(f"task {task!r}: {exc}") from None
         # holding the lease: replay what an earlier driver spooled, then what is left to run
         tracker = open_tracker(uri, cfg.experiment, paths, spool=True)
         finished, _ = tracker.runs_by_key(hashes)

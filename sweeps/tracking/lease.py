@@ -334,6 +334,23 @@ class Lease:
         self.release()
 
 
+def refuse_if_held(uri: str, experiment: str, label: str, keys: list[Key]) -> None:
+    """A sweep driver's first look, writing nothing (not even a local store that is not there
+    yet): :class:`LeaseHeld` when a live sweep lease of the experiment runs any of ``keys``, so
+    a second driver stops before it builds a cache or opens the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        return
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    look = Lease(uri, exp.experiment_id, experiment, "sweep", label, keys)
+    rivals = [h for h in look._overlapping(look.holders(), time.time())[0] if h.kind == "sweep"]
+    if rivals:
+        raise look._held(rivals[0])
+
+
 @contextlib.contextmanager
 def _quick_requests():
     added = {k: v for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
