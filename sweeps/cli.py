@@ -11,9 +11,11 @@
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
-Bad input (a malformed or misspelled sweep file, an unknown model or task, an unreadable
-checkpoint, accuracies out of range) ends with a one-line ``whichmodel: error: ...`` naming the
-file and key, exit code 2, and nothing written.
+Bad input (a malformed or misspelled sweep file, a value out of bounds, a name that would leave
+its folder, an unknown model, task or strategy, unreadable or non-finite weights, a malformed
+records table, accuracies out of range) and a second driver of a running sweep end with a
+one-line ``whichmodel: error: ...`` naming the file and key (or the holder of the sweep's lease),
+exit code 2 (``EXIT_BAD_INPUT``), and nothing written. The README's CLI section lists them.
 """
 
 from __future__ import annotations

@@ -218,3 +218,43 @@ def test_claims_are_products_of_names_and_fall_back_to_every_key():
     holder = Holder("t", "t", "sweep", "l", "o", "h", 1, 0.0, 1.0, claim_of(ragged))
     assert holder.covers([("a", "t1", "probe", "h"), ("a", "t2", "probe", "h")]) == {
         ("a", "t1", "probe", "h")}
+
+
+def test_run_stops_at_a_live_drivers_lease_before_it_writes_anything(tmp_path, monkeypatch,
+                                                                       capsys):
+    """``whichmodel run`` while another live driver holds the sweep: one line, exit 2, and
+    nothing written -- no task cache, no run, no tag, no file in the home folder."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.cli import main
+    from sweeps.plan import plan_sweep
+    from sweeps.trials import build_model
+    from sweeps.zoo_config import load_zoo_config
+
+    (tmp_path / "zoo.yaml").write_text(
+        "models:\n  - {name: control, arch: cnn, arch_kwargs: {width: 4}, objective: none}\n")
+    (tmp_path / "s.yaml").write_text("name: held\nmodels: [control]\ntasks: [digits]\n")
+    home = tmp_path / "home"
+    build_model(load_zoo_config(tmp_path / "zoo.yaml"), "control", home / "zoo", home / "data")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    eid = client.create_experiment("held")
+    cfg = plan_sweep(tmp_path / "s.yaml").cfg
+    keys = [("control", "digits", p, cfg.protocol_hash(p)) for p in ("probe", "finetune")]
+    holder = _plant((uri, client, eid), host=socket.gethostname(), pid=os.getpid(),
+                    label="sweep 'held'", owner="ann", claim=claim_of(keys))
+    monkeypatch.setenv("WHICHMODEL_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = sorted((p, p.stat().st_size) for p in home.rglob("*") if p.name != "mlflow.db")
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "s.yaml"), "--reports-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"whichmodel: error: sweep 'held' is already running: ann@{socket.gethostname()} "
+                   f"(pid {os.getpid()}) has held its lease since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.since))} "
+                   f"(experiment 'held' at {uri}, renewed until "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.expires))}); "
+                   "wait for it to finish, or pass --force if you know that driver is gone")
+    assert sorted((p, p.stat().st_size) for p in home.rglob("*") if p.name != "mlflow.db") == before
+    assert not (home / "data" / "tasks").exists() and not (tmp_path / "r").exists()
+    assert client.search_runs([eid]) == [] and list(_lease_tags((uri, client, eid))) == [holder.tag]
