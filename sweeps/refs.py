@@ -115,11 +115,12 @@ def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
 
 
 def _safe(name: str, source: Path, i: int) -> str:
-    import re
+    from whichmodel.names import name_problem
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+    why = name_problem(name)
+    if why is not None:
         raise ConfigError(f"{source}: key 'models[{i}]': the spec gives the model name {name!r}, "
-                          "which is not a valid name; write an entry {name: ..., spec: ...}")
+                          f"which {why}; write an entry {{name: ..., spec: ...}}")
     return name
 
 
