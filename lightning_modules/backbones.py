@@ -197,6 +197,21 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Every floating-point tensor of a state dict is finite; else a :class:`CheckpointError`
+    naming ``where`` (the weight file), the first tensor with NaN or inf and how many more: a
+    NaN backbone would otherwise fine-tune to chance and be logged as a result."""
+    bad = [(name, t) for name, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, tensor = bad[0]
+        count = int((~torch.isfinite(tensor)).sum())
+        more = f"; {len(bad) - 1} more tensors too" if len(bad) > 1 else ""
+        raise CheckpointError(f"{where}: weights are not finite: {name!r} holds NaN or inf in "
+                              f"{count} of its {tensor.numel()} values{more}; the file is broken "
+                              "(re-export or retrain the model)")
+
+
 def load_checkpoint(directory: str | os.PathLike) -> tuple[Backbone, dict[str, Any]]:
     """Load a zoo checkpoint (safetensors, no pickle) into its architecture."""
     from safetensors.torch import load_file
@@ -210,6 +225,7 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[Backbone, dict[str, A
         raise CheckpointError(f"{weights}: missing; rebuild this model") from None
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{weights}: unreadable checkpoint ({exc}); rebuild this model") from None
+    check_finite(tensors, str(weights))
     backbone = create_backbone(meta["arch"], source_classes=int(meta["source_classes"]),
                                **meta["arch_kwargs"])
     try:

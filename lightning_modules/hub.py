@@ -74,6 +74,7 @@ from lightning_modules.backbones import (
     Backbone,
     CheckpointError,
     TimmBody,
+    check_finite,
     load_checkpoint,
 )
 from lightning_modules.hub_blocks import hub_block_groups, parameter_count
@@ -163,6 +164,10 @@ def load_model(spec: str, weights: str | os.PathLike | None = None,
     out.update(meta or {})
     out.update(facts)
     _check_imagenet_acc(spec, out["imagenet_acc"])
+    # weights the libraries' own loaders read (hub caches, a timm weights file) are checked
+    # here; safetensors and state-dict files already were, naming the file
+    check_finite(backbone.state_dict(), str(weights) if weights is not None else
+                 out.get("weights") or spec)
     return backbone.cpu().eval(), out
 
 

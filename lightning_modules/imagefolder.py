@@ -42,6 +42,7 @@ from lightning_modules.task_data import (
     split_arrays,
     task_rng,
 )
+from whichmodel.names import within
 
 Array = np.ndarray
 
@@ -58,16 +59,23 @@ FolderFiles = dict[str, list[pathlib.Path]]
 @dataclass
 class Part:
     """One split of a dataset: every example's label, how to get example ``i`` as a PIL image,
-    and where it lives (for messages). ``read`` is an optional batch reader (sorted indices)."""
+    and where it lives (for messages). ``read`` is an optional batch reader (sorted indices);
+    ``file`` names example ``i``'s file, where it has one."""
 
     where: str
     labels: Array
     get: Callable[[int], Any]
     read: Callable[[Array, int], Array] | None = None
+    file: Callable[[int], str] | None = None
 
     def subset(self, index: Array, where: str | None = None) -> Part:
         index = np.asarray(index, np.int64)
-        return Part(where or self.where, self.labels[index], lambda i: self.get(int(index[i])))
+        file = None if self.file is None else (lambda i: self.file(int(index[i])))
+        return Part(where or self.where, self.labels[index], lambda i: self.get(int(index[i])),
+                    file=file)
+
+    def describe(self, i: int) -> str:
+        return self.file(i) if self.file is not None else f"example {i} of {self.where}"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -126,17 +134,65 @@ def decode(part: Part, index: Array, size: int) -> Array:
         try:
             img = part.get(i)
             out[k] = to_array(img, size)
-        except OSError as e:  # PIL.UnidentifiedImageError, truncated files, unreadable files
-            raise DatasetError(f"cannot decode example {i} of {part.where}: {e}") from e
+        except (OSError, ValueError, SyntaxError) as e:
+            # PIL.UnidentifiedImageError, truncated or unreadable files, broken headers
+            raise DatasetError(f"cannot decode {part.describe(i)}: {e}; replace or remove "
+                               "the file") from e
     return out
 
 
+#: 8-bit modes PIL converts to RGB as they are (no alpha, no palette, no wider samples)
+_PLAIN = {"1", "L", "RGB", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image as 8-bit RGB, every mode converted explicitly:
+
+    - 16-bit and other wide samples (``I;16*``, ``I``, ``F``) are rescaled to 0..255 by their
+      real range, not clipped at 255 (PIL's ``convert`` clips: a 16-bit image comes out almost
+      white): an integer image by its bit depth's range (0..65,535 for 16 bits; a 32-bit image
+      whose values lie in 0..65,535 is one read wide), a float image by [0, 1] when its values
+      lie there, else (and for signed or wider integers) by its own minimum and maximum;
+    - palette images are expanded through their palette (with its transparency);
+    - images with alpha are composited over black (each colour times its alpha, as a
+      premultiplied image), so what the alpha hides does not show.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode in _PLAIN:
+        return img.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        low, high = _sample_range(mode, values)
+        scaled = np.clip(np.rint((values - low) / max(high - low, 1e-12) * 255.0), 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    rgba = img.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert("RGB")
+
+
+def _sample_range(mode: str, values: Array) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if mode.startswith("I;16") and not mode.startswith("I;16S"):
+        return 0.0, 65535.0
+    if mode == "I" and low >= 0 and high <= 65535:
+        return 0.0, 65535.0
+    if mode == "F" and low >= 0 and high <= 1:
+        return 0.0, 1.0
+    return low, high
+
+
 def to_array(img: Any, size: int) -> Array:
-    """A PIL image as RGB uint8 (size, size, 3): resized directly, bilinear, no crop (as VTAB)."""
+    """A PIL image as RGB uint8 (size, size, 3) (:func:`to_rgb`): resized directly, bilinear,
+    no crop (as VTAB)."""
     from PIL import Image
 
     with img:
-        return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+        return np.asarray(to_rgb(img).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def create_task_data(info: TaskInfo, image_size: int, seed: int,
@@ -154,7 +210,7 @@ def create_task_data(info: TaskInfo, image_size: int, seed: int,
 def cache_file(folder: pathlib.Path, name: str, image_size: int, seed: int, n_train: int,
                n_val: int) -> pathlib.Path:
     sizes = "" if (n_train, n_val) == (N_TRAIN, N_VAL) else f"-{n_train}+{n_val}"
-    return folder / f"{name}-{image_size}px-seed{seed}{sizes}.npz"
+    return within(folder, f"{name}-{image_size}px-seed{seed}{sizes}.npz")
 
 
 def imagefolder_cache_path(cache_root: PathLike, name: str, image_size: int = 224, seed: int = 0,
@@ -234,12 +290,9 @@ def files_part(folder: pathlib.Path, files: FolderFiles, to_label: dict[str, int
     labels = np.array([to_label[name] for name in files for _ in files[name]], np.int64)
 
     def get(i: int):
-        try:
-            return Image.open(paths[i])
-        except OSError as e:
-            raise OSError(f"{paths[i]}: {e}") from e
+        return Image.open(paths[i])
 
-    return Part(str(folder), labels, get)
+    return Part(str(folder), labels, get, file=lambda i: str(paths[i]))
 
 
 def scan_folder(info: TaskInfo, path: pathlib.Path, expect_classes: int | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_modules.backbones import CheckpointError
+from lightning_modules.backbones import CheckpointError, check_finite
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -34,6 +34,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
+    check_finite(state, str(path))
     return state
 
 

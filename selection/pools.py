@@ -31,12 +31,12 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from selection.records import METADATA_POOLS, POOL_ALL, RecordsError, index_metadata
-from whichmodel.errors import WhichModelError
+from whichmodel.errors import ConfigError
 
 Pools = Mapping[str, Sequence[str]]
 
 
-class PoolError(WhichModelError, ValueError):
+class PoolError(ConfigError, ValueError):
     """A pool names a model that is not there (one line, exit 2)."""
 
 
@@ -185,6 +185,22 @@ def _clause(meta: Mapping[str, object], key: str, op: str, value) -> bool:
         except (TypeError, ValueError):
             return False
     return bool(_OPS[op](str(have), value)) if op in ("==", "!=") else False
+
+
+def rule_keys(rule: str) -> list[str]:
+    """The metadata keys a rule reads, in order, each once."""
+    keys = [key for clauses in parse_rule(rule) for key, _, _ in clauses]
+    return list(dict.fromkeys(keys))
+
+
+def check_rule_keys(source: object, key: str, rule: str, known: Sequence[str]) -> None:
+    """Every key ``rule`` reads is one the models' metadata has (``known``); else a
+    :class:`PoolError` naming the rule, the key and the keys that exist -- a misspelled key
+    (``paramz <= 1.0e6``) would otherwise give a pool that silently matches no model."""
+    for name in rule_keys(rule):
+        if name not in known:
+            raise PoolError(f"{source}: key '{key}': rule {rule!r} reads {name!r}, which no "
+                            f"model's metadata has; keys that exist: {', '.join(sorted(known))}")
 
 
 def rule_matches(rule: str, meta: Mapping[str, object]) -> bool:

@@ -18,12 +18,16 @@ column and any of ``imagenet_acc`` (a fraction in [0, 1]), ``upstream_size``, ``
 ``feature_dim`` and ``pools``
 (``;``-separated pool names), read by :func:`read_models_csv`.
 
-Errors are :class:`RecordsError` and name the source, the CSV line (data row i, counted from 0,
-is line i + 2 because of the header), the offending value and how to fix it.
+Errors are :class:`RecordsError`, one line: the source, the first offending CSV line (data row
+i, counted from 0, is line i + 2 because of the header), its value, how to fix it, and how many
+more problems of the kind there are. A file whose header names a column twice, or a column the
+table does not have, is refused (pandas would rename a second ``value`` to ``value.1`` and the
+table would silently read the first).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +45,6 @@ METADATA_NUMERIC: tuple[str, ...] = ("imagenet_acc", "upstream_size", "params", 
 METADATA_POOLS = "pools"
 POOL_ALL = "all"
 
-_MAX_LISTED = 10  # problems listed in one error message before "... and N more"
 
 
 class RecordsError(WhichModelError, ValueError):
@@ -58,13 +61,12 @@ def is_accuracy_metric(metric: str) -> bool:
 
 
 def _raise_problems(source: str, problems: list[str], what: str) -> None:
+    """One line: the first problem (they come in file order) and how many more there are."""
     if not problems:
         return
-    listed = problems[:_MAX_LISTED]
-    more = len(problems) - len(listed)
-    text = "\n  ".join(listed)
-    tail = f"\n  ... and {more} more" if more else ""
-    raise RecordsError(f"{source}: {len(problems)} invalid {what}:\n  {text}{tail}")
+    more = (f" (and {len(problems) - 1} more invalid {what} after it)" if len(problems) > 1
+            else "")
+    raise RecordsError(f"{source}: {problems[0]}{more}")
 
 
 def _require_columns(df: pd.DataFrame, source: str) -> None:
@@ -112,7 +114,8 @@ def _validate(df: pd.DataFrame, source: str, lines: Sequence[int]) -> pd.DataFra
         found.append((i, f"line {lines[i]} {where(i)}: value {raw[i]!r} is not a finite number; "
                          "every value must be a finite number (no empty field, NaN, inf or text)"))
     is_acc = np.array([is_accuracy_metric(m) for m in out["metric"]], dtype=bool)
-    for i in np.flatnonzero(is_acc & accuracy_out_of_range(values)):
+    # a non-finite accuracy is reported once, above, not also as out of range
+    for i in np.flatnonzero(is_acc & np.isfinite(values) & accuracy_out_of_range(values)):
         found.append((i, f"line {lines[i]} {where(i)}: accuracy {raw[i]!r} is outside [0, 1]; "
                          f"{ACCURACY_RULE}"))
     _raise_problems(source, [msg for _, msg in sorted(found)], "value(s)")
@@ -135,22 +138,56 @@ def validate_records(df: pd.DataFrame, source: str = "records") -> pd.DataFrame:
     return _validate(df, source, [i + 2 for i in range(len(df))])
 
 
-def read_csv_rows(path: str | Path, what: str, header_hint: str) -> tuple[pd.DataFrame, list[int]]:
+def read_csv_rows(path: str | Path, what: str, header_hint: str,
+                  columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[int]]:
     """The one CSV preamble of records and models files: the rows as strings (wholly blank lines
     dropped) and each row's line number in the file; :class:`RecordsError` naming the file and
-    the expected header when it is missing, empty or not a readable CSV."""
+    the expected header when it is missing, empty or not a readable CSV, names a column twice,
+    or (with ``columns``, the columns such a file may have) names another column."""
     path = Path(path)
     if not path.is_file():
         raise RecordsError(f"{path}: no such {what} file; pass a CSV with {header_hint}")
+    _check_header(path, what, columns)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise RecordsError(f"{path}: the file is empty; expected {header_hint}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise RecordsError(f"{path}: not a readable CSV ({exc}); expected {header_hint}") from exc
+        raise RecordsError(f"{path}: not a readable CSV ({' '.join(str(exc).split())}); expected "
+                           f"{header_hint}") from exc
     lines = np.arange(len(df)) + 2
     blank = df.apply(lambda col: col.isna() | (col.astype(str) == "")).all(axis=1).to_numpy()
     return df.loc[~blank].reset_index(drop=True), lines[~blank].tolist()
+
+
+def _check_header(path: Path, what: str, columns: Sequence[str] | None) -> None:
+    """The header names each column once (and only ``columns``), and every row has as many
+    fields as the header (pandas would take a longer row's first field as its index)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return  # pandas names what is wrong with the file
+    header = rows[0] if rows else []
+    ragged = [(n, len(r)) for n, r in enumerate(rows[1:], start=2)
+              if len(r) != len(header) and any(c.strip() for c in r)]
+    if header and ragged:
+        (line, fields), more = ragged[0], len(ragged) - 1
+        raise RecordsError(f"{path}: line {line}: {fields} fields, the header has "
+                           f"{len(header)}" + (f" (and {more} more such lines)" if more else "")
+                           + "; a value holding a comma needs quotes")
+    names = [h.strip() for h in header]
+    for j, name in enumerate(names):
+        if name and name in names[:j]:
+            raise RecordsError(f"{path}: line 1: column {name!r} appears twice (columns "
+                               f"{names.index(name) + 1} and {j + 1}); keep one")
+    if columns is not None:
+        extra = [n for n in names if n and n not in columns]
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            raise RecordsError(f"{path}: line 1: unknown column {extra[0]!r}{more}; a {what} "
+                               f"file has the columns {', '.join(columns)}, and nothing else "
+                               "would be read: remove it")
 
 
 def read_records_csv(path: str | Path) -> pd.DataFrame:
@@ -158,7 +195,8 @@ def read_records_csv(path: str | Path) -> pd.DataFrame:
 
     Line numbers in errors are the file's own line numbers; wholly blank lines are ignored.
     """
-    df, lines = read_csv_rows(path, "records", "the header line model,task,metric,value")
+    df, lines = read_csv_rows(path, "records", "the header line model,task,metric,value",
+                              REQUIRED_COLUMNS)
     _require_columns(df, str(path))
     return _validate(df, str(path), lines)
 
@@ -203,12 +241,13 @@ def read_models_csv(path: str | Path) -> pd.DataFrame:
     (NaN where empty); ``pools`` kept as its ``;``-separated text (:func:`selection.pools.pool_tags`
     reads it).
 
-    Other columns are kept as strings. Raises :class:`RecordsError` for a missing ``model``
-    column, an empty or duplicate model name, or a non-numeric value, naming the line.
+    Raises :class:`RecordsError` for a missing ``model`` column, a column named twice or one
+    nothing reads, an empty or duplicate model name, or a non-numeric value, naming the line.
     """
     source = str(path)
     df, lines = read_csv_rows(path, "model metadata",
-                              "a header line starting with 'model' (a 'model' column)")
+                              "a header line starting with 'model' (a 'model' column)",
+                              ("model", *METADATA_NUMERIC, METADATA_POOLS))
     if "model" not in df.columns:
         raise RecordsError(
             f"{source}: no 'model' column; model metadata needs a 'model' column and any of "

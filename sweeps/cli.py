@@ -13,9 +13,11 @@
     whichmodel submit CONFIG --address http://HEAD:8265   the sweep as a Ray Job on a cluster
     whichmodel jobs|logs JOB [--follow]|stop JOB --address http://HEAD:8265
 
-Bad input (a malformed or misspelled sweep file, an unknown model or task, an unreadable
-checkpoint, accuracies out of range) ends with a one-line ``whichmodel: error: ...`` naming the
-file and key, exit code 2, and nothing written.
+Bad input (a malformed or misspelled sweep file, a value out of bounds, a name that would leave
+its folder, an unknown model, task or strategy, unreadable or non-finite weights, a malformed
+records table, accuracies out of range) and a second driver of a running sweep end with a
+one-line ``whichmodel: error: ...`` naming the file and key (or the holder of the sweep's lease),
+exit code 2 (``EXIT_BAD_INPUT``), and nothing written. The README's CLI section lists them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from pathlib import Path
 
 from sweeps.cluster.node_secrets import load_secrets
 from whichmodel.errors import WhichModelError
+from whichmodel.names import check_name, within
 from whichmodel.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
+FORCE_HELP = ("take the sweep's lease even if another driver holds it (only when you know that "
+              "driver is gone: two drivers train every pair twice)")
 
 
 def _paths(args):
@@ -75,52 +80,18 @@ def cmd_validate(args) -> int:
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
     if args.json:
+        from sweeps.plan import plan_json
+
         print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
         return 0
-    from sweeps.plan import expand_jobs
+    from sweeps.plan import count_trials
 
     n_pairs = len(plan.models) * len(plan.tasks)
-    trials = len(expand_jobs(cfg, plan.keys()))
+    trials = count_trials(cfg, plan.keys())
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
     return 0
-
-
-def task_agnostic_orders(plan) -> dict[str, list[list[str]]]:
-    """Per pool, task-agnostic's ranking of its models: tie groups, best first (the rule decides
-    its approximate ties among the pool's own models)."""
-    import pandas as pd
-
-    from selection.rankings import TaskAgnosticStrategy
-
-    keys = ("imagenet_acc", "upstream_size", "params")
-    meta = pd.DataFrame([{"model": m, **{k: (plan.metadata.get(m) or {}).get(k) for k in keys}}
-                         for m in plan.models]).set_index("model")
-    rule = TaskAgnosticStrategy(meta, plan.cfg.report.task_agnostic.tie_tolerance)
-    return {p: rule.rank_groups("", list(members)) for p, members in plan.pools.items()}
-
-
-def plan_json(plan) -> dict:
-    """The resolved plan: each model with its metadata, each task with its group, each pool with
-    its members (``whichmodel validate --json``)."""
-    from collections import Counter
-
-    from sweeps.plan import expand_jobs
-    from sweeps.refs import task_group
-
-    keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
-    models = {}
-    for m in plan.models:
-        meta = plan.metadata.get(m, {})
-        models[m] = {**{k: meta.get(k) for k in keys},
-                     **{k: v for k, v in meta.items() if k not in keys}}
-    return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
-            "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
-            "pools": {p: list(members) for p, members in plan.pools.items()},
-            "task_agnostic": task_agnostic_orders(plan),
-            "protocols": plan.protocols, "trials": dict(Counter(
-                j.kind for j in expand_jobs(plan.cfg, plan.keys())))}
 
 
 def cmd_run(args) -> int:
@@ -129,7 +100,7 @@ def cmd_run(args) -> int:
 
     plan = plan_sweep(args.config)
     paths = _paths(args)
-    outcome = run_sweep(plan, paths, tracking_uri=args.tracking_uri)
+    outcome = run_sweep(plan, paths, tracking_uri=args.tracking_uri, force=args.force)
     return _after_sweep(args, paths, plan, outcome)
 
 
@@ -137,7 +108,7 @@ def cmd_resume(args) -> int:
     from sweeps.driver import resume_sweep
 
     paths = _paths(args)
-    plan, outcome = resume_sweep(args.name, paths)
+    plan, outcome = resume_sweep(args.name, paths, force=args.force)
     return _after_sweep(args, paths, plan, outcome)
 
 
@@ -164,7 +135,7 @@ def _after_sweep(args, paths, plan, outcome) -> int:
     if not args.no_report:
         start = time.perf_counter()
         _report(paths, uri, plan.cfg.experiment, plan=plan,
-                out_dir=Path(args.reports_dir) / plan.cfg.name)
+                out_dir=within(args.reports_dir, plan.cfg.name))
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
     _print_ui(uri, outcome.experiment_id or None)
@@ -233,6 +204,8 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
         return 0
     from selection.report.tables import terminal_width
 
+    for warning in report.get("warnings", []):  # repeated at the top of the report's files
+        print(f"whichmodel: warning: {warning}", file=sys.stderr)
     width = terminal_width(None if detail else 100)
     print("Fine-tune test accuracy (best per task marked *):\n" + results_table(report, width)
           + "\n")
@@ -248,21 +221,25 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
 
 def cmd_report(args) -> int:
     paths = _paths(args)
-    out_dir = Path(args.reports_dir) / (args.experiment or "")
+    if args.budget is not None and args.budget < 1:
+        raise WhichModelError(f"--budget {args.budget}: the largest budget B to report, an "
+                              "integer of 1 or more (B fine-tunes)")
     if args.records:
         from selection.records import read_models_csv, read_records_csv
         from sweeps.public import records_source
         from sweeps.reporting import report_from_tables
 
         records_path, models_path, label = records_source(args.records, args.models)
-        out_dir = Path(args.reports_dir) / label
+        out_dir = within(args.reports_dir, check_name(label, "--records (the table's name, the "
+                                                              "report folder's)"))
         records = read_records_csv(records_path)  # RecordsError: one line, exit 2
         meta = read_models_csv(models_path) if models_path else None
         report = report_from_tables(records, meta, None, pool=args.pool,
-                                    max_budget=args.budget or 3)
+                                    max_budget=3 if args.budget is None else args.budget)
         return _emit(report, out_dir, None, args.format, args.output, args.detail)
     if not args.experiment:
         raise WhichModelError("report: give --experiment NAME (MLflow) or --records FILE.csv")
+    out_dir = within(args.reports_dir, check_name(args.experiment, "--experiment"))
     from sweeps.driver import remembered_config
     from sweeps.plan import plan_sweep
 
@@ -318,7 +295,7 @@ def cmd_submit(args) -> int:
     from sweeps.cluster.jobs import Cluster, describe_submission, plan_submission
 
     sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
-                          no_report=args.no_report)
+                          no_report=args.no_report, force=args.force)
     cluster = Cluster(args.address)
     job_id = cluster.submit(sub)
     print(describe_submission(sub, job_id, cluster.address), flush=True)
@@ -401,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the local SQLite store in the home folder)")
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--no-report", action="store_true")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.set_defaults(func=cmd_run)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep (Tune restore); nothing "
@@ -408,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("name", help="the sweep's name")
     rs.add_argument("--reports-dir", default="reports")
     rs.add_argument("--no-report", action="store_true")
+    rs.add_argument("--force", action="store_true", help=FORCE_HELP)
     rs.set_defaults(func=cmd_resume)
 
     rep = sub.add_parser("report", help="regret report of an experiment or a records file")
@@ -444,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--working-dir", type=Path,
                     help="the folder uploaded as the job's working dir (default: this project)")
     sb.add_argument("--no-report", action="store_true", help="run the sweep without the report")
+    sb.add_argument("--force", action="store_true", help=FORCE_HELP)
     sb.add_argument("--no-wait", action="store_true",
                     help="print the job id and return instead of following the job's log")
     sb.set_defaults(func=cmd_submit)
@@ -474,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark(sub)
     add_proxy(sub, lambda args, paths, plan: _report(  # the report, with the new proxy in it
         paths, args.tracking_uri, args.experiment, plan=plan,
-        out_dir=Path(args.reports_dir) / args.experiment))
+        out_dir=within(args.reports_dir, check_name(args.experiment, "--experiment"))))
     return p
 
 

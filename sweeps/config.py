@@ -11,16 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from whichmodel.errors import WhichModelError
+from sweeps.config_read import ConfigError, format_validation_error, read_yaml
+from whichmodel.names import NAME_PATTERN, name_message
 
-
-class ConfigError(WhichModelError):
-    pass
+__all__ = ["ConfigError", "format_validation_error", "read_yaml", "NAME_PATTERN"]
 
 
 class Strict(BaseModel):
@@ -36,21 +42,61 @@ def unique_grid(values: list[Any] | None) -> list[Any] | None:
     return values
 
 
+def path_name(value: str) -> str:
+    """A name that becomes part of a path passes the base layer's one check
+    (:func:`whichmodel.names.check_name`)."""
+    message = name_message(value)
+    if message is not None:
+        raise ValueError(message)
+    return value
+
+
+#: the name of a sweep, experiment, task, model or pool (each becomes a folder or file name)
+Name = Annotated[str, AfterValidator(path_name)]
+
+# Bounds, each with its reason (the error message repeats it): numbers far past the paper's
+# protocol are typos, and a typo should cost an error message, not days of compute or memory.
+MAX_STEPS = 1_000_000
+STEPS_WHY = f"at most {MAX_STEPS:,}: the paper's fine-tune is 2,500 steps; more would not end"
+REPEATS_WHY = "1 to 100: the paper takes the median of 5, and each repetition is a whole run"
+BATCH_WHY = "1 to 65,536: the paper's batch is 512; a larger batch fits no device"
+#: a learning rate: positive, finite, at most 10 (the paper's are 0.1 .. 0.001)
+LearningRate = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
+LRS_WHY = "1 to 20 learning rates, each in (0, 10]: the paper's are 0.1 .. 0.001"
+
+
+def steps_field(default: int, ge: int = 1) -> Any:
+    return Field(default, ge=ge, le=MAX_STEPS, description=STEPS_WHY)
+
+
+def repeats_field(default: int) -> Any:
+    return Field(default, ge=1, le=100, description=REPEATS_WHY)
+
+
+def batch_field(default: int) -> Any:
+    return Field(default, ge=1, le=65_536, description=BATCH_WHY)
+
+
+def lrs_field(default: list[float]) -> Any:
+    return Field(default, min_length=1, max_length=20, description=LRS_WHY)
+
+
 # --------------------------------------------------------------------------- sweep
 class LinearProbeSettings(Strict):
     """The linear proxy: the paper's lrs, steps and repetitions; batch 256 is this project's
     choice (the paper does not give one), as is standardising the features."""
 
-    lrs: list[float] = Field([0.1, 0.01], min_length=1)
-    steps: int = Field(2500, ge=1)
-    repeats: int = Field(5, ge=1)
-    batch_size: int = Field(256, ge=1)
+    lrs: list[LearningRate] = lrs_field([0.1, 0.01])
+    steps: int = steps_field(2500)
+    repeats: int = repeats_field(5)
+    batch_size: int = batch_field(256)
 
     _unique = field_validator("lrs")(unique_grid)
 
 
 class KnnSettings(Strict):
-    k: int = Field(1, ge=1)
+    k: int = Field(1, ge=1, le=800, description="1 to 800: the neighbours among the 800 "
+                  "training examples")
 
 
 class EarlyStopSettings(Strict):
@@ -59,10 +105,10 @@ class EarlyStopSettings(Strict):
     validation accuracy, median of 5 repetitions. Smaller profiles say so by name."""
 
     profile: str = "paper"
-    lrs: list[float] = Field([0.01, 0.001], min_length=1)
-    steps: int = Field(10, ge=1)
-    repeats: int = Field(5, ge=1)
-    batch_size: int = Field(512, ge=1)
+    lrs: list[LearningRate] = lrs_field([0.01, 0.001])
+    steps: int = steps_field(10)
+    repeats: int = repeats_field(5)
+    batch_size: int = batch_field(512)
 
     _unique = field_validator("lrs")(unique_grid)
 
@@ -118,14 +164,18 @@ class FinetuneProtocol(Strict):
     # The paper's profile is 2 lrs x 2500 steps x batch 512 x 5 repetitions; smaller profiles
     # must say so by name (reports and MLflow carry it).
     profile: str = "paper"
-    lrs: list[float] = Field([0.01, 0.001], min_length=1)
-    head_steps: int = Field(500, ge=0)
-    steps: int = Field(2500, ge=0)
-    batch_size: int = Field(512, ge=1)
-    repeats: int = Field(5, ge=1)
+    lrs: list[LearningRate] = lrs_field([0.01, 0.001])
+    head_steps: int = steps_field(500, ge=0)
+    # At least one step: 0 would log the head stage alone as if it were a fine-tune (to train
+    # only the head, write trainable: head; to skip fine-tunes, enabled: false).
+    steps: int = Field(2500, ge=1, le=MAX_STEPS, description=(
+        f"1 to {MAX_STEPS:,}: 0 fine-tunes nothing (trainable: head trains the head alone, "
+        "enabled: false skips fine-tunes); the paper's is 2,500"))
+    batch_size: int = batch_field(512)
+    repeats: int = repeats_field(5)
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
-    curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
+    curve_every: int = Field(10, ge=1, le=MAX_STEPS)  # training-loss points in the child runs
     # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
     # per_run: a trial per (learning rate, repetition), so a lost node loses little; per_pair:
@@ -137,14 +187,16 @@ class FinetuneProtocol(Strict):
 
 
 class TrialResources(Strict):
-    cpus: float = Field(1, gt=0)
-    gpus: float = Field(0, ge=0)  # fractions are logical only: no GPU memory isolation
+    cpus: float = Field(1, gt=0, le=1024, description="more than 0, at most 1,024 CPUs a trial")
+    # fractions are logical only: no GPU memory isolation
+    gpus: float = Field(0, ge=0, le=64, description="0 to 64 GPUs a trial")
 
 
 class Resources(Strict):
-    num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)  # retries of a failed trial
+    num_cpus: int | None = Field(None, ge=1, le=4096)  # local Ray only; None: all cores
+    max_concurrent_trials: int | None = Field(None, ge=1, le=100_000)
+    # retries of a failed trial
+    max_failures: int = Field(1, ge=0, le=100, description="0 to 100 retries of a failed trial")
     probe: TrialResources = TrialResources()
     finetune: TrialResources = TrialResources()
 
@@ -154,10 +206,11 @@ class BudgetedSearch(Strict):
 
     enabled: bool = False
     scheduler: Literal["asha"] = "asha"
-    lrs: list[float] | None = None  # learning rates searched; default: finetune.lrs
-    rung_steps: int = Field(25, ge=1)  # fine-tune steps between two ASHA decisions
-    reduction_factor: int = Field(3, ge=2)
-    grace_rungs: int = Field(1, ge=1)
+    # learning rates searched; default: finetune.lrs
+    lrs: list[LearningRate] | None = Field(None, min_length=1, max_length=20, description=LRS_WHY)
+    rung_steps: int = steps_field(25)  # fine-tune steps between two ASHA decisions
+    reduction_factor: int = Field(3, ge=2, le=100)
+    grace_rungs: int = Field(1, ge=1, le=1000)
 
     _unique = field_validator("lrs")(unique_grid)
 
@@ -167,10 +220,11 @@ class ChoiceNetSettings(Strict):
     # The fixed probe model of ChoiceNet v2's task embedding (default: the first model of the
     # sweep whose name contains "generalist", else the first model).
     probe_model: str | None = None
-    steps: int = Field(500, ge=1)
+    steps: int = steps_field(500)
     # The low-rank reductions of the embeddings (v1: the model's, the study's LoRA-like map; v2
     # and v3: both), fixed here, never tuned on held-out tasks.
-    rank: int = Field(16, ge=1)
+    rank: int = Field(16, ge=1, le=4096, description="1 to 4,096: a low rank of embeddings "
+                      "no wider than that")
 
 
 class TaskAgnosticSettings(Strict):
@@ -186,8 +240,9 @@ class NearestTaskSettings(Strict):
     # The fixed probe network of Task2Vec (default: the sweep's first model whose name contains
     # "generalist", else the first model; the paper used a ResNet-34).
     probe_model: str | None = None
-    head_steps: int = Field(200, ge=1)  # SGD steps of the probe's head on the task's train split
-    max_examples: int = Field(800, ge=10)  # training examples the Fisher information averages
+    head_steps: int = steps_field(200)  # SGD steps of the probe's head on the task's train split
+    # training examples the Fisher information averages
+    max_examples: int = Field(800, ge=10, le=1_000_000)
 
 
 class ReportSettings(Strict):
@@ -218,7 +273,7 @@ class PoolDefinition(Strict):
     """A pool as a rule over model metadata (``params <= 24.0e6``), a list, or both (their
     union), inside another pool (``within``)."""
 
-    rule: str | None = None
+    rule: str | None = Field(None, max_length=2000)
     models: list[str] = []
     within: str | None = None
     note: str = ""
@@ -241,13 +296,12 @@ class PoolDefinition(Strict):
 
 
 HUB_PREFIXES = ("timm:", "torchvision:", "local:")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"  # names of sweeps, tasks and models
 
 
 class ModelEntry(Strict):
     """A model from a hub or a local folder (``lightning_modules.hub``), named in the sweep."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     spec: str  # timm:<name>[.<tag>] | torchvision:<name> | local:<path>
     weights: str | None = None  # a local weight file, read through the hub's own code path
     pretrained: bool = True  # False: the architecture at random initialisation (a control)
@@ -266,7 +320,7 @@ class ModelEntry(Strict):
 class TaskEntry(Strict):
     """A task read from an ImageFolder layout: ``path/{train,test}/<class>/*`` (+ ``val/``)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     loader: Literal["imagefolder"] = "imagefolder"
     path: str  # relative paths are relative to the sweep file
     group: Literal["natural", "specialized", "structured"]
@@ -280,14 +334,16 @@ class DataSettings(Strict):
 
 
 class TrackingSettings(Strict):
-    experiment: str | None = None  # default: the sweep's name
+    experiment: Name | None = None  # default: the sweep's name
 
 
 class SweepConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: Name
     description: str = ""
-    seed: int = 0
-    image_size: int = Field(32, ge=8, le=512)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 to 2**32 - 1: numpy's and "
+                      "torch's seeds")
+    image_size: int = Field(32, ge=8, le=512, description="8 to 512 px: VTAB-1k resizes to "
+                            "224; a task's cached images grow with the square of the size")
     zoo: str = "zoo.yaml"  # the zoo file, relative to this sweep file (needed for zoo models)
     # Zoo model names, hub specs (timm:..., torchvision:..., local:...), catalog names, or
     # entries {name, spec, weights, pretrained, meta}; "all": the catalog's models if a catalog
@@ -301,7 +357,7 @@ class SweepConfig(Strict):
     catalog: str | None = None
     # Named pools: "all", a list of models, or {rule, models, within, note}: a rule over model
     # metadata (selection/pools.py), the listed models, inside another pool.
-    pools: dict[str, list[str] | Literal["all"] | PoolDefinition] = {"all": "all"}
+    pools: dict[Name, list[str] | Literal["all"] | PoolDefinition] = {"all": "all"}
     data: DataSettings = DataSettings()
     probe: ProbeProtocol = ProbeProtocol()
     finetune: FinetuneProtocol = FinetuneProtocol()
@@ -346,55 +402,6 @@ class SweepConfig(Strict):
 
 
 # --------------------------------------------------------------------------- loading
-_UNION_TAGS = {"PoolDefinition", "ModelEntry", "TaskEntry"}
-
-
-def _key_parts(loc: tuple) -> list:
-    """A location without pydantic's union-branch tags (``list[str]``, ``PoolDefinition``)."""
-    return [p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
-
-
-def format_validation_error(path: Path, err: ValidationError) -> str:
-    errors = err.errors()
-    # Where a value may take several forms (a list or an entry), the error of the form the user
-    # wrote is the deepest one; a type mismatch with another form says less.
-    e = max(errors, key=lambda x: (x["type"] not in ("list_type", "literal_error", "model_type",
-                                                     "string_type", "dict_type"),
-                                   len(_key_parts(x["loc"]))))
-    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]"
-                   for p in _key_parts(e["loc"])).replace(".[", "[")
-    kind, msg = e["type"], e["msg"]
-    if kind == "extra_forbidden":
-        msg = "unknown key (misspelled?); remove it or see the README's configuration table"
-    elif kind == "missing":
-        msg = "required key missing"
-    else:
-        msg = msg.removeprefix("Value error, ")
-    others = {tuple(_key_parts(x["loc"])) for x in errors} - {tuple(_key_parts(e["loc"]))}
-    more = f" (and {len(others)} more)" if others else ""
-    where = f"key {loc!r}" if loc else "top level"
-    return f"{path}: {where}: {msg}{more}"
-
-
-def read_yaml(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got "
-                          f"{type(data).__name__}")
-    return path, data
-
-
 class PaperModel(Strict):
     """One model of a paper's study and its public equivalent (None: there is none)."""
 
@@ -412,18 +419,18 @@ class Catalog(Strict):
 
     description: str = ""
     models: list[ModelEntry] = []
-    pools: dict[str, list[str] | PoolDefinition] = {}
+    pools: dict[Name, list[str] | PoolDefinition] = {}
     mapping: list[PaperModel] = []
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    from selection.pools import check_listed
+    from selection.pools import check_listed, check_rule_keys
 
     path, data = read_yaml(path)
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(path, err)) from None
+        raise ConfigError(format_validation_error(path, err, Catalog)) from None
     names = [m.name for m in catalog.models]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -432,6 +439,12 @@ def load_catalog(path: str | Path) -> Catalog:
         listed, key = pool_listed(pool, members)
         check_listed(path, key, listed, names, "one of this file's models")
     check_within(path, catalog.pools)
+    # what a rule can read before a model is opened: its entry's meta, and the parameters and
+    # feature width counted on the architecture (sweeps.refs.model_metadata)
+    known = {"params", "feature_dim"} | {k for m in catalog.models for k in m.meta}
+    for pool, members in catalog.pools.items():
+        if isinstance(members, PoolDefinition) and members.rule is not None:
+            check_rule_keys(path, f"pools.{pool}.rule", members.rule, sorted(known))
     for i, paper in enumerate(catalog.mapping):
         if paper.equivalent is not None and paper.equivalent not in names:
             raise ConfigError(f"{path}: key 'mapping[{i}].equivalent': {paper.equivalent!r} is not "
@@ -463,5 +476,5 @@ def load_sweep_config(path: str | Path) -> tuple[SweepConfig, Path]:
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(path, err)) from None
+        raise ConfigError(format_validation_error(path, err, SweepConfig)) from None
     return cfg, (path.parent / cfg.zoo)

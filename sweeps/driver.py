@@ -23,11 +23,14 @@ from typing import Any
 
 from sweeps.config import SweepConfig
 from sweeps.paths import Paths
-from sweeps.plan import Plan, check_plan, expand_jobs, pair_key, plan_sweep
-from sweeps.tracking.client import Tracker
+from sweeps.plan import Plan, check_plan, check_trials, expand_jobs, pair_key, plan_sweep
+from sweeps.tracking.client import Tracker, preflight
+from sweeps.tracking.lease import POLL_S, Lease, refuse_if_held
 from sweeps.tracking.recorder import PairRecorder, artifact_root
+from sweeps.tracking.spool import Spool
 from sweeps.trials import TrialSettings, run_trial
 from whichmodel.errors import WhichModelError
+from whichmodel.names import check_name, within
 from whichmodel.uri import redact_uri
 
 
@@ -47,18 +50,28 @@ class Outcome:
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
               stream=None, *, keys: list[tuple[str, str, str]] | None = None,
-              label: str | None = None) -> Outcome:
+              label: str | None = None, force: bool = False) -> Outcome:
     """Run the plan's (model, task, protocol) keys that MLflow has not finished.
 
     ``keys``: only these keys of the plan (``whichmodel recommend``: the pool's probes, then the
     picks' fine-tunes). ``label``: the Tune experiment's name prefix for such a partial run,
-    which writes no sweep state (``resume`` continues whole sweeps only)."""
-    from sweeps.tune_runner import init_ray, run_jobs
-
+    which writes no sweep state (``resume`` continues whole sweeps only). Before the first
+    trial the driver takes the sweep's lease (:mod:`sweeps.tracking.lease`): another live
+    driver of the same keys stops this one with :class:`~sweeps.tracking.lease.LeaseHeld`
+    (``force``: take it anyway); keys that a ``recommend`` (or, for a ``recommend``, a sweep)
+    started earlier runs are waited for, not trained twice."""
     stream = stream or sys.stderr
     cfg = plan.cfg
     # Every model opens and every task's data is there, before anything runs or is written.
     metas = check_plan(plan, paths)
+    uri = paths.tracking_uri(tracking_uri)
+    hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
+    wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
+                                            for m in plan.models for t in plan.tasks]
+    preflight(uri)  # a server that cannot be used: one line, before anything else
+    if label is None and not force:  # another live driver of this sweep: stop, writing nothing
+        refuse_if_held(uri, cfg.experiment, f"sweep {cfg.name!r}",
+                       [(*k, hashes[k[2]]) for k in wanted])
     settings = trial_settings(plan, paths)
     from lightning_modules.task_data import DatasetError
 
@@ -67,31 +80,65 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
             settings.load_task(task)
         except OSError as exc:  # the data's own problems are DatasetErrors that name the task
             raise DatasetError(f"task {task!r}: {exc}") from None
-    uri = paths.tracking_uri(tracking_uri)
-    hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
-    tracker = Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
-                      spool_dir=paths.home / "spool")  # preflight; replays an earlier spool
+    tracker = open_tracker(uri, cfg.experiment, paths, spool=False)  # nothing replayed yet
     finished, _ = tracker.runs_by_key(hashes)
-
-    wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
-                                            for m in plan.models for t in plan.tasks]
-    todo = [(m, t, p) for m, t, p in wanted if pair_key(m, t, p) not in finished]
+    todo = [k for k in wanted if pair_key(*k) not in finished]
+    spool = Spool(paths.home / "spool", cfg.experiment)
     outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri,
                       experiment_id=tracker.experiment_id)
-    print(f"[whichmodel] {label or 'sweep ' + cfg.name}: {len(wanted)} (model, task, protocol) keys, "
-          f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
-          f"{len(todo)} to run", file=stream, flush=True)
-    if not todo:
+    name = label or "sweep " + cfg.name
+    if not todo and not len(spool):
+        _say_todo(stream, name, outcome, uri, 0)
         return outcome
+    check_trials(cfg, todo, plan.path)
+    lease = Lease(uri, tracker.experiment_id, cfg.experiment,
+                  "recommend" if label else "sweep", f"{name!r}" if label else f"sweep {cfg.name!r}",
+                  [(*k, hashes[k[2]]) for k in todo], force=force, stream=stream)
+    held = {k[:3] for k in lease.acquire()}  # LeaseHeld: one line, exit 2, nothing written
+    try:
+        # holding the lease: replay what an earlier driver spooled, then what is left to run
+        tracker = open_tracker(uri, cfg.experiment, paths, spool=True)
+        finished, _ = tracker.runs_by_key(hashes)
+        todo = [k for k in wanted if pair_key(*k) not in finished]
+        outcome.pairs_skipped = len(wanted) - len(todo)
+        _say_todo(stream, name, outcome, uri, len(todo), len([k for k in todo if k in held]))
+        rounds = 0
+        while todo:
+            mine = [k for k in todo if k not in held]
+            if mine:
+                _run_round(plan, paths, settings, metas, uri, mine, label, outcome, rounds)
+                rounds += 1
+            waiting = [k for k in todo if k in held]
+            if not waiting:
+                break
+            todo, held = wait_for_keys(tracker, lease, waiting, hashes, stream), set()
+            outcome.pairs_skipped += len(waiting) - len(todo)
+    finally:
+        lease.release()
+    return outcome
 
+
+def _say_todo(stream, name: str, outcome: Outcome, uri: str, n_todo: int, n_held: int = 0
+              ) -> None:
+    held = f" ({n_held} of them run by another driver, waited for)" if n_held else ""
+    print(f"[whichmodel] {name}: {outcome.pairs_total} (model, task, protocol) keys, "
+          f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
+          f"{n_todo} to run{held}", file=stream, flush=True)
+
+
+def _run_round(plan: Plan, paths: Paths, settings: TrialSettings, metas: dict[str, dict],
+               uri: str, todo: list[tuple[str, str, str]], label: str | None, outcome: Outcome,
+               rounds: int) -> None:
+    """One Tune experiment over ``todo``; its results and failures added to ``outcome``."""
+    from sweeps.tune_runner import experiment_path, init_ray, run_jobs
+
+    cfg = plan.cfg
     jobs = expand_jobs(cfg, todo)
     recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
-    name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if label is None:
+    name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{rounds}" if rounds else "")
+    if label is None and not rounds:
         state = write_state(paths, plan, name, uri)
     else:
-        from sweeps.tune_runner import experiment_path
-
         state = {"experiment_path": experiment_path(paths.tune_root, name)}
     init_ray(cfg.resources.num_cpus)
     done = run_jobs(run_trial, jobs, settings, name=name, storage_path=paths.tune_root,
@@ -99,38 +146,82 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
                     max_failures=cfg.resources.max_failures,
                     max_concurrent_trials=cfg.resources.max_concurrent_trials)
     recorder.reconcile(done)
-    outcome.pairs_logged, outcome.failures = recorder.logged, recorder.failures
-    outcome.experiment_path = state["experiment_path"]
-    outcome.stage_s = recorder.progress.stage_seconds()
-    return outcome
+    outcome.pairs_logged += recorder.logged
+    outcome.failures += recorder.failures
+    outcome.experiment_path = outcome.experiment_path or state["experiment_path"]
+    outcome.stage_s = outcome.stage_s or recorder.progress.stage_seconds()
 
 
-def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
-    """Continue the latest interrupted run of sweep ``name`` with Tune's restore."""
+def wait_for_keys(tracker: Tracker, lease: Lease, keys: list[tuple[str, str, str]],
+                  hashes: dict[str, str], stream) -> list[tuple[str, str, str]]:
+    """Wait while earlier live leases run ``keys``; returns those still unfinished when no live
+    lease runs them any more (their driver ended or died: this one runs them)."""
+    said = False
+    while True:
+        finished, _ = tracker.runs_by_key(hashes)
+        left = [k for k in keys if pair_key(*k) not in finished]
+        holders = lease.holders_of([(*k, hashes[k[2]]) for k in left]) if left else []
+        if not holders:
+            return left
+        if not said:
+            print(f"[whichmodel] waiting for {len(left)} key(s) that {holders[0].describe()} "
+                  "runs (each key is run once)", file=stream, flush=True)
+            said = True
+        time.sleep(POLL_S)
+
+
+def open_tracker(uri: str, experiment: str, paths: Paths, spool: bool) -> Tracker:
+    """The experiment's tracker (created if new; two drivers creating it at once both get it);
+    ``spool``: replaying what an earlier driver spooled."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in (0, 1):
+        try:
+            return Tracker(uri, experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
+                           spool_dir=paths.home / "spool" if spool else None)
+        except MlflowException as exc:  # created by another driver since we looked
+            if attempt or exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    raise AssertionError("unreachable")
+
+
+def resume_sweep(name: str, paths: Paths, stream=None, force: bool = False
+                 ) -> tuple[Plan, Outcome]:
+    """Continue the latest interrupted run of sweep ``name`` with Tune's restore (holding the
+    sweep's lease, as ``run`` does)."""
     from sweeps.tune_runner import init_ray, restore_jobs
 
     stream = stream or sys.stderr
-    state = read_state(paths, name)
+    state = read_state(paths, check_name(name, "resume"))
     plan = plan_sweep(state["config"])
     metas = check_plan(plan, paths)
     cfg, uri = plan.cfg, state["tracking_uri"]
-    recorder = new_recorder(plan, paths, metas, uri, {})
-    Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
-            spool_dir=paths.home / "spool")  # preflight; replays what a killed driver spooled
-    print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
-    init_ray(cfg.resources.num_cpus)
+    hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
+    tracker = open_tracker(uri, cfg.experiment, paths, spool=False)
+    lease = Lease(uri, tracker.experiment_id, cfg.experiment, "sweep", f"sweep {cfg.name!r}",
+                  [(*k, hashes[k[2]]) for k in plan.keys()], force=force, stream=stream)
+    lease.acquire()
     try:
-        done = restore_jobs(run_trial, trial_settings(plan, paths), path=state["experiment_path"],
-                            resources=trial_resources(cfg))
-    except FileNotFoundError:
-        # Killed before Tune saved any state: a fresh run skips what MLflow has finished.
-        print(f"[whichmodel] no Tune state at {state['experiment_path']}; running the sweep's "
-              "unfinished pairs afresh", file=stream, flush=True)
-        return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream)
-    recorder.reconcile(done)
-    outcome = Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged, recorder.failures,
-                      state["experiment_path"], uri, recorder.tracker.experiment_id)
-    return plan, outcome
+        recorder = new_recorder(plan, paths, metas, uri, {})
+        open_tracker(uri, cfg.experiment, paths, spool=True)  # replays what a killed driver spooled
+        print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
+        init_ray(cfg.resources.num_cpus)
+        try:
+            done = restore_jobs(run_trial, trial_settings(plan, paths),
+                                path=state["experiment_path"], resources=trial_resources(cfg))
+        except FileNotFoundError:
+            done = None
+        if done is not None:
+            recorder.reconcile(done)
+            return plan, Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged,
+                                 recorder.failures, state["experiment_path"], uri,
+                                 recorder.tracker.experiment_id)
+    finally:
+        lease.release()
+    # Killed before Tune saved any state: a fresh run skips what MLflow has finished.
+    print(f"[whichmodel] no Tune state at {state['experiment_path']}; running the sweep's "
+          "unfinished pairs afresh", file=stream, flush=True)
+    return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream, force=force)
 
 
 def new_recorder(plan: Plan, paths: Paths, metas: dict[str, dict], uri: str,
@@ -142,7 +233,7 @@ def new_recorder(plan: Plan, paths: Paths, metas: dict[str, dict], uri: str,
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
     remote = f"{paths.storage}/features/{plan.cfg.name}" if paths.storage else None
     return TrialSettings(plan.cfg, str(plan.data_root(paths)), str(paths.zoo_root),
-                         str(paths.home / "features" / plan.cfg.name), remote,
+                         str(within(paths.home, "features", plan.cfg.name)), remote,
                          model_refs=plan.model_refs, task_refs=plan.task_refs)
 
 
@@ -179,7 +270,7 @@ def write_state(paths: Paths, plan: Plan, name: str, uri: str) -> dict[str, str]
              "experiment": plan.cfg.experiment,
              "experiment_path": experiment_path(paths.tune_root, name)}
     text = json.dumps(state, indent=2)
-    storage.write_text(paths.state_root / f"{plan.cfg.name}.json", text)
+    storage.write_text(within(paths.state_root, f"{plan.cfg.name}.json"), text)
     if paths.storage:
         storage.write_text(storage.join(paths.storage, "sweeps", f"{plan.cfg.name}.json"), text)
     return state
@@ -189,7 +280,7 @@ def read_state(paths: Paths, name: str) -> dict[str, str]:
     """The sweep's state file: this home folder's, else the shared storage's (a new head node)."""
     from sweeps import storage
 
-    places: list[Any] = [paths.state_root / f"{name}.json"]
+    places: list[Any] = [within(paths.state_root, f"{name}.json")]
     if paths.storage:
         places.append(storage.join(paths.storage, "sweeps", f"{name}.json"))
     for place in places:

@@ -36,6 +36,10 @@ from sweeps.zoo_config import load_zoo_config
 from whichmodel.errors import WhichModelError
 
 PROTOCOLS = ("probe", "finetune")
+#: The most trials one plan may hold: a Tune experiment of a million trials is past what one
+#: driver schedules (README, benchmarks: 2,000 trials cost ~60 s of driver time), and a typo
+#: (repeats: 10**12) must fail with a count, not by building the list.
+MAX_TRIALS = 1_000_000
 
 
 def pair_key(model: str, task: str, protocol: str) -> str:
@@ -155,7 +159,10 @@ def plan_sweep(config_path: str | Path, *, structure: bool = False,
     if not (cfg.probe.enabled or cfg.finetune.enabled):
         raise WhichModelError(f"{path}: key 'probe.enabled' and 'finetune.enabled': both off, "
                               "nothing to run")
-    return Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs, metadata)
+    plan = Plan(cfg, path, zoo_path, models, tasks, pools, model_refs, task_refs, metadata)
+    check_trials(cfg, plan.keys(), path)
+    check_report_names(plan)
+    return plan
 
 
 def _needs_zoo(cfg: SweepConfig, zoo_path: Path) -> bool:
@@ -173,10 +180,103 @@ def check_plan(plan: Plan, paths: Paths) -> dict[str, dict[str, Any]]:
     checkpoints built, hub weights that fit), every task's data is there. Returns the models'
     metadata. ``whichmodel validate`` and ``whichmodel run`` both call it."""
     metas = check_models(plan.models, paths, plan.zoo_path, plan.model_refs)
+    check_report_names(plan, metas)  # static:<column> needs a model with that column
     data_root = plan.data_root(paths)
     for task in plan.tasks:
         check_task_ref(task, plan.task_refs[task], data_root, download=plan.cfg.data.download)
     return metas
+
+
+def report_strategies(plan: Plan, metas: dict[str, dict[str, Any]] | None = None
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """(proxies, learned tables, static columns) the sweep's report will have: its proxies, the
+    learned strategies it enables, and the metadata columns a static ranking can read (all of
+    them until the models' metadata is known from ``metas``)."""
+    from selection.nearest_task import NEAREST_TASK
+    from selection.strategies import STATIC_COLUMNS
+
+    cfg = plan.cfg
+    proxies = [f"proxy/{p}" for p in cfg.probe.proxies] if cfg.probe.enabled else []
+    learned = ["choicenet_v1", "choicenet_v2", "choicenet_v3"] if cfg.report.choicenet.enabled \
+        else []
+    learned += [NEAREST_TASK] if cfg.report.nearest_task.enabled else []
+    columns = list(STATIC_COLUMNS) if metas is None else [
+        c for c in STATIC_COLUMNS if any(_number(m.get(c)) for m in metas.values())]
+    return proxies, learned, columns
+
+
+def _number(value: Any) -> bool:
+    try:
+        return value is not None and float(value) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_report_names(plan: Plan, metas: dict[str, dict[str, Any]] | None = None) -> None:
+    """Every name of ``report.strategies`` and ``report.deltas`` is a strategy this sweep's
+    report will have (the registry's, for its proxies, learned strategies and metadata): a
+    ConfigError naming the key and the usable names, before any trial rather than after the
+    sweep."""
+    from selection.learners import ENSEMBLE_PREFIX, ensemble_proxies
+    from selection.scoring import parse_delta
+    from selection.strategies import STATIC_COLUMNS, STATIC_PREFIX, list_strategies
+
+    report = plan.cfg.report
+    proxies, learned, columns = report_strategies(plan, metas)
+    usable = list_strategies(proxies, learned, columns)
+
+    def problem(name: str) -> str | None:
+        if name.startswith(ENSEMBLE_PREFIX):
+            try:
+                ensemble_proxies(name, proxies)
+            except KeyError as exc:
+                return str(exc.args[0])
+            return None
+        if name in usable:
+            return None
+        if name.startswith(STATIC_PREFIX) and name[len(STATIC_PREFIX):] in STATIC_COLUMNS:
+            return f"{name!r}: no model of this sweep has a {name[len(STATIC_PREFIX):]!r} value"
+        return f"unknown strategy {name!r}"
+
+    def check(name: str, key: str) -> None:
+        why = problem(name)
+        if why is not None:
+            raise ConfigError(f"{plan.path}: key '{key}': {why}; this sweep's report has: "
+                              f"{', '.join(usable)}, {ENSEMBLE_PREFIX}<p1>+<p2>")
+
+    for i, name in enumerate(report.strategies or []):
+        check(name, f"report.strategies[{i}]")
+    for i, delta in enumerate(report.deltas or []):
+        for name in parse_delta(delta):
+            check(name, f"report.deltas[{i}]")
+            if report.strategies is not None and name not in report.strategies:
+                raise ConfigError(f"{plan.path}: key 'report.deltas[{i}]': {name!r} is not in "
+                                  "report.strategies; add it there or drop the comparison")
+
+
+def count_trials(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> int:
+    """How many trials :func:`expand_jobs` makes of ``todo``, counted without making them."""
+    probes = {(m, t) for m, t, p in todo if p == "probe"}
+    tunes = {(m, t) for m, t, p in todo if p == "finetune"}
+    grouped = cfg.finetune.trials == "per_pair"
+    n = len(probes)
+    if "early_stop" in cfg.probe.proxies:
+        n += len(probes - tunes) if grouped else len(probes)
+    runs = len(cfg.finetune.lrs) * cfg.finetune.repeats
+    return n + len(tunes) * (1 if grouped else runs)
+
+
+def check_trials(cfg: SweepConfig, todo: list[tuple[str, str, str]], source: object) -> int:
+    """The number of trials of ``todo``; a ConfigError with the count and how to split the plan
+    when it is over :data:`MAX_TRIALS`."""
+    n = count_trials(cfg, todo)
+    if n > MAX_TRIALS:
+        raise ConfigError(
+            f"{source}: the plan has {n:,} trials, more than {MAX_TRIALS:,}: split it into sweep "
+            "files over fewer models or tasks (one tracking.experiment can hold them all), or "
+            "lower finetune.repeats or the number of finetune.lrs, or run a pair's fine-tunes in "
+            "one trial (finetune.trials: per_pair)")
+    return n
 
 
 def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]:
@@ -190,6 +290,7 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]
     lost node loses little; ``per_pair`` runs all of a pair's runs in one trial, loading the
     backbone and the task and computing the head stage's features once.
     """
+    check_trials(cfg, todo, "the sweep")
     early = "early_stop" in cfg.probe.proxies
     probes = [(m, t) for m, t, p in todo if p == "probe"]
     tunes = [(m, t) for m, t, p in todo if p == "finetune"]
@@ -205,3 +306,38 @@ def expand_jobs(cfg: SweepConfig, todo: list[tuple[str, str, str]]) -> list[Job]
         else:
             jobs += [Job("finetune", m, t, runs=(run,)) for run in runs]
     return jobs
+
+
+def task_agnostic_orders(plan) -> dict[str, list[list[str]]]:
+    """Per pool, task-agnostic's ranking of its models: tie groups, best first (the rule decides
+    its approximate ties among the pool's own models)."""
+    import pandas as pd
+
+    from selection.rankings import TaskAgnosticStrategy
+
+    keys = ("imagenet_acc", "upstream_size", "params")
+    meta = pd.DataFrame([{"model": m, **{k: (plan.metadata.get(m) or {}).get(k) for k in keys}}
+                         for m in plan.models]).set_index("model")
+    rule = TaskAgnosticStrategy(meta, plan.cfg.report.task_agnostic.tie_tolerance)
+    return {p: rule.rank_groups("", list(members)) for p, members in plan.pools.items()}
+
+
+def plan_json(plan) -> dict:
+    """The resolved plan: each model with its metadata, each task with its group, each pool with
+    its members (``whichmodel validate --json``)."""
+    from collections import Counter
+
+    from sweeps.refs import task_group
+
+    keys = ("params", "feature_dim", "imagenet_acc", "upstream_size", "upstream")
+    models = {}
+    for m in plan.models:
+        meta = plan.metadata.get(m, {})
+        models[m] = {**{k: meta.get(k) for k in keys},
+                     **{k: v for k, v in meta.items() if k not in keys}}
+    return {"sweep": plan.cfg.name, "config": str(plan.path), "models": models,
+            "tasks": {t: {"group": task_group(t, plan.task_refs.get(t, {}))} for t in plan.tasks},
+            "pools": {p: list(members) for p, members in plan.pools.items()},
+            "task_agnostic": task_agnostic_orders(plan),
+            "protocols": plan.protocols, "trials": dict(Counter(
+                j.kind for j in expand_jobs(plan.cfg, plan.keys())))}

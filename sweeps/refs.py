@@ -34,6 +34,7 @@ from sweeps.config import (
 from sweeps.paths import Paths
 from sweeps.zoo_config import ZooConfig
 from whichmodel.errors import WhichModelError
+from whichmodel.names import within
 
 VTAB_PREFIX = "vtab:"
 
@@ -114,11 +115,12 @@ def resolve_model_refs(cfg: SweepConfig, zoo: ZooConfig | None, source: Path
 
 
 def _safe(name: str, source: Path, i: int) -> str:
-    import re
+    from whichmodel.names import name_problem
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+    why = name_problem(name)
+    if why is not None:
         raise ConfigError(f"{source}: key 'models[{i}]': the spec gives the model name {name!r}, "
-                          "which is not a valid name; write an entry {name: ..., spec: ...}")
+                          f"which {why}; write an entry {{name: ..., spec: ...}}")
     return name
 
 
@@ -156,9 +158,10 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
     """Named pools over the sweep's models: the catalog's (keeping the members this sweep runs;
     a pool left empty is dropped), then the sweep's. A definition is ``all``, a list, or a rule
     over ``metadata`` with optional listed models, inside an earlier pool (``within``)."""
-    from selection.pools import check_listed, pool_members
+    from selection.pools import check_listed, check_rule_keys, pool_members
 
     metadata = metadata or {}
+    known = sorted({k for meta in metadata.values() for k, v in meta.items() if v is not None})
     pools: dict[str, list[str]] = {}
     for name, definition in (catalog_pools or {}).items():
         if isinstance(definition, PoolDefinition):
@@ -176,6 +179,8 @@ def resolve_pools(cfg: SweepConfig, models: list[str], source: Path,
         listed, key = pool_listed(name, definition)
         check_listed(source, key, listed, models, f"in this sweep's models ({', '.join(models)})")
         if isinstance(definition, PoolDefinition):
+            if definition.rule is not None:
+                check_rule_keys(source, f"pools.{name}.rule", definition.rule, known)
             pools[name] = pool_members(models, metadata, rule=definition.rule, listed=listed,
                                        within=_within(pools, models, definition.within, source,
                                                       name))
@@ -243,7 +248,7 @@ def model_pools(pools: dict[str, list[str]], model: str) -> list[str]:
 
 
 def model_dir(paths: Paths, model: str) -> Path:
-    return paths.zoo_root / model
+    return within(paths.zoo_root, model)
 
 
 def load_model_ref(name: str, ref: dict[str, Any], zoo_root: str | Path):

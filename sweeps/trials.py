@@ -34,6 +34,7 @@ from sweeps.plan import Job
 from sweeps.refs import load_model_ref, load_task_ref
 from sweeps.zoo_config import ZooConfig
 from whichmodel.files import atomic_path
+from whichmodel.names import within
 from whichmodel.seeds import derive_seed
 
 Report = Callable[[dict[str, Any]], None]
@@ -331,7 +332,7 @@ def build_model(zoo: ZooConfig, name: str, zoo_root: str | Path, data_root: str 
         "source_class_names": class_names, "recipe_hash": zoo.recipe_hash(name),
         "pretrain_seconds": round(seconds, 2),
     }
-    save_checkpoint(backbone, Path(zoo_root) / name, meta)
+    save_checkpoint(backbone, within(zoo_root, name), meta)
     return meta
 
 

@@ -24,6 +24,7 @@ import ray
 from ray import tune
 
 from sweeps.plan import Job
+from whichmodel.names import BadNameError, within
 
 #: A trial body: ``fn(job, settings, report) -> metrics or None`` (see :mod:`sweeps.trials`).
 TrialFn = Callable[[Job, Any, Callable[[dict], None]], "dict | None"]
@@ -259,7 +260,11 @@ def experiment_path(storage_path: str | Path, name: str) -> str:
     storage = str(storage_path)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
-        storage = str(Path(storage).resolve())
+        return str(within(storage, name))
+    # made of names that passed whichmodel.names.check_name, and a time stamp
+    if "/" in name or "\x00" in name or name.startswith("."):
+        raise BadNameError(f"{storage}: refusing the Tune experiment {name!r}: it would leave "
+                           "the folder")
     return f"{storage.rstrip('/')}/{name}"
 
 

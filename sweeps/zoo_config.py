@@ -13,20 +13,29 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from sweeps.config import ConfigError, Strict, format_validation_error, read_yaml
+from sweeps.config import (
+    MAX_STEPS,
+    STEPS_WHY,
+    ConfigError,
+    Name,
+    Strict,
+    batch_field,
+    format_validation_error,
+    read_yaml,
+)
 
 # Bump when the architectures or the pre-training code change what a recipe produces.
 ZOO_FORMAT = 3  # 3: channels-last pre-training (other float rounding)
 
 
 class ZooTraining(Strict):
-    steps: int = Field(400, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
+    steps: int = Field(400, ge=0, le=MAX_STEPS, description=STEPS_WHY)
+    batch_size: int = batch_field(128)
+    lr: float = Field(0.05, gt=0, le=10, allow_inf_nan=False)
 
 
 class ZooModel(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: Name
     arch: str
     arch_kwargs: dict[str, Any] = {}
     # Source families it is trained on (empty: the random-initialisation control).
@@ -43,17 +52,17 @@ class ZooModel(Strict):
 
 
 class SourceSize(Strict):
-    n_train: int = Field(4000, ge=10)
-    n_val: int = Field(1000, ge=10)
+    n_train: int = Field(4000, ge=10, le=1_000_000, description="10 to 10**6 rendered images")
+    n_val: int = Field(1000, ge=10, le=1_000_000, description="10 to 10**6 rendered images")
 
 
 class ZooConfig(Strict):
     name: str = "zoo"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     image_size: int = Field(32, ge=8, le=512)
     source: SourceSize = SourceSize()
     training: ZooTraining = ZooTraining()
-    cpus_per_trial: int = Field(1, ge=1)
+    cpus_per_trial: int = Field(1, ge=1, le=1024)
     models: list[ZooModel] = Field(min_length=1)
 
     @field_validator("models")
@@ -93,4 +102,4 @@ def load_zoo_config(path: str | Path) -> ZooConfig:
     try:
         return ZooConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(path, err)) from None
+        raise ConfigError(format_validation_error(path, err, ZooConfig)) from None

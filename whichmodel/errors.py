@@ -20,3 +20,8 @@ class AccuracyError(WhichModelError, ValueError):
 
 class InputError(WhichModelError, ValueError):
     """A bad argument of a public function (a setting out of range, a malformed table)."""
+
+
+class ConfigError(WhichModelError):
+    """A sweep, zoo, catalog or server config that cannot be used (one line naming the file and
+    the key)."""

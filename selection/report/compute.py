@@ -23,6 +23,7 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     pool: str                        # the pool's name
     models: [model]                  # the pool's models (sorted)
     models_without_results: [model]  # pool models with no finetune_test_acc on any reported task
+    warnings: [str]                  # inputs the report says little about (one line each; its top)
     tasks: [task]                    # reported tasks (sorted): those with >= 1 pool model result
     task_groups: {task: group|null}
     skipped_tasks: [task]            # tasks in the records with no result in the pool
@@ -105,7 +106,7 @@ from selection.records import (
     GROUND_TRUTH,
     POOL_ALL,
 )
-from selection.report.inputs import ReportInputs, prepare_inputs, task_accuracies
+from selection.report.inputs import ReportInputs, input_warnings, prepare_inputs, task_accuracies
 from selection.report.learned import learned_section
 from selection.report.measures import agreement_section, appendix_g, coverage, static_section
 from selection.scoring import (
@@ -289,6 +290,7 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
         "pool": s.pool,
         "models": inputs.members,
         "models_without_results": [m for m in inputs.members if m not in with_results],
+        "warnings": input_warnings(inputs),  # one line each, repeated at the report's top
         "tasks": tasks,
         "task_groups": inputs.groups,
         "skipped_tasks": view.skipped,

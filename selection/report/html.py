@@ -134,6 +134,7 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         "img-src data:; style-src 'unsafe-inline'\">",
         f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
+        *(f"<p><b>Warning:</b> {_e(w)}.</p>" for w in report.get("warnings", [])),
         f"<p>Pool <code>{_e(report['pool'])}</code>: {len(report['models'])} models, "
         f"{len(report['tasks'])} tasks, budgets {_e(', '.join(map(str, report['budgets'])))}. "
         "Relative regret r = (s* - s(S)) / (1 - min(s*, s(S))): s(S) is the best fine-tune test "

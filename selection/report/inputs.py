@@ -133,6 +133,32 @@ def prepare_inputs(records: pd.DataFrame, metadata: pd.DataFrame | None, s,
                         predicted, ranked)
 
 
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def input_warnings(inputs: ReportInputs) -> list[str]:
+    """One line each for inputs a report can be computed from but says little about, which the
+    report repeats at its top (``warnings``): pool models without a fine-tune result, a single
+    model with results, a single task."""
+    view, out = inputs.view, []
+    with_results = sorted({m for t in view.tasks for m in view.task_pool[t]})
+    without = [m for m in inputs.members if m not in with_results]
+    if without:
+        out.append(f"{len(without)} of the pool's {len(inputs.members)} models "
+                   f"({_listed(without)}) have no '{GROUND_TRUTH}' on any task: no table or "
+                   "regret includes them; give their fine-tune results or leave them out")
+    if len(with_results) == 1:
+        out.append(f"one model with fine-tune results ({with_results[0]!r}): every strategy "
+                   "picks it and every regret is 0; compare two or more models")
+    if len(view.tasks) == 1:
+        out.append(f"one task ({view.tasks[0]!r}): the intervals resample tasks and the "
+                   "leave-one-task-out strategies learn from other tasks, so neither means "
+                   "anything here; report two or more tasks")
+    return out
+
+
 def task_accuracies(inputs: ReportInputs) -> dict[str, dict[str, float]]:
     view = inputs.view
     return {t: dict(zip(view.task_pool[t], view.task_accs[t].tolist())) for t in view.tasks}

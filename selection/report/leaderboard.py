@@ -126,7 +126,9 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
     noisy = has_noise(report)
     title = (f"leaderboard: mean relative regret over {len(report['tasks'])} tasks"
              + (" [95% interval]" if noisy else "") + f", pool '{report['pool']}', by B = 1")
-    out = [clip(title, width)]
+    out = [line for w in report.get("warnings", [])
+           for line in textwrap.wrap(f"warning: {w}", width, subsequent_indent="  ")]
+    out.append(clip(title, width))
     if noisy:
         out.append(clip(f"{WITHIN}: within noise of the best (not beaten at P >= 0.95); "
                          "0 is the best model of every task", width))

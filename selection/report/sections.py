@@ -60,6 +60,7 @@ def intro(report: Mapping[str, Any]) -> Section:
     if report.get("skipped_tasks"):
         text.append(f"Skipped tasks (no `{GROUND_TRUTH}` in the pool): "
                     f"{', '.join(report['skipped_tasks'])}.")
+    text[:0] = [f"**Warning:** {w}." for w in report.get("warnings", [])]
     return Section(f"Regret report: pool `{report['pool']}`", text, level=1)
 
 

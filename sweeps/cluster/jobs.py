@@ -65,6 +65,7 @@ WORKING_DIR_EXCLUDES = [
 ]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+ADDRESS_SCHEMES = ("http", "https", "ray")  # and HOST:PORT, the cluster's GCS
 AGENT_WAIT_S = 120.0  # how long submit retries while a new head's job agent starts (a loaded
 # head took over 30 s here)
 
@@ -78,6 +79,11 @@ def resolve_address(address: str | None) -> str:
         raise WhichModelError(
             "no Ray cluster given: pass --address http://HEAD:8265 (with 'ray dashboard "
             "cluster.yaml' running: http://127.0.0.1:8265) or set RAY_API_SERVER_ADDRESS")
+    scheme = address.split("://", 1)[0].lower() if "://" in address else None
+    if scheme is not None and scheme not in ADDRESS_SCHEMES:
+        raise WhichModelError(
+            f"--address {address!r}: Ray's Jobs API does not speak {scheme}://; give the "
+            "dashboard's http://HEAD:8265 (or https://, ray://, or HOST:PORT of the cluster)")
     return address.rstrip("/")
 
 
@@ -302,7 +308,7 @@ def _inside(path: Path, root: Path, what: str, config: Path) -> str:
 
 def plan_submission(config: str | Path, *, working_dir: str | Path | None = None,
                     extra_env: Iterable[str] = (), no_report: bool = False,
-                    environ: dict[str, str] | None = None) -> Submission:
+                    environ: dict[str, str] | None = None, force: bool = False) -> Submission:
     """Validate the sweep file here and build the job: nothing malformed reaches the cluster."""
     from sweeps.plan import plan_sweep
 
@@ -319,7 +325,8 @@ def plan_submission(config: str | Path, *, working_dir: str | Path | None = None
         _inside(plan.zoo_path, root, "key 'zoo': the zoo file", config)
     if plan.cfg.catalog:
         _inside(config.parent / plan.cfg.catalog, root, "key 'catalog': the catalog file", config)
-    args = ["python", "-m", "sweeps.cli", "run", rel] + (["--no-report"] if no_report else [])
+    args = (["python", "-m", "sweeps.cli", "run", rel] + (["--no-report"] if no_report else [])
+            + (["--force"] if force else []))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Submission(entrypoint=shlex.join(args), working_dir=root, config=rel,
                       sweep=plan.cfg.name, env=job_env(extra_env, environ),

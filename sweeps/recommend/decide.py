@@ -57,15 +57,14 @@ def resolve_task(task: str, group: str) -> tuple[str, dict[str, Any]]:
             f"--task {task!r}: no offline task of that name and no folder at {path.resolve()}; "
             f"give an offline task ({', '.join(list_tasks(kind='offline'))}), vtab:<name>, or an "
             "ImageFolder path with train/<class>/ and test/<class>/ image folders")
-    import re
-
-    from sweeps.config import NAME_PATTERN
+    from whichmodel.names import name_message
 
     name = path.resolve().name
-    if not re.fullmatch(NAME_PATTERN, name) or name in list_tasks():
-        raise WhichModelError(f"--task {task!r}: the folder's name {name!r} is not a usable task "
-                              "name (letters, digits, '_', '.', '-'; not an offline task's name); "
-                              "rename the folder")
+    why = name_message(name) or (f"{name!r} is an offline task's name" if name in list_tasks()
+                                 else None)
+    if why is not None:
+        raise WhichModelError(f"--task {task!r}: the folder's name is not a usable task name: "
+                              f"{why}; rename the folder")
     return name, {"source": "imagefolder", "group": group, "path": str(path.resolve())}
 
 
@@ -166,7 +165,7 @@ def check_request(task: str, budget: int, *, config, catalog, pool: str, strateg
     """Every check of a call before anything runs or is written (bad input: WhichModelError)."""
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
-    from sweeps.refs import check_task_ref
+    from sweeps.refs import check_task_ref, load_task_ref
 
     budget = check_budget(budget)
     if strategy and from_report:
@@ -185,6 +184,13 @@ def check_request(task: str, budget: int, *, config, catalog, pool: str, strateg
     name, ref = resolve_task(task, group)
     sub = replace(plan, models=members, tasks=[name], task_refs={**plan.task_refs, name: ref})
     check_task_ref(name, ref, sub.data_root(paths), download=cfg.data.download)
+    # decoded (and cached) now: an image that cannot be decoded is named by its path before
+    # anything is written to MLflow
+    try:
+        load_task_ref(name, ref, sub.data_root(paths), cfg.image_size, cfg.seed,
+                      cfg.data.download)
+    except OSError as exc:  # the data's own problems are DatasetErrors that name the file
+        raise WhichModelError(f"task {name!r}: {exc}") from None
     proxies = [f"proxy/{p}" for p in cfg.probe.proxies]
     uri = paths.tracking_uri(tracking_uri)
     hashes = {p: cfg.protocol_hash(p) for p in ("probe", "finetune")}

@@ -43,6 +43,7 @@ from sweeps.tracking.ui import (
     sqlite_write_ahead,
 )
 from whichmodel.errors import WhichModelError
+from whichmodel.names import within
 from whichmodel.uri import redact_uri
 
 # Finetune runs log val/acc and test/acc (and the same under the records format's names,
@@ -105,7 +106,7 @@ class Tracker:
                 raise WhichModelError(
                     f"no MLflow experiment {experiment!r} at {redact_uri(tracking_uri)}; "
                     f"known: {', '.join(self.list_experiments()) or 'none'}")
-            location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
+            location = within(artifact_root, experiment).as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:

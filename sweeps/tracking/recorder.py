@@ -19,6 +19,7 @@ from sweeps.plan import PROTOCOLS, Job, Plan, pair_key
 from sweeps.refs import model_pools, task_group
 from sweeps.tracking.client import Tracker
 from whichmodel.errors import WhichModelError
+from whichmodel.names import within
 from whichmodel.uri import redact_uri
 
 
@@ -239,7 +240,7 @@ class PairRecorder:
         if any(r.get("test_pred") is None or r.get("test_labels") is None for r in chosen):
             return None
         home = self.spool_dir.parent if self.spool_dir else Path(tempfile.gettempdir())
-        path = home / "predictions" / self.plan.cfg.experiment / f"{model}@{task}.npz"
+        path = within(home, "predictions", self.plan.cfg.experiment, f"{model}@{task}.npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, predictions=np.asarray([r["test_pred"] for r in chosen],
