@@ -72,8 +72,14 @@ def cmd_validate(args) -> int:
         check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
+    from sweeps.cost import plan_cost
+    from sweeps.cost_text import cost_doc, cost_lines
+
+    cost = plan_cost(plan, paths.home,
+                     None if args.file_only else paths.tracking_uri(args.tracking_uri))
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
+        doc = {**plan_json(plan), "cost": cost_doc(plan, cost, args.price_per_gpu_hour, args.gpus)}
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return 0
     from sweeps.plan import expand_jobs
 
@@ -82,6 +88,7 @@ def cmd_validate(args) -> int:
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
+    print("\n".join(cost_lines(plan, cost, args.price_per_gpu_hour, args.gpus)))
     return 0
 
 
@@ -314,6 +321,13 @@ def cmd_submit(args) -> int:
 
     sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
                           no_report=args.no_report)
+    from sweeps.cost import plan_cost
+    from sweeps.cost_text import cost_lines
+    from sweeps.plan import plan_sweep
+
+    plan = plan_sweep(args.config)  # the cost before it is spent (every key: MLflow not asked)
+    print("\n".join(cost_lines(plan, plan_cost(plan, _paths(args).home), args.price_per_gpu_hour,
+                               args.gpus)), flush=True)
     cluster = Cluster(args.address)
     job_id = cluster.submit(sub)
     print(describe_submission(sub, job_id, cluster.address), flush=True)
@@ -354,6 +368,14 @@ def cmd_stop(args) -> int:
     return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
 
 
+def add_cost_options(parser) -> None:
+    """The options of the cost a sweep prints before it runs (sweeps/cost_text.py)."""
+    parser.add_argument("--price-per-gpu-hour", type=float, metavar="X",
+                        help="also print the money: GPU-hours x X")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs the cluster gives the sweep, for the wall-clock (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_configs = Path(__file__).parent / "configs"
     p = argparse.ArgumentParser(prog="whichmodel", description=__doc__.split("\n")[0])
@@ -388,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--file-only", action="store_true",
                    help="check the sweep file alone (keys, names, pools), as 'submit' does: for a "
                         "sweep whose weights and data live on a cluster")
+    add_cost_options(v)
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")
@@ -440,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--no-report", action="store_true", help="run the sweep without the report")
     sb.add_argument("--no-wait", action="store_true",
                     help="print the job id and return instead of following the job's log")
+    add_cost_options(sb)
     sb.set_defaults(func=cmd_submit)
 
     js = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")
