@@ -72,11 +72,9 @@ def cmd_validate(args) -> int:
         check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
-    from sweeps.cost import plan_cost
-    from sweeps.cost_text import cost_doc, cost_lines
+    from sweeps.cost_text import cost_doc, cost_lines, validate_cost
 
-    cost = plan_cost(plan, paths.home,
-                     None if args.file_only else paths.tracking_uri(args.tracking_uri))
+    cost = validate_cost(plan, paths, args)  # --file-only: MLflow is not asked what finished
     if args.json:
         doc = {**plan_json(plan), "cost": cost_doc(plan, cost, args.price_per_gpu_hour, args.gpus)}
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))
@@ -214,11 +212,11 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
         kwargs["max_budget"] = budget
     report = report_experiment(tracker, **kwargs)
     if plan is not None and plan.cfg.search.enabled:
-        from sweeps.search import search_results, summarize_search
+        from sweeps.search import add_search_summary, search_results
 
         results = search_results(tracker, plan.cfg)
         if results:
-            report["budgeted_search"] = summarize_search(report, results)
+            add_search_summary(report, results, plan.cfg)  # and its compute
     return _emit(report, out_dir, tracker, fmt, output, detail)
 
 
@@ -321,13 +319,9 @@ def cmd_submit(args) -> int:
 
     sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
                           no_report=args.no_report)
-    from sweeps.cost import plan_cost
-    from sweeps.cost_text import cost_lines
-    from sweeps.plan import plan_sweep
+    from sweeps.cost_text import print_submit_cost
 
-    plan = plan_sweep(args.config)  # the cost before it is spent (every key: MLflow not asked)
-    print("\n".join(cost_lines(plan, plan_cost(plan, _paths(args).home), args.price_per_gpu_hour,
-                               args.gpus)), flush=True)
+    print_submit_cost(args, _paths(args))  # the cost before it is spent
     cluster = Cluster(args.address)
     job_id = cluster.submit(sub)
     print(describe_submission(sub, job_id, cluster.address), flush=True)
@@ -368,15 +362,9 @@ def cmd_stop(args) -> int:
     return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
 
 
-def add_cost_options(parser) -> None:
-    """The options of the cost a sweep prints before it runs (sweeps/cost_text.py)."""
-    parser.add_argument("--price-per-gpu-hour", type=float, metavar="X",
-                        help="also print the money: GPU-hours x X")
-    parser.add_argument("--gpus", type=int, metavar="N",
-                        help="GPUs the cluster gives the sweep, for the wall-clock (default 1)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from sweeps.cost_text import add_cost_options
+
     default_configs = Path(__file__).parent / "configs"
     p = argparse.ArgumentParser(prog="whichmodel", description=__doc__.split("\n")[0])
     p.add_argument("--home", help="working folder (default $WHICHMODEL_HOME or ~/.cache/whichmodel)")
@@ -410,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--file-only", action="store_true",
                    help="check the sweep file alone (keys, names, pools), as 'submit' does: for a "
                         "sweep whose weights and data live on a cluster")
-    add_cost_options(v)
+    add_cost_options(v)  # the cost a sweep prints before it runs: sweeps/cost_text.py
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")

@@ -1,5 +1,4 @@
-"""A plan's cost as ``whichmodel validate`` and ``submit`` print it (and ``validate --json``), and
-durations as users write them (``2h``, ``90m``, ``3600s``).
+"""A plan's cost as ``whichmodel validate`` and ``submit`` print it (and ``validate --json``).
 
     whichmodel validate sweeps/configs/vtab1k.yaml --file-only --price-per-gpu-hour 2.5 --gpus 8
 """
@@ -7,44 +6,10 @@ durations as users write them (``2h``, ``90m``, ``3600s``).
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from sweeps.cost import COLUMNS, PlanCost
-from whichmodel.errors import WhichModelError
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-
-
-def parse_duration(text: str, what: str = "--compute-budget") -> float:
-    """Seconds of ``2h``, ``90m``, ``3600s``, ``1h30m`` or ``1.5h`` (a bare number: seconds)."""
-    value = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        seconds = float(value)
-    else:
-        parts = _DURATION.findall(value)
-        if not parts or "".join(n + u for n, u in parts) != value:
-            raise WhichModelError(f"{what} {text!r}: write a duration such as 2h, 90m, 3600s or "
-                                  "1h30m")
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise WhichModelError(f"{what} {text!r}: a duration above zero, e.g. 2h")
-    return seconds
-
-
-def format_duration(seconds: float | None) -> str:
-    """``-``, ``4.2s``, ``3m05s``, ``2h10m``, ``822 h``."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    total = int(round(seconds))
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    if total < 100 * 3600:
-        return f"{total // 3600}h{total % 3600 // 60:02d}m"
-    return f"{seconds / 3600:,.0f} h"
+from whichmodel.durations import format_duration
 
 
 def uses_gpus(plan) -> bool:
@@ -124,3 +89,31 @@ def cost_lines(plan, cost: PlanCost, price: float | None = None, gpus: int | Non
         lines.append(f"  assumed 1,000 test images and 10 classes (folder not here): "
                      f"{', '.join(cost.assumed_tasks)}")
     return lines
+
+
+def add_cost_options(parser) -> None:
+    """``--price-per-gpu-hour`` and ``--gpus`` of ``validate`` and ``submit``."""
+    parser.add_argument("--price-per-gpu-hour", type=float, metavar="X",
+                        help="also print the money: GPU-hours x X")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs the cluster gives the sweep, for the wall-clock (default 1)")
+
+
+def validate_cost(plan, paths, args) -> PlanCost:
+    """``validate``'s cost: every key with ``--file-only`` (no server asked), else the keys
+    MLflow has not finished."""
+    from sweeps.cost import plan_cost
+
+    uri = None if args.file_only else paths.tracking_uri(args.tracking_uri)
+    return plan_cost(plan, paths.home, uri)
+
+
+def print_submit_cost(args, paths) -> None:
+    """``submit`` prints the sweep's cost before it submits (every key: the cluster's MLflow is
+    not asked from here)."""
+    from sweeps.cost import plan_cost
+    from sweeps.plan import plan_sweep
+
+    plan = plan_sweep(args.config)
+    print("\n".join(cost_lines(plan, plan_cost(plan, paths.home), args.price_per_gpu_hour,
+                               args.gpus)), flush=True)
