@@ -85,7 +85,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
         return outcome
 
     jobs = expand_jobs(cfg, todo)
-    recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
+    recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)),
+                            estimates=trial_estimates(plan, paths, jobs, stream))
     name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if label is None:
         state = write_state(paths, plan, name, uri)
@@ -134,9 +135,23 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
 
 
 def new_recorder(plan: Plan, paths: Paths, metas: dict[str, dict], uri: str,
-                 n_jobs: dict[str, int]) -> PairRecorder:
+                 n_jobs: dict[str, int], estimates: dict[str, float] | None = None
+                 ) -> PairRecorder:
     return PairRecorder(plan, metas, uri, artifact_root(uri, paths.artifacts_root), n_jobs,
-                        spool_dir=paths.home / "spool")
+                        spool_dir=paths.home / "spool", estimates=estimates)
+
+
+def trial_estimates(plan: Plan, paths: Paths, jobs, stream) -> dict[str, float] | None:
+    """Each trial's estimated compute for the progress line (:mod:`sweeps.cost`), or None with
+    a note: an estimate that cannot be made never stops a sweep."""
+    from sweeps.cost import job_seconds, rate_of
+
+    try:
+        return job_seconds(plan, jobs, rate_of(plan.cfg, paths.home))
+    except Exception as exc:  # noqa: BLE001 -- the progress line then counts trials only
+        print(f"[whichmodel] no compute estimate for the progress line: {exc}", file=stream,
+              flush=True)
+        return None
 
 
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:

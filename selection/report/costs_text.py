@@ -46,9 +46,9 @@ def compute_lines(report: Mapping[str, Any], width: int) -> list[str]:
     if not front:
         return []
     n = len(report.get("tasks") or [])
-    lines = textwrap.wrap(f"compute frontier over {n} tasks (least mean relative regret for its "
-                          "total compute; seconds the runs logged): "
-                          + ", ".join(_point(p) for p in front), width, subsequent_indent="  ")
+    lines = _wrap_items(f"compute frontier over {n} tasks (least mean relative regret for its "
+                        "total compute, from the seconds the runs logged):",
+                        [_point(p) for p in front], width)
     ratio = probe_ratio(report)
     if ratio:
         name, probe, full = ratio
@@ -56,6 +56,18 @@ def compute_lines(report: Mapping[str, Any], width: int) -> list[str]:
                                f"1/{full / probe:,.0f} of fine-tuning every model "
                                f"({format_duration(full)})" if probe > 0 else "", width,
                                subsequent_indent="  ")
+    return lines
+
+
+def _wrap_items(head: str, items: list[str], width: int) -> list[str]:
+    """``head`` wrapped, then the items comma-separated, none broken across lines."""
+    lines = textwrap.wrap(head, width, subsequent_indent="  ")
+    for i, item in enumerate(items):
+        item += "," if i < len(items) - 1 else ""
+        if len(lines[-1]) + 1 + len(item) <= width:
+            lines[-1] += " " + item
+        else:
+            lines.append("  " + item)
     return lines
 
 
