@@ -1,7 +1,7 @@
 """The compute of a sweep before it runs: FLOPs per image counted on each architecture, the
 images each protocol pushes through it, divided by a device rate.
 
-    cost = estimate_plan(plan_sweep("sweeps/configs/vtab1k.yaml"), rate_of(cfg, paths))
+    cost = estimate_plan(plan_sweep("sweeps/configs/vtab1k.yaml"), rate_of(cfg, home))
     cost.total_s, cost.by_model["resnet50.tv_in1k"]["finetune"]
 
 - **FLOPs per image**: ``torch.utils.flop_counter.FlopCounterMode`` over one forward pass of the
@@ -9,18 +9,17 @@ images each protocol pushes through it, divided by a device rate.
   on the ``meta`` device (:func:`lightning_modules.hub.random_backbone`, the zoo's architectures):
   nothing is allocated, read or downloaded. A training image costs 3 forward passes (forward,
   and a backward of twice its cost).
-- **Images per (model, task)** (:func:`pair_flops`), from the task's split sizes (train800,
-  val200, its test split) and the sweep's protocols: the probe's one frozen pass over train, val
-  and test, then its feature proxies (their own FLOPs on the features, :func:`proxy_flops`); the
-  early-stop proxy's short fine-tunes (lrs x repetitions x steps x batch, and a validation pass
-  each); the fine-tune's runs (lrs x repetitions: the head stage's frozen pass over train800,
-  steps x batch training images, a validation and a test pass, the budgeted search's validation
-  curve).
-- **Device rate** (:func:`rate_of`): ``resources.device_tflops``, default
-  :data:`sweeps.config.DEFAULT_DEVICE_TFLOPS` (an H100's dense bf16 peak at 10% utilisation), or
-  ``measured``: the rate ``python -m benchmarks.gpu`` wrote to ``$WHICHMODEL_HOME/device_rate.json``
-  (:data:`RATE_FILE`). Seconds are device seconds: the compute the runs log (``time/features``,
-  ``time/proxy/<p>``, ``time/finetune``), not a trial's loading and set-up.
+- **The work of each trial** (:class:`Work`: FLOPs, optimizer steps, fits), from the task's
+  split sizes (train800, val200, its test split) and the sweep's protocols: the probe's one
+  frozen pass over train, val and test, then its feature proxies (their own FLOPs on the
+  features, :func:`proxy_flops`); the early-stop proxy's short fine-tunes (lrs x repetitions x
+  steps x batch, and a validation pass each); the fine-tune's runs (lrs x repetitions: the head
+  stage's frozen pass over train800 and its head steps, steps x batch training images, a
+  validation and a test pass, the budgeted search's validation curve).
+- **Device rate** (:mod:`sweeps.device_rate`): ``resources.device_tflops`` (default an H100's
+  dense bf16 peak at 10% utilisation) or ``measured``; a measured rate also has the framework's
+  seconds per optimizer step and per fit. Seconds are device seconds: the compute the runs log
+  (``time/features``, ``time/proxy/<p>``, ``time/finetune``), not a trial's loading and set-up.
 
 Keys already finished in MLflow are not counted again (``finished``). What is estimated is the
 work, not its packing onto devices: a wall-clock on N devices is the device seconds over N, a
@@ -36,56 +35,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import DEFAULT_DEVICE_TFLOPS, SweepConfig
+from sweeps.config import SweepConfig
+from sweeps.device_rate import TRAIN_FACTOR, Rate, rate_of
 from sweeps.plan import Job, Plan, expand_jobs, pair_key
 from whichmodel.errors import WhichModelError
 
-RATE_FILE = "device_rate.json"
-TRAIN_FACTOR = 3  # a training image: its forward pass and a backward pass of twice the cost
 COLUMNS = ("probe", "early_stop", "finetune")  # the protocols' parts, as validate prints them
-
-
-# --------------------------------------------------------------------------- the device rate
-@dataclass(frozen=True)
-class Rate:
-    """TFLOP/s of one trial's device, and where the number comes from."""
-
-    tflops: float
-    source: str
-
-    def seconds(self, flops: float) -> float:
-        return flops / (self.tflops * 1e12)
-
-
-def rate_of(cfg: SweepConfig, home: Path | None) -> Rate:
-    """``resources.device_tflops``: a number, or ``measured`` (the rate file in ``home``)."""
-    value = cfg.resources.device_tflops
-    if value != "measured":
-        default = value == DEFAULT_DEVICE_TFLOPS
-        return Rate(float(value), "resources.device_tflops" + (
-            " default: an H100's dense bf16 peak (989) at 10% utilisation" if default else ""))
-    path = (home or Path(".")) / RATE_FILE
-    try:
-        data = json.loads(path.read_text())
-        return Rate(float(data["tflops"]), f"measured on {data.get('device', '?')} by "
-                    f"{data.get('how', '?')} ({path})")
-    except FileNotFoundError:
-        raise WhichModelError(f"resources.device_tflops is 'measured' but {path} does not exist; "
-                              "run python -m benchmarks.gpu on the device (it writes the file) "
-                              "or give the device's TFLOP/s as a number") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WhichModelError(f"{path}: unreadable device rate ({exc}); run python -m "
-                              "benchmarks.gpu again or give resources.device_tflops a number"
-                              ) from None
-
-
-def write_rate(home: Path, tflops: float, device: str, how: str) -> Path:
-    """Record a measured device rate for ``resources.device_tflops: measured``."""
-    from whichmodel.files import atomic_write_json
-
-    path = Path(home) / RATE_FILE
-    atomic_write_json(path, {"tflops": float(tflops), "device": device, "how": how})
-    return path
 
 
 # --------------------------------------------------------------------------- models and tasks
@@ -209,56 +164,91 @@ def proxy_flops(name: str, settings: dict[str, Any], m: ModelShape, t: TaskShape
     return (2.0 * n * d * width + 9.0 * width ** 3) / max(1, closed_form) + 2.0 * n * width * c
 
 
-def probe_flops(cfg: SweepConfig, m: ModelShape, t: TaskShape) -> float:
+@dataclass(frozen=True)
+class Work:
+    """What a piece of the protocol costs: its FLOPs, its optimizer steps and its
+    ``Trainer.fit`` calls (the framework's overhead, where the rate has measured it)."""
+
+    flops: float = 0.0
+    steps: float = 0.0
+    fits: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.flops + other.flops, self.steps + other.steps, self.fits + other.fits)
+
+    def __mul__(self, k: float) -> Work:
+        return Work(self.flops * k, self.steps * k, self.fits * k)
+
+    def seconds(self, rate: Rate) -> float:
+        return rate.seconds(self.flops, self.steps, self.fits)
+
+
+def probe_work(cfg: SweepConfig, m: ModelShape, t: TaskShape) -> Work:
     """A probe trial: one frozen pass over train, val and test, then the feature proxies."""
     names = [p for p in cfg.probe.proxies if p != "early_stop"]
     settings = cfg.probe.proxy_settings(cfg.seed)
     shared = sum(p not in ("linear", "knn", "leep", "nce") for p in names)
     forward = m.flops * (t.n_train + t.n_val + t.n_test)
-    return forward + sum(proxy_flops(p, settings[p], m, t, shared) for p in names)
+    return Work(forward + sum(proxy_flops(p, settings[p], m, t, shared) for p in names))
 
 
-def early_stop_flops(cfg: SweepConfig, m: ModelShape, t: TaskShape, own_trial: bool = True
-                     ) -> float:
-    """The early-stop proxy: per learning rate and repetition a few training steps and a
-    validation pass; the training split's frozen pass when it has its own trial."""
+def early_stop_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, own_trial: bool = True
+                    ) -> Work:
+    """The early-stop proxy: per learning rate and repetition a fit of a few training steps and
+    a validation pass; the training split's frozen pass when it has its own trial."""
     if "early_stop" not in cfg.probe.proxies:
-        return 0.0
+        return Work()
     e = cfg.probe.early_stop
     runs = len(e.lrs) * e.repeats
-    per_run = TRAIN_FACTOR * m.flops * e.steps * e.batch_size + m.flops * t.n_val
-    return runs * per_run + m.flops * (t.n_val + (t.n_train if own_trial else 0))
+    per_run = Work(TRAIN_FACTOR * m.flops * e.steps * e.batch_size + m.flops * t.n_val,
+                   e.steps, 1)
+    return per_run * runs + Work(m.flops * (t.n_val + (t.n_train if own_trial else 0)))
 
 
-def finetune_run_flops(cfg: SweepConfig, m: ModelShape, t: TaskShape, lr: float, rep: int,
-                       train_pass: bool = True) -> float:
+def finetune_run_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, lr: float, rep: int,
+                      train_pass: bool = True) -> Work:
     """One fine-tune run (a learning rate, a repetition): the head stage's frozen pass over
-    train800 (``train_pass``: once per trial) and its head steps, the training steps, the
-    validation and test passes, and the search's validation curve (repetition 0)."""
+    train800 (``train_pass``: once per trial) and its fit of head steps, the fit of the
+    training steps, the validation and test passes, and the search's validation curve
+    (repetition 0)."""
     f = cfg.finetune
-    out = m.flops * (t.n_val + t.n_test)
+    out = Work(m.flops * (t.n_val + t.n_test))
     if f.head_steps > 0:
-        out += (m.flops * t.n_train if train_pass else 0.0)
-        out += 6.0 * f.head_steps * min(f.batch_size, t.n_train) * m.feature_dim * t.num_classes
+        head = 6.0 * f.head_steps * min(f.batch_size, t.n_train) * m.feature_dim * t.num_classes
+        out += Work((m.flops * t.n_train if train_pass else 0.0) + head, f.head_steps, 1)
     if f.steps > 0 and f.trainable != "head":
-        out += TRAIN_FACTOR * m.flops * f.steps * f.batch_size
+        out += Work(TRAIN_FACTOR * m.flops * f.steps * f.batch_size, f.steps, 1)
     if cfg.search.enabled and rep == 0 and lr in (cfg.search.lrs or f.lrs):
-        out += m.flops * t.n_val * (f.steps // cfg.search.rung_steps)
+        out += Work(m.flops * t.n_val * (f.steps // cfg.search.rung_steps))
     return out
 
 
-def job_flops(cfg: SweepConfig, job: Job, m: ModelShape, t: TaskShape) -> float:
-    """The FLOPs of one trial of the plan (:func:`sweeps.plan.expand_jobs`)."""
+def finetune_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, runs) -> Work:
+    """A trial's fine-tune runs (the head stage's frozen pass once per trial)."""
+    out = Work()
+    for i, (lr, rep) in enumerate(runs):
+        out += finetune_run_work(cfg, m, t, lr, rep, train_pass=i == 0)
+    return out
+
+
+def job_work(cfg: SweepConfig, job: Job, m: ModelShape, t: TaskShape) -> Work:
+    """The work of one trial of the plan (:func:`sweeps.plan.expand_jobs`)."""
     if job.kind == "probe":
-        return probe_flops(cfg, m, t)
+        return probe_work(cfg, m, t)
     if job.kind == "early_stop":
-        return early_stop_flops(cfg, m, t, own_trial=True)
+        return early_stop_work(cfg, m, t, own_trial=True)
     if job.kind != "finetune":
         raise ValueError(f"no cost model for a {job.kind!r} trial")
-    # the head stage's frozen pass is computed once per trial
-    out = sum(finetune_run_flops(cfg, m, t, lr, rep, train_pass=i == 0)
-              for i, (lr, rep) in enumerate(job.runs))
-    return out + (early_stop_flops(cfg, m, t, own_trial=False) if job.early_stop else 0.0)
+    early = early_stop_work(cfg, m, t, own_trial=False) if job.early_stop else Work()
+    return finetune_work(cfg, m, t, job.runs) + early
+
+
+def pair_seconds(cfg: SweepConfig, m: ModelShape, t: TaskShape, rate: Rate) -> dict[str, float]:
+    """A (model, task) pair's estimated seconds by protocol: ``probe`` (its trial and the
+    early-stop proxy in a trial of its own) and ``finetune`` (all its runs)."""
+    runs = [(float(lr), rep) for lr in cfg.finetune.lrs for rep in range(cfg.finetune.repeats)]
+    return {"probe": (probe_work(cfg, m, t) + early_stop_work(cfg, m, t)).seconds(rate),
+            "finetune": finetune_work(cfg, m, t, runs).seconds(rate)}
 
 
 # --------------------------------------------------------------------------- a plan's cost
@@ -303,14 +293,13 @@ def estimate_plan(plan: Plan, rate: Rate, finished: set[str] | None = None,
             continue
         t = tasks[job.task]
         if job.kind == "finetune":
-            tuned = job_flops(cfg, replace_early(job), shape, t)
-            rows[job.model]["finetune"] += rate.seconds(tuned)
+            rows[job.model]["finetune"] += finetune_work(cfg, shape, t, job.runs).seconds(rate)
             if job.early_stop:
-                rows[job.model]["early_stop"] += rate.seconds(
-                    early_stop_flops(cfg, shape, t, own_trial=False))
+                rows[job.model]["early_stop"] += early_stop_work(
+                    cfg, shape, t, own_trial=False).seconds(rate)
         else:
             column = "probe" if job.kind == "probe" else "early_stop"
-            rows[job.model][column] += rate.seconds(job_flops(cfg, job, shape, t))
+            rows[job.model][column] += job_work(cfg, job, shape, t).seconds(rate)
     return PlanCost(rate, rows,
                     {m: (s.flops / 1e9 if s is not None else None) for m, s in shapes.items()},
                     dict(Counter(j.kind for j in jobs)), len(wanted),
@@ -319,20 +308,39 @@ def estimate_plan(plan: Plan, rate: Rate, finished: set[str] | None = None,
                     [t for t, s in tasks.items() if s.assumed])
 
 
-def replace_early(job: Job) -> Job:
-    """The job without its early-stop proxy (costed as the probe protocol's part)."""
-    from dataclasses import replace
-
-    return replace(job, early_stop=False)
-
-
 def job_seconds(plan: Plan, jobs: list[Job], rate: Rate) -> dict[str, float]:
-    """Each trial's estimated device seconds, by :func:`sweeps.tune_runner.job_key`-like key
-    (``job.describe()``); trials of models whose architecture is not here are left out."""
+    """Each trial's estimated seconds by its key ``job.describe()`` (the progress line's);
+    trials of models whose architecture is not here are left out."""
     shapes = {m: model_shape(m, plan) for m in dict.fromkeys(j.model for j in jobs)}
     tasks = {t: task_shape(t, plan.task_refs.get(t, {})) for t in dict.fromkeys(j.task for j in jobs)}
-    return {j.describe(): rate.seconds(job_flops(plan.cfg, j, shapes[j.model], tasks[j.task]))
+    return {j.describe(): job_work(plan.cfg, j, shapes[j.model], tasks[j.task]).seconds(rate)
             for j in jobs if shapes[j.model] is not None}
+
+
+def architectures(plan: Plan) -> list[tuple[Any, float, int]]:
+    """One model of each of the plan's architectures, with random weights on the CPU, with its
+    forward FLOPs per image and input size (:func:`sweeps.device_rate.measure_rate`'s input)."""
+    out, seen = [], set()
+    for name in plan.models:
+        shape = model_shape(name, plan)
+        ref = plan.model_refs.get(name, {"source": "zoo"})
+        key = (ref.get("spec"), shape)
+        if shape is None or key in seen or str(ref.get("spec", "")).startswith("local:"):
+            continue
+        seen.add(key)
+        if ref.get("source", "zoo") == "zoo":
+            from lightning_modules.backbones import create_backbone
+            from sweeps.zoo_config import load_zoo_config
+
+            zoo = load_zoo_config(plan.zoo_path)
+            m = zoo.model(name)
+            backbone = create_backbone(m.arch, input_size=zoo.image_size, **m.arch_kwargs)
+        else:
+            from lightning_modules.hub import random_backbone
+
+            backbone = random_backbone(ref["spec"])
+        out.append((backbone, shape.flops, shape.input_size))
+    return out
 
 
 def finished_keys(plan: Plan, tracking_uri: str) -> set[str]:
@@ -354,3 +362,40 @@ def plan_cost(plan: Plan, home: Path | None, tracking_uri: str | None = None) ->
     finished (``whichmodel validate``; ``--file-only`` asks no server)."""
     finished = finished_keys(plan, tracking_uri) if tracking_uri else None
     return estimate_plan(plan, rate_of(plan.cfg, home), finished)
+
+
+def measured_by_part(records, keys: list[tuple[str, str, str]]) -> dict[str, float]:
+    """The compute the runs of ``keys`` logged, by the estimate's parts: ``probe`` (frozen pass
+    and feature proxies), ``early_stop`` and ``finetune``."""
+    wanted = {(m, t) for m, t, _ in keys}
+    times = records[records["metric"].str.startswith("time/")]
+    times = times[[(m, t) in wanted for m, t in zip(times["model"], times["task"])]]
+    metric = times["metric"]
+    early = metric == "time/proxy/early_stop"
+    probe = (metric == "time/features") | (metric.str.startswith("time/proxy/") & ~early)
+    return {"probe": float(times.loc[probe, "value"].sum()),
+            "early_stop": float(times.loc[early, "value"].sum()),
+            "finetune": float(times.loc[metric == "time/finetune", "value"].sum())}
+
+
+def estimate_vs_measured(plan: Plan, rate: Rate, tracking_uri: str) -> dict[str, Any]:
+    """The estimate at ``rate`` of the plan's keys MLflow has finished, against the compute
+    their runs logged: seconds by part and the ratio estimate / measured."""
+    from sweeps.tracking.client import Tracker
+
+    tracker = Tracker(tracking_uri, plan.cfg.experiment, create=False)
+    hashes = {p: plan.cfg.protocol_hash(p) for p in plan.protocols}
+    finished, _ = tracker.runs_by_key(hashes)
+    keys = [k for k in plan.keys() if pair_key(*k) in finished]
+    if not keys:
+        raise WhichModelError(f"experiment {plan.cfg.experiment!r} has no finished run of "
+                              f"{plan.path} to compare the estimate with; run it first")
+    records, _, _ = tracker.records(hashes)
+    measured = measured_by_part(records, keys)
+    estimated = estimate_plan(plan, rate, keys=keys).totals
+    total_m, total_e = sum(measured.values()), sum(estimated.values())
+    return {"keys": len(keys), "of": plan.n_keys, "estimated_s": {**estimated, "all": total_e},
+            "measured_s": {**measured, "all": total_m},
+            "ratio": total_e / total_m if total_m else None,
+            "ratio_by_part": {p: (estimated[p] / measured[p] if measured[p] else None)
+                              for p in COLUMNS}}

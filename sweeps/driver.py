@@ -144,7 +144,8 @@ def new_recorder(plan: Plan, paths: Paths, metas: dict[str, dict], uri: str,
 def trial_estimates(plan: Plan, paths: Paths, jobs, stream) -> dict[str, float] | None:
     """Each trial's estimated compute for the progress line (:mod:`sweeps.cost`), or None with
     a note: an estimate that cannot be made never stops a sweep."""
-    from sweeps.cost import job_seconds, rate_of
+    from sweeps.cost import job_seconds
+    from sweeps.device_rate import rate_of
 
     try:
         return job_seconds(plan, jobs, rate_of(plan.cfg, paths.home))

@@ -64,7 +64,8 @@ def test_flops_of_a_small_cnn_are_the_hand_computed_convolutions():
 
 
 def test_the_cost_of_a_tiny_plan_is_its_trials_arithmetic(tmp_path):
-    from sweeps.cost import estimate_plan, rate_of
+    from sweeps.cost import estimate_plan
+    from sweeps.device_rate import rate_of
 
     plan = plan_sweep(_sweep(tmp_path))
     rate = rate_of(plan.cfg, tmp_path)
@@ -87,6 +88,15 @@ def test_the_cost_of_a_tiny_plan_is_its_trials_arithmetic(tmp_path):
     assert cost.total_s == pytest.approx(2 * (probe + early + 2 * run) / 1e6)
     assert cost.gflops_per_image == {"small": HAND_FLOPS / 1e9, "control": HAND_FLOPS / 1e9}
 
+    # a measured rate also has the framework's seconds per optimizer step and per fit: a run
+    # fits its 5 head steps and its 4 training steps; the early-stop proxy 4 fits of 3 steps
+    from sweeps.device_rate import Rate
+
+    slow = estimate_plan(plan, Rate(1e-6, "a test", step_s=0.1, fit_s=1.0)).by_model["small"]
+    assert slow["finetune"] == pytest.approx(2 * run / 1e6 + 2 * (9 * 0.1 + 2 * 1.0))
+    assert slow["early_stop"] == pytest.approx(early / 1e6 + 4 * (3 * 0.1 + 1.0))
+    assert slow["probe"] == pytest.approx(probe / 1e6)
+
     # per_pair: one trial runs both repetitions (the head stage's train pass once) and the
     # early-stop proxy on the train features it already has
     grouped = estimate_plan(plan_sweep(_sweep(tmp_path, "per_pair")), rate)
@@ -96,7 +106,8 @@ def test_the_cost_of_a_tiny_plan_is_its_trials_arithmetic(tmp_path):
 
 
 def test_a_key_finished_in_mlflow_is_not_costed_again(tmp_path, home):
-    from sweeps.cost import estimate_plan, finished_keys, rate_of
+    from sweeps.cost import estimate_plan, finished_keys
+    from sweeps.device_rate import rate_of
     from sweeps.paths import default_paths
     from sweeps.tracking.client import Tracker, pair_record
 
@@ -118,6 +129,31 @@ def test_a_key_finished_in_mlflow_is_not_costed_again(tmp_path, home):
     assert left.total_s == pytest.approx(full.total_s - full.by_model["small"]["finetune"])
 
 
+def test_estimate_against_the_seconds_finished_runs_logged(tmp_path, home):
+    from sweeps.cost import estimate_plan, estimate_vs_measured
+    from sweeps.device_rate import Rate
+    from sweeps.paths import default_paths
+    from sweeps.tracking.client import Tracker, pair_record
+
+    plan = plan_sweep(_sweep(tmp_path))
+    uri = default_paths().tracking_uri()
+    tracker = Tracker(uri, "cost")
+    logged = {"probe": {"time/features": 2.0, "time/proxy/knn": 1.0, "time/proxy/early_stop": 4.0,
+                        "time/trial": 99.0, "proxy/knn": 0.5},
+              "finetune": {"time/finetune": 10.0, "test/acc": 0.5}}
+    for protocol, metrics in logged.items():  # small's two keys; control has none
+        tracker.record_pair(pair_record("small", "digits", protocol,
+                                        plan.cfg.protocol_hash(protocol), {}, {}, metrics))
+    rate = Rate(1e-6, "a test")
+    out = estimate_vs_measured(plan, rate, uri)
+    assert (out["keys"], out["of"]) == (2, 4)
+    assert out["measured_s"] == {"probe": 3.0, "early_stop": 4.0, "finetune": 10.0, "all": 17.0}
+    estimated = estimate_plan(plan, rate).by_model["small"]
+    assert out["estimated_s"]["finetune"] == pytest.approx(estimated["finetune"])
+    assert out["ratio"] == pytest.approx(sum(estimated.values()) / 17.0)
+    assert out["ratio_by_part"]["early_stop"] == pytest.approx(estimated["early_stop"] / 4.0)
+
+
 def test_validate_prints_the_cost_money_and_json_offline(tmp_path, capsys, home):
     path = _sweep(tmp_path, rate="100")
     assert main(["validate", str(path), "--file-only", "--price-per-gpu-hour", "2.5"]) == 0
@@ -135,15 +171,16 @@ def test_validate_prints_the_cost_money_and_json_offline(tmp_path, capsys, home)
 
 
 def test_measured_rate_without_its_file_is_one_line_naming_the_file(tmp_path, capsys, home):
-    from sweeps.cost import rate_of, write_rate
+    from sweeps.device_rate import Rate, rate_of, write_rate
 
     path = _sweep(tmp_path, rate="measured")
     assert main(["validate", str(path), "--file-only"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "device_rate.json" in err and "benchmarks.gpu" in err
-    write_rate(home, 12.5, "a test device", "a test")
+    write_rate(home, Rate(12.5, "a test", step_s=0.01, fit_s=0.5), "a test device")
     rate = rate_of(plan_sweep(path).cfg, home)
-    assert rate.tflops == 12.5 and "a test device" in rate.source
+    assert (rate.tflops, rate.step_s, rate.fit_s) == (12.5, 0.01, 0.5)
+    assert "a test device" in rate.source
 
 
 def test_durations_read_2h_90m_3600s_and_refuse_others():

@@ -96,19 +96,12 @@ def plan_compute(req, budget_s: float, records, finished: set[str], stream) -> C
     """The :class:`ComputePlan` of a checked request (``recommend``'s ``req``) from the
     experiment's ``records`` (None: none) and its ``finished`` keys: estimates, calibration, B;
     writes nothing."""
-    from sweeps.cost import (
-        early_stop_flops,
-        finetune_run_flops,
-        model_shape,
-        probe_flops,
-        rate_of,
-        task_shape,
-    )
+    from sweeps.cost import model_shape, pair_seconds, task_shape
+    from sweeps.device_rate import rate_of
     from sweeps.plan import pair_key
 
     plan, cfg = req.plan, req.plan.cfg
     rate = rate_of(cfg, req.paths.home)
-    runs = [(float(lr), rep) for lr in cfg.finetune.lrs for rep in range(cfg.finetune.repeats)]
     shapes: dict[str, Any] = {}
 
     def estimate(model: str, task: str, protocol: str) -> float | None:
@@ -117,13 +110,9 @@ def plan_compute(req, budget_s: float, records, finished: set[str], stream) -> C
             return None
         if model not in shapes:
             shapes[model] = model_shape(model, plan)
-        m, t = shapes[model], task_shape(task, ref)
-        if m is None:
+        if shapes[model] is None:
             return None
-        if protocol == "probe":
-            return rate.seconds(probe_flops(cfg, m, t) + early_stop_flops(cfg, m, t))
-        return rate.seconds(sum(finetune_run_flops(cfg, m, t, lr, rep, train_pass=i == 0)
-                                for i, (lr, rep) in enumerate(runs)))
+        return pair_seconds(cfg, shapes[model], task_shape(task, ref), rate)[protocol]
 
     factors = calibration(records, plan, estimate)
     probes = needs_probes(req.strategy, req.proxies)
