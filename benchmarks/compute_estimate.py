@@ -9,6 +9,11 @@ rate, and compares with the seconds their MLflow runs logged (``time/features``,
 ``time/proxy/<p>``, ``time/finetune``). ``--write-rate``: also record the rate for
 ``resources.device_tflops: measured`` (``$WHICHMODEL_HOME/device_rate.json``).
 
+``--direct N``: instead of a finished sweep's runs, run the trials of N (model, task) pairs of the
+sweep here, one after another in this process (the trial bodies, no Ray, no MLflow), with the
+rate measured just before and just after them: on a machine other jobs share, the estimate then
+meets the compute it predicts under the same load.
+
 The last line of stdout is one JSON object: ``ratio`` (estimate / measured, target 0.7-1.3),
 ``ratio_by_part`` (probe, early_stop, finetune), the seconds of each, and the measured rate
 (``rate_gflops``, ``step_ms``, ``fit_ms``).
@@ -39,10 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--write-rate", action="store_true",
                         help="record the measured rate for resources.device_tflops: measured")
+    parser.add_argument("--direct", type=int, metavar="N",
+                        help="run N pairs' trials here, the rate measured before and after")
     args = parser.parse_args(argv)
     quiet_libraries()
     plan = plan_sweep(args.config)
     paths = default_paths()
+    if args.direct:
+        out = direct(plan, paths, args.direct)
+        print(json.dumps(finite({**out, "config": str(args.config),
+                                 "target": "0.7 <= ratio <= 1.3"})), flush=True)
+        return 0
     rate = measure_rate(architectures(plan), plan.cfg.finetune.batch_size)
     log(f"rate {rate.tflops * 1e3:.2f} GFLOP/s, {rate.step_s * 1e3:.2f} ms per step, "
         f"{rate.fit_s * 1e3:.0f} ms per fit ({rate.source})")
@@ -53,6 +65,47 @@ def main(argv: list[str] | None = None) -> int:
                device=device_name(), config=str(args.config), target="0.7 <= ratio <= 1.3")
     print(json.dumps(finite(out)), flush=True)
     return 0
+
+
+def direct(plan, paths, pairs: int) -> dict:
+    """Run ``pairs`` (model, task) pairs' trials here (models and tasks taken in turn), the rate
+    measured before and after them; their estimate at the mean rate against the compute they
+    logged."""
+    import torch
+
+    from sweeps.cost import architectures, job_work, model_shape, task_shape
+    from sweeps.device_rate import Rate, device_name, measure_rate
+    from sweeps.driver import trial_settings
+    from sweeps.plan import expand_jobs
+    from sweeps.progress import compute_seconds
+    from sweeps.trials import run_trial
+
+    cfg, settings = plan.cfg, trial_settings(plan, paths)
+    chosen = [(plan.models[i % len(plan.models)], plan.tasks[(i * 3) % len(plan.tasks)])
+              for i in range(pairs)]
+    archs = architectures(plan)
+    before = measure_rate(archs, cfg.finetune.batch_size)
+    work, logged = {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a trial has
+    try:
+        for m, t in chosen:
+            for job in expand_jobs(cfg, [(m, t, "probe"), (m, t, "finetune")]):
+                shape, task = model_shape(m, plan), task_shape(t, plan.task_refs[t])
+                work[job.describe()] = job_work(cfg, job, shape, task)
+                logged[job.describe()] = compute_seconds(run_trial(job, settings))
+                log(f"{job.describe()[:60]}: {logged[job.describe()]:.2f} s")
+    finally:
+        torch.set_num_threads(threads)
+    after = measure_rate(archs, cfg.finetune.batch_size)
+    rate = Rate((before.tflops + after.tflops) / 2, before.source,
+                (before.step_s + after.step_s) / 2, (before.fit_s + after.fit_s) / 2)
+    estimated = sum(w.seconds(rate) for w in work.values())
+    measured = sum(logged.values())
+    return {"pairs": pairs, "trials": len(work), "estimated_s": estimated,
+            "measured_s": measured, "ratio": estimated / measured,
+            "rate_gflops": {"before": before.tflops * 1e3, "after": after.tflops * 1e3},
+            "step_ms": rate.step_s * 1e3, "fit_ms": rate.fit_s * 1e3, "device": device_name()}
 
 
 if __name__ == "__main__":
