@@ -11,8 +11,8 @@ rate, and compares with the seconds their MLflow runs logged (``time/features``,
 
 ``--direct N``: instead of a finished sweep's runs, run the trials of N (model, task) pairs of the
 sweep here, one after another in this process (the trial bodies, no Ray, no MLflow), with the
-rate measured just before and just after them: on a machine other jobs share, the estimate then
-meets the compute it predicts under the same load.
+rate measured before each pair and after the last: on a machine other jobs share, the estimate
+then meets the compute it predicts under the same load.
 
 The last line of stdout is one JSON object: ``ratio`` (estimate / measured, target 0.7-1.3),
 ``ratio_by_part`` (probe, early_stop, finetune), the seconds of each, and the measured rate
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def direct(plan, paths, pairs: int) -> dict:
-    """Run ``pairs`` (model, task) pairs' trials here (models and tasks taken in turn), the rate
-    measured before and after them; their estimate at the mean rate against the compute they
-    logged."""
+    """Run ``pairs`` (model, task) pairs' trials here (every other model, every third task), the rate
+    measured before each pair and after the last; their estimate at the mean rate against the
+    compute they logged."""
     import torch
 
     from sweeps.cost import architectures, job_work, model_shape, task_shape
@@ -81,15 +81,17 @@ def direct(plan, paths, pairs: int) -> dict:
     from sweeps.trials import run_trial
 
     cfg, settings = plan.cfg, trial_settings(plan, paths)
-    chosen = [(plan.models[i % len(plan.models)], plan.tasks[(i * 3) % len(plan.tasks)])
+    models = plan.models[::2] + plan.models[1::2]  # the zoo lists its architectures in blocks
+    chosen = [(models[i % len(models)], plan.tasks[(i * 3) % len(plan.tasks)])
               for i in range(pairs)]
     archs = architectures(plan)
-    before = measure_rate(archs, cfg.finetune.batch_size)
+    rates = []
     work, logged = {}, {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a trial has
     try:
         for m, t in chosen:
+            rates.append(measure_rate(archs, cfg.finetune.batch_size))  # the load of the moment
+            torch.set_num_threads(1)  # as a trial has
             for job in expand_jobs(cfg, [(m, t, "probe"), (m, t, "finetune")]):
                 shape, task = model_shape(m, plan), task_shape(t, plan.task_refs[t])
                 work[job.describe()] = job_work(cfg, job, shape, task)
@@ -97,14 +99,17 @@ def direct(plan, paths, pairs: int) -> dict:
                 log(f"{job.describe()[:60]}: {logged[job.describe()]:.2f} s")
     finally:
         torch.set_num_threads(threads)
-    after = measure_rate(archs, cfg.finetune.batch_size)
-    rate = Rate((before.tflops + after.tflops) / 2, before.source,
-                (before.step_s + after.step_s) / 2, (before.fit_s + after.fit_s) / 2)
+    rates.append(measure_rate(archs, cfg.finetune.batch_size))
+    n = len(rates)
+    rate = Rate(sum(r.tflops for r in rates) / n, rates[0].source,
+                sum(r.step_s for r in rates) / n, sum(r.fit_s for r in rates) / n)
     estimated = sum(w.seconds(rate) for w in work.values())
     measured = sum(logged.values())
     return {"pairs": pairs, "trials": len(work), "estimated_s": estimated,
             "measured_s": measured, "ratio": estimated / measured,
-            "rate_gflops": {"before": before.tflops * 1e3, "after": after.tflops * 1e3},
+            "rate_gflops": rate.tflops * 1e3,
+            "rate_gflops_range": [min(r.tflops for r in rates) * 1e3,
+                                  max(r.tflops for r in rates) * 1e3],
             "step_ms": rate.step_s * 1e3, "fit_ms": rate.fit_s * 1e3, "device": device_name()}
 
 
