@@ -26,6 +26,11 @@ The last line of stdout is one JSON object:
     rate: 46 models x 19 tasks x 10 runs (2 learning rates x 5 repetitions) x 2,500 steps x 512
     images (stage 2 only; a ResNet-50 stands in for every model).
 
+``device_tflops``
+    The fine-tune rate in the cost estimate's convention (3 x forward FLOPs x images/s, TFLOP/s):
+    what ``resources.device_tflops: measured`` reads once ``--write-rate`` has recorded it in
+    ``$WHICHMODEL_HOME/device_rate.json`` (:mod:`sweeps.device_rate`).
+
 Also ``device``, ``checks`` (the GPU paths: parameters on the device in channels-last, bf16
 activations under autocast, features returned to the host as float32) and ``tiny``.
 """
@@ -191,6 +196,7 @@ def run(args) -> dict[str, Any]:
                                + ("; tiny mode: 32 px on this device, not a projection for "
                                   "224 px" if tiny else "")},
         "finetune_step_ms": finetune["step_ms"],
+        "device_tflops": finetune["images_per_s"] * 3 * fwd / 1e12,
         "checks": {**extract["checks"], **finetune["checks"]},
         "targets": {"extract_images_per_s": ">= 6000 (one H100)",
                     "finetune_images_per_s": ">= 2000 (one H100)"},
@@ -202,7 +208,18 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="32 px, batch 8, a few steps (the default without a GPU)")
-    out = run(parser.parse_args(argv))
+    parser.add_argument("--write-rate", action="store_true",
+                        help="record device_tflops for resources.device_tflops: measured "
+                             "($WHICHMODEL_HOME/device_rate.json)")
+    args = parser.parse_args(argv)
+    out = run(args)
+    if args.write_rate:
+        from sweeps.device_rate import Rate, write_rate
+        from sweeps.paths import default_paths
+
+        how = (f"benchmarks.gpu: ResNet-50 fine-tune steps at {out['image_size']} px, batch "
+               f"{out['finetune_batch_size']}, bf16")
+        log(f"wrote {write_rate(default_paths().home, Rate(out['device_tflops'], how), out['device'])}")
     print(json.dumps(finite(out)), flush=True)
     return 0
 

@@ -182,6 +182,18 @@ def structure(spec: str) -> dict[str, int]:
     return {"params": int(info["params"]), "feature_dim": int(backbone.feature_dim)}
 
 
+def random_backbone(spec: str) -> Backbone:
+    """A timm or torchvision model's backbone at random initialisation, in eval mode, built on
+    the current default device: under ``with torch.device("meta")`` nothing is allocated, read
+    or downloaded (what a cost estimate needs: the architecture and its input size)."""
+    kind, name = parse_model_spec(spec)
+    if kind not in HUB_KINDS:
+        raise ModelSpecError(f"model spec {spec!r}: random_backbone builds timm: and torchvision: "
+                             "models; a local: folder names its architecture in meta.json")
+    backbone, _ = _load_hub(spec, kind, name, None, pretrained=False)
+    return backbone.eval()
+
+
 def _check_imagenet_acc(spec: str, acc: Any) -> None:
     """Strategies rank fractions: a percentage (76.1) from meta= or meta.json would win them all."""
     try:

@@ -79,10 +79,14 @@ def cmd_validate(args) -> int:
         check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
+    from sweeps.cost_text import cost_doc, cost_lines, validate_cost
+
+    cost = validate_cost(plan, paths, args)  # --file-only: MLflow is not asked what finished
     if args.json:
         from sweeps.plan import plan_json
 
-        print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
+        doc = {**plan_json(plan), "cost": cost_doc(plan, cost, args.price_per_gpu_hour, args.gpus)}
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return 0
     from sweeps.plan import count_trials
 
@@ -91,6 +95,7 @@ def cmd_validate(args) -> int:
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
+    print("\n".join(cost_lines(plan, cost, args.price_per_gpu_hour, args.gpus)))
     return 0
 
 
@@ -180,11 +185,11 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
         kwargs["max_budget"] = budget
     report = report_experiment(tracker, **kwargs)
     if plan is not None and plan.cfg.search.enabled:
-        from sweeps.search import search_results, summarize_search
+        from sweeps.search import add_search_summary, search_results
 
         results = search_results(tracker, plan.cfg)
         if results:
-            report["budgeted_search"] = summarize_search(report, results)
+            add_search_summary(report, results, plan.cfg)  # and its compute
     return _emit(report, out_dir, tracker, fmt, output, detail)
 
 
@@ -296,6 +301,9 @@ def cmd_submit(args) -> int:
 
     sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
                           no_report=args.no_report, force=args.force)
+    from sweeps.cost_text import print_submit_cost
+
+    print_submit_cost(args, _paths(args))  # the cost before it is spent
     cluster = Cluster(args.address)
     job_id = cluster.submit(sub)
     print(describe_submission(sub, job_id, cluster.address), flush=True)
@@ -337,6 +345,8 @@ def cmd_stop(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sweeps.cost_text import add_cost_options
+
     default_configs = Path(__file__).parent / "configs"
     p = argparse.ArgumentParser(prog="whichmodel", description=__doc__.split("\n")[0])
     p.add_argument("--home", help="working folder (default $WHICHMODEL_HOME or ~/.cache/whichmodel)")
@@ -370,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--file-only", action="store_true",
                    help="check the sweep file alone (keys, names, pools), as 'submit' does: for a "
                         "sweep whose weights and data live on a cluster")
+    add_cost_options(v)  # the cost a sweep prints before it runs: sweeps/cost_text.py
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run a sweep on Ray Tune, log to MLflow, print the report")
@@ -426,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--force", action="store_true", help=FORCE_HELP)
     sb.add_argument("--no-wait", action="store_true",
                     help="print the job id and return instead of following the job's log")
+    add_cost_options(sb)
     sb.set_defaults(func=cmd_submit)
 
     js = sub.add_parser("jobs", help="list the Ray Jobs of a cluster")

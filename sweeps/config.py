@@ -192,6 +192,14 @@ class TrialResources(Strict):
     gpus: float = Field(0, ge=0, le=64, description="0 to 64 GPUs a trial")
 
 
+#: The device rate a plan's cost is estimated at (``resources.device_tflops``): an H100's dense
+#: bf16 peak (989 TFLOP/s, NVIDIA's data sheet) at 10% utilisation, what CNN fine-tuning in
+#: PyTorch reaches (ResNet-50 at 224 px, batch 512: ~4,000 images/s of 24.5 GFLOP each; the
+#: project's own target is >= 2,000 images/s, 5%). ``measured``: the rate ``benchmarks.gpu``
+#: wrote (sweeps/cost.py).
+DEFAULT_DEVICE_TFLOPS = 100.0
+
+
 class Resources(Strict):
     num_cpus: int | None = Field(None, ge=1, le=4096)  # local Ray only; None: all cores
     max_concurrent_trials: int | None = Field(None, ge=1, le=100_000)
@@ -199,6 +207,19 @@ class Resources(Strict):
     max_failures: int = Field(1, ge=0, le=100, description="0 to 100 retries of a failed trial")
     probe: TrialResources = TrialResources()
     finetune: TrialResources = TrialResources()
+    # TFLOP/s one trial's device sustains, for the cost estimate (validate, submit, recommend
+    # --compute-budget, the progress line); "measured": $WHICHMODEL_HOME/device_rate.json
+    device_tflops: float | Literal["measured"] = DEFAULT_DEVICE_TFLOPS
+
+    @field_validator("device_tflops", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        if value == "measured":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{value!r}: give the device's TFLOP/s (a number > 0) or 'measured' "
+                             "(the rate python -m benchmarks.gpu wrote)")
+        return float(value)
 
 
 class BudgetedSearch(Strict):

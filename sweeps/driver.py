@@ -106,7 +106,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
         while todo:
             mine = [k for k in todo if k not in held]
             if mine:
-                _run_round(plan, paths, settings, metas, uri, mine, label, outcome, rounds)
+                _run_round(plan, paths, settings, metas, uri, mine, label, outcome, rounds,
+                           stream)
                 rounds += 1
             waiting = [k for k in todo if k in held]
             if not waiting:
@@ -128,13 +129,14 @@ def _say_todo(stream, name: str, outcome: Outcome, uri: str, n_todo: int, n_held
 
 def _run_round(plan: Plan, paths: Paths, settings: TrialSettings, metas: dict[str, dict],
                uri: str, todo: list[tuple[str, str, str]], label: str | None, outcome: Outcome,
-               rounds: int) -> None:
+               rounds: int, stream) -> None:
     """One Tune experiment over ``todo``; its results and failures added to ``outcome``."""
     from sweeps.tune_runner import experiment_path, init_ray, run_jobs
 
     cfg = plan.cfg
     jobs = expand_jobs(cfg, todo)
-    recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
+    recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)),
+                            estimates=trial_estimates(plan, paths, jobs, stream))
     name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{rounds}" if rounds else "")
     if label is None and not rounds:
         state = write_state(paths, plan, name, uri)
@@ -225,9 +227,24 @@ def resume_sweep(name: str, paths: Paths, stream=None, force: bool = False
 
 
 def new_recorder(plan: Plan, paths: Paths, metas: dict[str, dict], uri: str,
-                 n_jobs: dict[str, int]) -> PairRecorder:
+                 n_jobs: dict[str, int], estimates: dict[str, float] | None = None
+                 ) -> PairRecorder:
     return PairRecorder(plan, metas, uri, artifact_root(uri, paths.artifacts_root), n_jobs,
-                        spool_dir=paths.home / "spool")
+                        spool_dir=paths.home / "spool", estimates=estimates)
+
+
+def trial_estimates(plan: Plan, paths: Paths, jobs, stream) -> dict[str, float] | None:
+    """Each trial's estimated compute for the progress line (:mod:`sweeps.cost`), or None with
+    a note: an estimate that cannot be made never stops a sweep."""
+    from sweeps.cost import job_seconds
+    from sweeps.device_rate import rate_of
+
+    try:
+        return job_seconds(plan, jobs, rate_of(plan.cfg, paths.home))
+    except Exception as exc:  # noqa: BLE001 -- the progress line then counts trials only
+        print(f"[whichmodel] no compute estimate for the progress line: {exc}", file=stream,
+              flush=True)
+        return None
 
 
 def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:

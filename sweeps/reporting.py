@@ -52,6 +52,9 @@ def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None,
     report = report_from_tables(records, metadata, groups, predictions=predictions,
                                 rankings=rankings, **kwargs)
     report.update(extra)
+    from selection.report.costs import add_fit_seconds, learned_fits
+
+    add_fit_seconds(report, learned_fits(extra))  # ChoiceNet's and Task2Vec's, in compute
     if {"choicenet_v1", "choicenet_v2"} <= set(predictions or {}):  # the study's v1 and v2 both
         from selection.report.learned import study_claim
 

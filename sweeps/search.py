@@ -243,6 +243,20 @@ def summarize_search(report: dict[str, Any], results: dict[str, dict[str, Any]])
             "step_fraction": spent / full if full else None}
 
 
+def add_search_summary(report: dict[str, Any], results: dict[str, dict[str, Any]],
+                       cfg: SweepConfig) -> None:
+    """The report's ``budgeted_search`` (:func:`summarize_search`) and its compute: its steps at
+    the seconds per step of the fine-tunes of its learning rates at repetition 0 (the share of
+    a pair's fine-tune seconds those runs are), then its pick's fine-tune
+    (:func:`selection.report.costs.add_search_compute`)."""
+    from selection.report.costs import add_search_compute
+
+    report["budgeted_search"] = summarize_search(report, results)
+    f = cfg.finetune
+    share = len(cfg.search.lrs or f.lrs) / (len(f.lrs) * f.repeats)
+    add_search_compute(report, report["budgeted_search"]["per_task"], share)
+
+
 def format_search(summary: dict[str, Any]) -> str:
     replayed = summary.get("replayed") or 0
     # lines of at most 100 characters (the report's terminal width)

@@ -26,6 +26,8 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu_through_the_bf16_channels_last_paths
     assert out["projection"]["images"] == 46 * 19 * 10 * 2500 * 512
     assert out["projected_gpu_hours"] == pytest.approx(
         out["projection"]["images"] / out["finetune_images_per_s"] / 3600)
+    assert out["device_tflops"] == pytest.approx(  # the cost estimate's convention: 3 x forward
+        out["finetune_images_per_s"] * 3 * out["gflops_per_image"]["forward"] / 1e3)
     checks = out["checks"]
     assert checks["conv_weight_channels_last"] is True
     assert checks["features_on"] == "cpu" and checks["features_dtype"] == "torch.float32"

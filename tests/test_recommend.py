@@ -95,6 +95,22 @@ def test_recommend_probes_the_pool_fine_tunes_the_top_two_and_logs_the_decision(
     assert means[chosen["strategy"]] == min(means.values())
 
 
+def test_compute_budget_chooses_b_prints_the_plan_first_and_says_what_it_spent(env, capsys):
+    d = _recommend(env, "--compute-budget", "1h", "--strategy", "proxy/knn")
+    err = capsys.readouterr().err
+    plan_line = next(line for line in err.splitlines() if "compute budget 1h00m on myfolder" in line)
+    assert err.index(plan_line) < err.index("recommend-myfolder-probe")  # before anything runs
+    assert f"B = {d['budget']}" in plan_line and 1 <= d["budget"] <= 3
+    assert d["compute_budget_s"] == 3600 and 0 <= d["estimated_s"] <= 3600
+    assert d["spent_s"] is not None and d["spent_s"] >= 0 and len(d["picks"]) == d["budget"]
+    assert set(d["compute"]["finetune_s"]) == set(d["pool"]) and d["compute"]["needs_probes"]
+    # a strategy that reads no probe of the task runs none
+    agnostic = _recommend(env, "--compute-budget", "1h", "--strategy", "task_agnostic",
+                          "--no-finetune")
+    assert agnostic["compute"]["needs_probes"] is False and agnostic["reused"]["probe"] == 0
+    assert "no probes (the strategy does not read them)" in capsys.readouterr().err
+
+
 def test_features_entry_point_gives_the_probe_trials_scores(env):
     """rank_features on a model's own forward pass gives the scores its probe trial logged."""
     from lightning_modules.backbones import extract_features

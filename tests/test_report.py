@@ -301,11 +301,11 @@ def test_format_markdown_has_regret_and_bold_best_accuracy(report):
 def test_write_report_writes_every_file_and_json_round_trips(report, tmp_path):
     paths = write_report(report, tmp_path / "out")
     assert set(paths) == {"html", "md", "csv", "json", "png", "png_b2", "png_heatmap",
-                          "png_budget", "png_zero", "png_proxies", "appendix_g_md",
-                          "appendix_g_csv"}
+                          "png_budget", "png_zero", "png_proxies", "png_compute",
+                          "appendix_g_md", "appendix_g_csv"}
     names = ["appendix_g.csv", "appendix_g.md", "proxies.png", "regret.csv", "regret.json",
              "regret.md", "regret.png", "regret_b2.png", "regret_budget.png",
-             "regret_heatmap.png", "report.html", "zero_regret.png"]
+             "regret_compute.png", "regret_heatmap.png", "report.html", "zero_regret.png"]
     assert sorted(p.name for p in paths.values()) == names
     assert sorted(os.listdir(tmp_path / "out")) == names
     for kind in ("png", "png_b2", "png_heatmap", "png_budget", "png_zero", "png_proxies"):

@@ -73,6 +73,15 @@ JSON (stable; budget keys are strings "1".."10"; ``null`` wherever a value does 
     above_noise_floor: {strategy: {"B": {task: bool | null}}}  # regret > the task's noise floor
     noise: {draws, seed, level, resampled}
     strategy_seconds: {strategy: s}  # with timings=True: building each strategy (a learner's fit)
+    # Compute (selection/report/costs.py), from the records' time/... rows (seconds); {} and []
+    # when the records have none; null where a pair's seconds are missing:
+    compute: {strategy: {"B": {decision_s, finetune_s, total_s}}}  # summed over the tasks: the
+                                     # decision (probes, a learner's fit, every fine-tune for the
+                                     # bounds) and the expected fine-tunes of the B picks; also
+                                     # "search/asha" {"1": ...} with a budgeted search
+    compute_finetune_s: {task: {model: s|null}}       # each pair's logged fine-tune seconds
+    compute_frontier: [{strategy, budget, total_s, mean_regret}]  # the Pareto frontier of mean
+                                     # relative regret against total compute, cheapest first
 
 Settings are one typed object, :class:`ReportSettings` (``compute_report(records,
 settings=ReportSettings(max_budget=5))``, or its fields as keywords). The stages, each a named
@@ -106,6 +115,7 @@ from selection.records import (
     GROUND_TRUTH,
     POOL_ALL,
 )
+from selection.report.costs import compute_section
 from selection.report.inputs import ReportInputs, input_warnings, prepare_inputs, task_accuracies
 from selection.report.learned import learned_section
 from selection.report.measures import agreement_section, appendix_g, coverage, static_section
@@ -309,6 +319,8 @@ def compute_report(records: pd.DataFrame, metadata: pd.DataFrame | None = None, 
         "finetune_test_acc": task_accuracies(inputs),
         "best_model": {t: view.task_pool[t][int(np.argmax(view.task_accs[t]))] for t in tasks},
         **({"strategy_seconds": seconds} if s.timings else {}),
+        **compute_section(inputs, scored, names, regret["strategies"],
+                          seconds if s.timings else None),
         **noise,
     }
 

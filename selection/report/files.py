@@ -1,4 +1,4 @@
-"""The regret report's files: ``report.html``, ``regret.md|csv|json``, six PNG figures and
+"""The regret report's files: ``report.html``, ``regret.md|csv|json``, seven PNG figures and
 Appendix G's table.
 
 :func:`write_report` renders every file in memory first (:mod:`selection.report.text`,
@@ -25,7 +25,7 @@ REPORT_FILES = {"html": "report.html", "md": "regret.md", "csv": "regret.csv",
                 "json": "regret.json", "png": "regret.png",
                 "png_b2": "regret_b2.png", "png_heatmap": "regret_heatmap.png",
                 "png_budget": "regret_budget.png", "png_zero": "zero_regret.png",
-                "png_proxies": "proxies.png",
+                "png_proxies": "proxies.png", "png_compute": "regret_compute.png",
                 "appendix_g_md": "appendix_g.md", "appendix_g_csv": "appendix_g.csv"}
 
 
@@ -44,6 +44,7 @@ _RENDERERS = {
     "png_budget": lambda r: report_plots.render_budget_png(r),
     "png_zero": lambda r: report_plots.render_zero_png(r),
     "png_proxies": lambda r: report_plots.render_proxies_png(r),
+    "png_compute": lambda r: report_plots.render_compute_png(r),
     "appendix_g_md": lambda r: format_appendix_g(r).encode("utf-8"),
     "appendix_g_csv": lambda r: render_appendix_g_csv(r).encode("utf-8"),
 }
@@ -68,6 +69,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
       and the smallest zero-regret budget per task and strategy (Appendix G);
     - ``png_proxies``: ``proxies.png``, fine-tune accuracy against proxy score, one panel per
       proxy;
+    - ``png_compute``: ``regret_compute.png``, mean relative regret against total compute, the
+      Pareto frontier marked (a note when the records carry no seconds);
     - ``appendix_g_md``, ``appendix_g_csv``: ``appendix_g.md`` / ``.csv``, the smallest zero-regret
       budget of the task-agnostic oracle, each proxy and task-agnostic, per pool and task.
     """

@@ -17,7 +17,13 @@ from typing import Any
 from selection.records import GROUND_TRUTH
 from selection.report.leaderboard import group_lines, leaderboard_rows, ranked
 from selection.report.noise_text import NOT_BEYOND, WITHIN, has_noise, static_line
-from selection.report.sections import Section, accuracy_section, appendix_g_sections, noise_floor
+from selection.report.sections import (
+    Section,
+    accuracy_section,
+    appendix_g_sections,
+    compute_sections,
+    noise_floor,
+)
 from selection.report.tables import number
 
 #: figure file -> caption, in the page's order
@@ -33,6 +39,9 @@ FIGURES = {
                    "rank agreement first).",
     "zero_regret.png": "Fraction of tasks at zero regret for every strategy, and the smallest "
                        "zero-regret budget over the whole pool (Appendix G).",
+    "regret_compute.png": "Mean relative regret against total compute (log scale; the decision "
+                          "and the picks' fine-tunes, summed over the tasks) of every strategy "
+                          "and budget; the black step line is the Pareto frontier.",
 }
 
 STYLE = """
@@ -155,6 +164,8 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         "<h2>Figures</h2>",
         *(_figure(name, figures[name]) for name in FIGURES if name in figures),
     ]
+    for section in compute_sections(report):  # what each strategy spent, the frontier marked
+        parts += section_html(section)
     if report.get("appendix_g"):
         parts += ["<h2>Smallest budget with zero regret over the whole pool (Appendix G)</h2>"]
         for section in appendix_g_sections(report):

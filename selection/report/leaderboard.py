@@ -141,6 +141,10 @@ def format_leaderboard(report: Mapping[str, Any], files: Sequence[str] = (),
     out += table
     out += ["", clip("by task group (mean relative regret at B = 1):", width),
             *group_lines(report, width)]
+    from selection.report.costs_text import compute_lines
+
+    compute = compute_lines(report, width)
+    out += ["", *compute] if compute else []
     if files:
         out += ["", *_file_lines(files, width)]
     return "\n".join(out) + "\n"

@@ -11,7 +11,9 @@
 - :func:`render_zero_png`: the fraction of tasks at zero regret of every strategy, and the
   smallest zero-regret budget per task and strategy over the whole pool (Appendix G);
 - :func:`render_proxies_png`: fine-tune accuracy against proxy score, one panel per proxy (best
-  rank agreement first), one colour per task.
+  rank agreement first), one colour per task;
+- :func:`render_compute_png`: mean relative regret against total compute (log scale) of every
+  strategy and budget, the Pareto frontier marked (:mod:`selection.report.costs`).
 
 Each reads the dict of :func:`selection.report.compute.compute_report` and draws on matplotlib's Agg
 canvas without pyplot, so no figure stays registered anywhere.
@@ -28,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from selection.records import GROUND_TRUTH
-from selection.report.leaderboard import highlights, ranked
+from selection.report.costs import SEARCH, frontier, points
+from selection.report.leaderboard import highlights, ranked, strategy_kind
 from selection.report.text import defined_mean, ordered_tasks, strategy_order
 
 MAX_WIDTH_PX = 2000
@@ -321,4 +324,59 @@ def render_proxies_png(report: Mapping[str, Any]) -> bytes:
     handles = [axes[0].plot([], [], "o", ms=4, color=colors[t], label=t)[0] for t in tasks]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False,
                title="task")
+    return _png_bytes(fig, dpi=100)
+
+
+KIND_COLORS = {"proxy": "tab:blue", "hybrid": "tab:cyan", "learned": "tab:purple",
+               "baseline": "tab:gray", "bound": "tab:red", "search": "tab:orange"}
+
+
+def render_compute_png(report: Mapping[str, Any]) -> bytes:
+    """``regret_compute.png``: mean relative regret against total compute (decision and the
+    picks' fine-tunes, summed over the tasks; log scale) for every strategy and budget, one
+    line per strategy through its budgets, coloured by kind; the Pareto frontier as a black
+    step line with its points named; the exhaustive search (``per_task_best``) at zero regret."""
+    found = points(report)
+    if not found:
+        return _note_png("mean relative regret against compute",
+                         "no compute to show: the records carry no logged seconds (time/...)")
+    front = frontier(report)
+    fig = _figure(12.0, 6.5)
+    ax = fig.subplots()
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for p in found:
+        by_name.setdefault(p["strategy"], []).append(p)
+    seen = set()
+    for name, pts in by_name.items():
+        kind = "search" if name == SEARCH else strategy_kind(name)
+        pts = sorted(pts, key=lambda p: p["budget"])
+        xs, ys = [p["total_s"] for p in pts], [p["mean_regret"] for p in pts]
+        if name == "per_task_best":  # the reference: every model fine-tuned, zero regret
+            ax.plot(xs[:1], ys[:1], "*", ms=14, color=KIND_COLORS["bound"],
+                    label="exhaustive search (per_task_best)")
+            ax.annotate("exhaustive search", (xs[0], ys[0]), textcoords="offset points",
+                        xytext=(-10, 9), fontsize="x-small", ha="right")
+            continue
+        ax.plot(xs, ys, marker="o", ms=4, lw=0.6, alpha=0.7,
+                color=KIND_COLORS.get(kind, "tab:green"), label=kind if kind not in seen else None)
+        seen.add(kind)
+    fx = [p["total_s"] for p in front]
+    fy = [p["mean_regret"] for p in front]
+    ax.step(fx, fy, where="post", color="black", lw=1.5, label="Pareto frontier")
+    ax.plot(fx, fy, "o", ms=7, mfc="none", mec="black")
+    for p in front:
+        if p["strategy"] == "per_task_best":
+            continue  # named above
+        name = p["strategy"]
+        text = name if name == SEARCH else f"{name} B={p['budget']}"
+        ax.annotate(text, (p["total_s"], p["mean_regret"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize="x-small")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=-0.01)
+    ax.set_xlabel("total compute, seconds summed over the tasks (log scale): the decision and "
+                  "the picks' fine-tunes")
+    ax.set_ylabel("mean relative regret")
+    ax.set_title(f"regret against compute (pool '{report['pool']}', {len(report['tasks'])} "
+                 "tasks; one line per strategy through its budgets)")
+    ax.legend(loc="upper right", fontsize="small", frameon=False)
     return _png_bytes(fig, dpi=100)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selection.records import GROUND_TRUTH
+from selection.report.costs_text import compute_table
 from selection.report.noise_text import has_noise, interval_rows, legend, task_rows
 from selection.report.tables import number
 from selection.report.text import (
@@ -187,6 +188,13 @@ def learned_sections(report: Mapping[str, Any]) -> list[Section]:
             *([Section("", [claim + "."], level=0)] if claim else [])]
 
 
+def compute_sections(report: Mapping[str, Any]) -> list[Section]:
+    """What each strategy spent in compute (:func:`selection.report.costs_text.compute_table`);
+    none without logged seconds."""
+    table = compute_table(report)
+    return [] if table is None else [Section(*table)]
+
+
 def accuracy_section(report: Mapping[str, Any], digits: int, mark: Callable[[str], str],
                      other: Callable[[str], str] = lambda text: text) -> Section:
     """The fine-tune test accuracy table (:func:`selection.report.text.accuracy_table`)."""
@@ -199,6 +207,7 @@ def markdown_sections(report: Mapping[str, Any]) -> list[Section]:
     appendix = appendix_g_sections(report)
     return [intro(report), *noise_sections(report), *regret_sections(report),
             *zero_regret_sections(report), *absolute_and_delta_sections(report),
+            *compute_sections(report),
             *([Section("Appendix G: smallest budget with zero regret, per pool (the task-agnostic "
                        "oracle, each proxy, task-agnostic)")] + appendix if appendix else []),
             *nearest_task_section(report), *coverage_section(report),

@@ -1,6 +1,7 @@
 """``whichmodel recommend``: which model to fine-tune for my task, at my budget of B fine-tunes.
 
     whichmodel recommend --task faces --budget 2 --config sweeps/configs/quickstart.yaml
+    whichmodel recommend --task faces --compute-budget 90s --config sweeps/configs/quickstart.yaml
     recommend("path/to/imagefolder", 2, config="sweeps/configs/quickstart.yaml")   # -> dict
 
 1. The probe trials of every model of the pool on the task, on Ray Tune, logged to MLflow under a
@@ -17,12 +18,15 @@
 4. The decision, JSON and text, as a ``recommend:<task>`` run of the experiment.
 
 A strategy that reads the task's fine-tune results (``per_task_best``, ``task_agnostic_oracle``)
-is refused.
+is refused. ``--compute-budget 2h`` instead of ``--budget B`` chooses B: the largest whose
+estimated probes and fine-tunes fit (:mod:`~sweeps.recommend.budget`), printed before running;
+the decision then says what was spent.
 
 The package: :mod:`~sweeps.recommend.decide` (the stages: check the call, probe and rank,
 fine-tune the picks, log the decision), :mod:`~sweeps.recommend.rank` (which strategies a new
-task can use, the ranking from the experiment's records), :mod:`~sweeps.recommend.text` (the
-decision as a person reads it) and :mod:`~sweeps.recommend.cli` (the command line).
+task can use, the ranking from the experiment's records), :mod:`~sweeps.recommend.budget` (B
+from a compute budget), :mod:`~sweeps.recommend.text` (the decision as a person reads it) and
+:mod:`~sweeps.recommend.cli` (the command line).
 """
 
 from sweeps.recommend.decide import RecommendFailed, recommend

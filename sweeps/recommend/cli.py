@@ -15,7 +15,11 @@ def add_parser(sub) -> None:
                         "fine-tunes: probes the pool, ranks it, fine-tunes the top B")
     rc.add_argument("--task", required=True, help="offline task, vtab:<name>, or an ImageFolder "
                     "path (train/<class>/..., test/<class>/..., optional val/)")
-    rc.add_argument("--budget", required=True, type=int, help="fine-tunes you can afford (B >= 1)")
+    budget = rc.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=int, help="fine-tunes you can afford (B >= 1)")
+    budget.add_argument("--compute-budget", metavar="DURATION", help="compute you can afford "
+                        "(2h, 90m, 3600s): the largest B whose estimated probes and fine-tunes "
+                        "fit, the plan printed before running")
     rc.add_argument("--config", help="sweep file for the protocols, pools and experiment "
                     "(default: the quickstart's)")
     rc.add_argument("--catalog", help="a catalog of models and pools (the config's protocols)")
@@ -39,7 +43,8 @@ def cmd_recommend(args) -> int:
     from sweeps.recommend.text import format_decision
 
     try:
-        decision = recommend(args.task, args.budget, config=args.config, catalog=args.catalog,
+        decision = recommend(args.task, args.budget, compute_budget=args.compute_budget,
+                             config=args.config, catalog=args.catalog,
                              pool=args.pool, strategy=args.strategy, from_report=args.from_report,
                              finetune=not args.no_finetune, tracking_uri=args.tracking_uri,
                              home=args.home, group=args.group)

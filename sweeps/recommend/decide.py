@@ -32,7 +32,13 @@ class RecommendFailed(WhichModelError):
     """A probe or fine-tune the decision needs did not arrive (named; exit code 1)."""
 
 
-def check_budget(budget: object) -> int:
+def check_budget(budget: object, compute_budget: object = None) -> int:
+    """B, or 1 until ``--compute-budget`` chooses it; exactly one of the two is given."""
+    if (budget is None) == (compute_budget is None):
+        raise WhichModelError("give --budget B (fine-tunes) or --compute-budget DURATION (e.g. "
+                              "2h): one of them")
+    if budget is None:
+        return 1
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise WhichModelError(f"--budget {budget!r}: the number of fine-tunes you can afford, an "
                               "integer of 1 or more")
@@ -157,17 +163,20 @@ class Request:
     source: dict[str, Any] | None  # where --from-report found the strategy
     learned: Any  # the learned strategy's table maker, or None
     note: str | None
+    probes: bool = True  # run the pool's probes (--compute-budget: only if the strategy reads them)
+    compute: Any = None  # --compute-budget's plan (sweeps.recommend.budget.ComputePlan)
 
 
-def check_request(task: str, budget: int, *, config, catalog, pool: str, strategy: str | None,
-                  from_report: str | None, finetune: bool, tracking_uri: str | None, home,
-                  group: str, stream) -> Request:
+def check_request(task: str, budget: int | None, *, config, catalog, pool: str,
+                  strategy: str | None, from_report: str | None, finetune: bool,
+                  tracking_uri: str | None, home, group: str, stream,
+                  compute_budget: float | None = None) -> Request:
     """Every check of a call before anything runs or is written (bad input: WhichModelError)."""
     from sweeps.paths import default_paths
     from sweeps.plan import plan_sweep
     from sweeps.refs import check_task_ref, load_task_ref
 
-    budget = check_budget(budget)
+    budget = check_budget(budget, compute_budget)
     if strategy and from_report:
         raise WhichModelError("--strategy and --from-report: give one (or neither, for "
                               f"{DEFAULT_STRATEGY})")
@@ -213,33 +222,56 @@ def check_request(task: str, budget: int, *, config, catalog, pool: str, strateg
                                   "sweep first or choose another strategy")
     note = (f"budget {budget} is more than the pool's {len(members)} models: the whole pool is "
             "fine-tuned" if budget > len(members) else None)
-    return Request(plan, sub, paths, uri, hashes, name, members, pool, budget, proxies, chosen,
-                   source, learned, note)
+    req = Request(plan, sub, paths, uri, hashes, name, members, pool, budget, proxies, chosen,
+                  source, learned, note)
+    return req if compute_budget is None else with_compute_budget(req, compute_budget, stream)
+
+
+def with_compute_budget(req: Request, budget_s: float, stream) -> Request:
+    """The request at the largest B whose estimated compute fits ``budget_s`` seconds, the probes
+    only when the strategy reads them (:mod:`sweeps.recommend.budget`); MLflow is only read."""
+    from sweeps.recommend.budget import plan_compute
+
+    try:
+        tracker = existing_tracker(req.uri, req.plan.cfg.experiment)
+        records, _, _ = tracker.records(req.hashes)
+        finished = set(tracker.runs_by_key(req.hashes)[0])
+    except WhichModelError:  # no store or no experiment yet: nothing finished, nothing learned
+        records, finished = None, set()
+    cp = plan_compute(req, budget_s, records, finished, stream)
+    note = ("the learned strategy's own fit is not in the estimate" if req.strategy in LEARNED
+            else None)
+    return replace(req, budget=cp.budget, probes=cp.needs_probes, compute=cp, note=note)
 
 
 def probe_and_rank(req: Request, tracker, stream) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pool's probes (run or reused), its ranking and the picks: (decision so far, probe
     runs by model)."""
-    outcome, wall = run_keys(req.sub, req.paths, req.uri, stream, req.members, "probe")
+    outcome, wall = (run_keys(req.sub, req.paths, req.uri, stream, req.members, "probe")
+                     if req.probes else (None, 0.0))
+    start = time.perf_counter()
     ranking, _, _ = rank_pool(tracker, req.hashes, req.strategy, req.task, req.members,
                               req.plan.cfg.report.task_agnostic.tie_tolerance, req.proxies,
                               req.learned)
+    rank_s = time.perf_counter() - start  # a learned strategy's embeddings and fit included
     picks = [row["model"] for row in ranking[:min(req.budget, len(req.members))]]
     probe_runs = pair_runs(tracker, req.hashes, req.task, "probe", req.members)
     missing = [m for m in req.members if m not in probe_runs]
-    if missing:
+    if missing and req.probes:
         raise RecommendFailed(f"probe of {', '.join(missing)} on {req.task}: no finished run in "
                               "MLflow")
-    probe_s = [probe_seconds(probe_runs[m].data.metrics) for m in req.members]
+    probe_s = [probe_seconds(probe_runs[m].data.metrics) for m in req.members if m in probe_runs]
     decision: dict[str, Any] = {
         "task": req.task, "pool": req.members, "pool_name": req.pool, "budget": req.budget,
         "strategy": req.strategy, "strategy_source": req.source, "ranking": ranking,
         "picks": picks, "finetuned": {}, "winner": None, "note": req.note,
         "experiment": req.plan.cfg.experiment,
-        "reused": {"probe": outcome.pairs_skipped, "finetune": 0},
+        "reused": {"probe": outcome.pairs_skipped if outcome else 0, "finetune": 0},
         "cost": {"probe_s": None if None in probe_s else sum(probe_s), "finetune_s": 0.0,
-                 "exhaustive_finetune_s_estimate": None, "wall_s": {"probe": wall}}}
-    return decision, probe_runs
+                 "exhaustive_finetune_s_estimate": None, "wall_s": {"probe": wall},
+                 "rank_s": rank_s},
+        "compute_budget_s": None, "estimated_s": None, "spent_s": None}
+    return decision, (probe_runs if req.probes else {})
 
 
 def finetune_picks(req: Request, tracker, decision: dict[str, Any], probe_runs: dict[str, Any],
@@ -273,20 +305,28 @@ def finetune_picks(req: Request, tracker, decision: dict[str, Any], probe_runs: 
     cost["exhaustive_finetune_s_estimate"] = exhaustive_estimate(seconds, params, req.members)
 
 
-def recommend(task: str, budget: int, *, config: str | Path | None = None,
+def recommend(task: str, budget: int | None = None, *, compute_budget: str | float | None = None,
+              config: str | Path | None = None,
               catalog: str | Path | None = None, pool: str = "all", strategy: str | None = None,
               from_report: str | None = None, finetune: bool = True,
               tracking_uri: str | None = None, home: str | Path | None = None,
               group: str = "natural", stream=None) -> dict[str, Any]:
-    """The decision for ``task`` at ``budget`` fine-tunes (module docstring); the documented
-    JSON as a dict. Bad input is a :class:`WhichModelError` before anything is written."""
+    """The decision for ``task`` at ``budget`` fine-tunes, or at the largest B whose estimated
+    compute fits ``compute_budget`` (``"2h"``, ``"90m"``, seconds; :mod:`sweeps.recommend.budget`)
+    (module docstring); the documented JSON as a dict. Bad input is a :class:`WhichModelError`
+    before anything is written."""
     from sweeps.tracking.client import Tracker
     from sweeps.tracking.recorder import artifact_root
+    from whichmodel.durations import parse_duration
 
     stream = stream or sys.stderr
+    seconds = None if compute_budget is None else (
+        float(compute_budget) if isinstance(compute_budget, (int, float))
+        and not isinstance(compute_budget, bool) else parse_duration(compute_budget))
     req = check_request(task, budget, config=config, catalog=catalog, pool=pool,
                         strategy=strategy, from_report=from_report, finetune=finetune,
-                        tracking_uri=tracking_uri, home=home, group=group, stream=stream)
+                        tracking_uri=tracking_uri, home=home, group=group, stream=stream,
+                        compute_budget=seconds)
     if req.note:
         print(f"[whichmodel] {req.note}", file=stream, flush=True)
     tracker = Tracker(req.uri, req.plan.cfg.experiment,
@@ -294,6 +334,13 @@ def recommend(task: str, budget: int, *, config: str | Path | None = None,
     decision, probe_runs = probe_and_rank(req, tracker, stream)
     if finetune:
         finetune_picks(req, tracker, decision, probe_runs, stream)
+    if req.compute is not None:
+        from sweeps.recommend.budget import spent_seconds
+
+        decision.update(compute_budget_s=req.compute.budget_s, estimated_s=req.compute.estimated_s,
+                        compute=req.compute.doc())
+        decision["spent_s"] = spent_seconds(decision, probe_runs, req.compute.finished, req.task,
+                                            probe_seconds, learned=req.strategy in LEARNED)
     log_decision(tracker, decision)
     return decision
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from selection.report.tables import number
+from whichmodel.durations import format_duration
 
 WIDTH = 100
 _SHOWN_PROXIES = 3  # proxy columns in the text ranking (the JSON has them all)
@@ -62,6 +63,10 @@ def format_decision(d: dict[str, Any]) -> str:
         saved = est - c["finetune_s"] if c["finetune_s"] is not None else None
         lines.append(f"fine-tuning the whole pool: ~{_seconds(est)} (the picks' time scaled by "
                      f"model size); the budget saved ~{_seconds(saved)}")
+    if d.get("compute_budget_s") is not None:
+        lines.append(f"compute: spent {format_duration(d.get('spent_s'))} of the "
+                     f"{format_duration(d['compute_budget_s'])} budget (estimated "
+                     f"{format_duration(d.get('estimated_s'))} before running: B = {d['budget']})")
     reused = d["reused"]
     lines.append(f"reused from MLflow: {reused['probe']} probe(s), {reused['finetune']} "
                  f"fine-tune(s); experiment {d['experiment']!r}")

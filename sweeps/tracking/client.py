@@ -342,7 +342,7 @@ class Tracker:
             reps = [v for k, v in sorted(metrics.items()) if _REP_TEST.fullmatch(k)]
             for metric, value in metrics.items():
                 name = RECORD_METRICS.get((proto, metric))
-                if name is None and metric.startswith("proxy/"):
+                if name is None and metric.startswith(("proxy/", "time/")):  # scores, seconds
                     name = metric
                 if name == "finetune_test_acc" and reps:
                     rows += [(model, task, name, float(v)) for v in reps]

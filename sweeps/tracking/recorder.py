@@ -73,11 +73,13 @@ class PairRecorder:
     """
 
     def __init__(self, plan: Plan, metas: dict[str, dict], uri: str, artifact_root: Path | None,
-                 n_jobs: dict[str, int], spool_dir: Path | None = None):
+                 n_jobs: dict[str, int], spool_dir: Path | None = None,
+                 estimates: dict[str, float] | None = None):
         self.plan, self.metas, self.uri, self.artifact_root = plan, metas, uri, artifact_root
         self.spool_dir = spool_dir  # results wait here while MLflow is down (sweeps/tracking/spool.py)
         self.hashes = {p: plan.cfg.protocol_hash(p) for p in PROTOCOLS}
         self.n_jobs = n_jobs
+        self.estimates = estimates  # each trial's estimated compute (sweeps/cost.py), by describe()
         # results of a pair waiting for the rest: fine-tune runs, or a probe and its early stop
         self.pending: dict[tuple[str, str], dict[tuple[float, int], dict]] = {}
         self.probes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -116,7 +118,7 @@ class PairRecorder:
         from sweeps.progress import Progress
 
         if self._progress is None:
-            self._progress = Progress(self.n_jobs)
+            self._progress = Progress(self.n_jobs, estimates=self.estimates)
         return self._progress
 
     # -- the sink protocol -----------------------------------------------------------------
@@ -124,11 +126,13 @@ class PairRecorder:
         if self._tracker is not None and self._tracker.offline and self._tracker.reachable():
             self._tracker.drain_spool()  # the server is back: log what waited, oldest first
         self._accept(job, metrics)
-        self.progress.update(job.kind)
+        from sweeps.progress import compute_seconds
+
+        self.progress.update(job.kind, job=job.describe(), seconds=compute_seconds(metrics))
 
     def on_error(self, job: Job, error: str) -> None:
         self.failures.append(job.describe())
-        self.progress.update(job.kind, failed=True)
+        self.progress.update(job.kind, failed=True, job=job.describe())
 
     def reconcile(self, finished_trials: list[tuple[Job, dict]]) -> None:
         """Log what the callback missed (trials finished before a driver was killed), then name
