@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sweeps.catalog import load_catalog, pool_listed
 from sweeps.config import (
     HUB_PREFIXES,
     ConfigError,
@@ -28,8 +29,6 @@ from sweeps.config import (
     PoolDefinition,
     SweepConfig,
     TaskEntry,
-    load_catalog,
-    pool_listed,
 )
 from sweeps.paths import Paths
 from sweeps.zoo_config import ZooConfig

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.catalog import load_catalog
 from sweeps.cli import main
-from sweeps.config import load_catalog
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 CATALOG = CONFIGS / "pools" / "renggli2022.yaml"
