@@ -11,10 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class WhichModelError(Exception):
@@ -55,6 +63,24 @@ class KnnSettings(Strict):
     k: int = Field(1, ge=1)
 
 
+def micro_batch_value(value: int | str) -> int | str:
+    """``auto`` or a whole number of examples per device pass."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"{value!r}: write auto or a whole number of examples >= 1")
+
+
+MicroBatch = Annotated[int | str, AfterValidator(micro_batch_value)]
+
+
+def micro_within_batch(settings):
+    """A fixed micro-batch is at most the (effective) batch it splits."""
+    if settings.micro_batch != "auto" and settings.micro_batch > settings.batch_size:
+        raise ValueError(f"micro_batch {settings.micro_batch} is larger than batch_size "
+                         f"{settings.batch_size}; use at most the batch, or auto")
+    return settings
+
+
 class EarlyStopSettings(Strict):
     """The early-stop proxy (Renggli et al. 2022, Appendix I): zero-initialised head, no warm-up,
     constant learning rate, 10 SGD steps of batch 512, both fine-tune learning rates, max
@@ -64,9 +90,11 @@ class EarlyStopSettings(Strict):
     lrs: list[float] = Field([0.01, 0.001], min_length=1)
     steps: int = Field(10, ge=1)
     repeats: int = Field(5, ge=1)
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1)  # the effective batch
+    micro_batch: MicroBatch = "auto"  # as finetune.micro_batch
 
     _unique = field_validator("lrs")(unique_grid)
+    _micro = model_validator(mode="after")(micro_within_batch)
 
 
 def known_proxy(names: list[str]) -> list[str]:
@@ -122,7 +150,12 @@ class FinetuneProtocol(Strict):
     lrs: list[float] = Field([0.01, 0.001], min_length=1)
     head_steps: int = Field(500, ge=0)
     steps: int = Field(2500, ge=0)
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1)  # the effective batch: one optimizer step sees all of it
+    # Per device pass: auto (on a GPU the largest halving of the batch that fits, found once
+    # per architecture, input size, precision and device, remembered under $WHICHMODEL_HOME;
+    # on the CPU the whole batch) or N; gradients accumulate up to the batch. BatchNorm
+    # normalises each micro-batch by its own statistics.
+    micro_batch: MicroBatch = "auto"
     repeats: int = Field(5, ge=1)
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
@@ -135,6 +168,7 @@ class FinetuneProtocol(Strict):
     trials: Literal["per_run", "per_pair"] = "per_run"
 
     _unique = field_validator("lrs")(unique_grid)
+    _micro = model_validator(mode="after")(micro_within_batch)
 
 
 class TrialResources(Strict):
@@ -148,6 +182,9 @@ class Resources(Strict):
     max_failures: int = Field(1, ge=0)  # retries of a failed trial
     probe: TrialResources = TrialResources()
     finetune: TrialResources = TrialResources()
+    # Memory of one GPU (GiB): validate estimates each model's micro-batch on it and refuses a
+    # model whose micro-batch of 1 does not fit (sweeps/memory_plan.py).
+    gpu_memory_gib: float = Field(80, gt=0)
 
 
 class BudgetedSearch(Strict):
@@ -313,10 +350,10 @@ class SweepConfig(Strict):
             for name in self.probe.proxies:
                 block = getattr(self.probe, name, None)
                 if isinstance(block, BaseModel):
-                    data[name] = block.model_dump()
+                    data[name] = _without_auto(block.model_dump())
         elif protocol == "finetune":
-            data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable",
-                                                          "precision", "trials"}))
+            data.update(_without_auto(self.finetune.model_dump(
+                exclude={"enabled", "curve_every", "trainable", "precision", "trials"})))
             if self.finetune.trainable != "all":
                 data["trainable"] = self.finetune.trainable
             if self.finetune.precision != "auto":
@@ -328,6 +365,13 @@ class SweepConfig(Strict):
     def protocol_hash(self, protocol: str) -> str:
         blob = json.dumps(self.protocol_settings(protocol), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _without_auto(settings: dict[str, Any]) -> dict[str, Any]:
+    """``micro_batch: auto`` depends on the device, not the protocol: left out of the key (so
+    results from before the setting existed stay valid); a fixed size is in it (BatchNorm
+    normalises per micro-batch)."""
+    return {k: v for k, v in settings.items() if not (k == "micro_batch" and v == "auto")}
 
 
 # --------------------------------------------------------------------------- loading
