@@ -172,8 +172,20 @@ def structure(spec: str) -> dict[str, int]:
     if kind == "local":
         meta = json.loads((Path(name).expanduser() / "meta.json").read_text())
         return {k: int(meta[k]) for k in ("params", "feature_dim") if k in meta}
-    backbone, info = _load_hub(spec, kind, name, None, pretrained=False)
+    backbone, info = build_architecture(spec)
     return {"params": int(info["params"]), "feature_dim": int(backbone.feature_dim)}
+
+
+def build_architecture(spec: str) -> tuple[Backbone, dict[str, Any]]:
+    """A hub model's architecture with random weights on the default device (under
+    ``torch.device("meta")``: shapes only, what the memory estimate traces); nothing is read or
+    downloaded. A ``local:`` folder builds the hub ``arch`` its ``meta.json`` names."""
+    kind, name = parse_model_spec(spec)
+    if kind == "local":
+        arch = json.loads((Path(name).expanduser() / "meta.json").read_text()).get("arch", "")
+        kind, name = parse_model_spec(arch)
+        spec = arch
+    return _load_hub(spec, kind, name, None, pretrained=False)
 
 
 def _check_imagenet_acc(spec: str, acc: Any) -> None:
@@ -298,8 +310,10 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
                              f"{name!r}; close matches: {_close_matches(name, known)}")
     default = get_model_weights(name).DEFAULT
     if weights is not None:
-        model = get_model(name, weights=None)
-        load_state_dict_strict(model, read_state_dict(weights), str(weights), spec)
+        state = read_state_dict(weights)
+        model = _torchvision_random(name, state)
+        load_state_dict_strict(model, state, str(weights), spec)
+        _drop_aux(name, model)
         source = str(weights)
     elif pretrained:
         file = os.path.basename(urlparse(default.url).path)
@@ -316,7 +330,7 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
             raise _weights_error(exc, spec, str(cached)) from None
         source = f"{type(default).__name__}.{default.name}"
     else:
-        model = get_model(name, weights=None)
+        model = _torchvision_random(name)
         source = None
     info = {"source": "torchvision", "weights": source}
     if source is not None:
@@ -326,6 +340,28 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     backbone = _torchvision_backbone(model, _torchvision_prep(default), source is not None)
     info["params"] = parameter_count(backbone.body)  # the backbone without its classifier
     return backbone, info
+
+
+# Auxiliary classifiers (built by default without weights; a tuple from forward in training
+# mode): features need the main path only, as torchvision drops them with its own weights.
+AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+
+
+def _torchvision_random(name: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """``get_model(name, weights=None)``; auxiliary heads only where ``state`` has them (a
+    weights file saved with them loads strictly), dropped after loading (:func:`_drop_aux`)."""
+    from torchvision.models import get_model
+
+    if name not in AUX_HEADS:
+        return get_model(name, weights=None)
+    aux = state is not None and any(k.startswith(AUX_HEADS[name]) for k in state)
+    return get_model(name, weights=None, aux_logits=aux, init_weights=state is None)
+
+
+def _drop_aux(name: str, model: nn.Module) -> None:
+    for attr in AUX_HEADS.get(name, ()):
+        model.aux_logits = False
+        setattr(model, attr, None)
 
 
 def _torchvision_meta(weights_enum: Any) -> dict[str, Any]:

@@ -72,8 +72,14 @@ def cmd_validate(args) -> int:
         check_plan(plan, paths)  # every model opens, every task's data is there: as run checks
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
+    from sweeps.memory_plan import format_table, gpu_sweep, memory_table, refuse_unfit
+
+    memory = memory_table(plan) if gpu_sweep(cfg) else None  # each model's micro-batch on a GPU
+    if memory is not None:
+        refuse_unfit(plan, memory)
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2, sort_keys=True, default=str))
+        print(json.dumps({**plan_json(plan), **({"memory": memory} if memory else {})}, indent=2,
+                         sort_keys=True, default=str))
         return 0
     from sweeps.plan import expand_jobs
 
@@ -82,6 +88,11 @@ def cmd_validate(args) -> int:
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
+    if memory is not None:
+        precision = next(iter(memory.values()), {}).get("precision", "")
+        print(f"estimated peak of a fine-tune step ({precision}) and the micro-batch on a GPU of "
+              f"{cfg.resources.gpu_memory_gib:g} GiB (gradients accumulate up to the batch):")
+        print("\n".join(format_table(memory)))
     return 0
 
 

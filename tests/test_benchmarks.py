@@ -31,3 +31,14 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu_through_the_bf16_channels_last_paths
     assert checks["features_on"] == "cpu" and checks["features_dtype"] == "torch.float32"
     assert checks["precision"] == "bf16-mixed"
     assert checks["activation_dtype_under_autocast"] == "torch.bfloat16"
+
+
+@pytest.mark.slow
+def test_memory_benchmark_meets_its_targets_on_the_cpu(capsys):
+    from benchmarks.memory import main
+
+    assert main([]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["accumulation_grad_max_abs_diff"] <= 1e-5
+    assert out["memory_estimate_rel_error"] <= 0.25
+    assert len(out["models"]) == 2 and all(m["measured_gib"] > 0 for m in out["models"].values())
