@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu            # on a GPU: 224 px, fine-tune batch 512 (the paper's)
     python -m benchmarks.gpu --tiny     # anywhere: 32 px, batch 8, a few steps (CI runs this)
+    python -m benchmarks.gpu --catalog [--steps N]   # every catalog model (gpu_catalog.py)
 
 The last line of stdout is one JSON object:
 
@@ -202,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="32 px, batch 8, a few steps (the default without a GPU)")
-    out = run(parser.parse_args(argv))
+    parser.add_argument("--catalog", action="store_true",
+                        help="every model of pools/renggli2022.yaml (benchmarks/gpu_catalog.py)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="--catalog: timed fine-tune steps per model (after the first)")
+    parser.add_argument("--models", nargs="+", help="--catalog: only these catalog models")
+    args = parser.parse_args(argv)
+    if args.catalog:
+        from benchmarks.gpu_catalog import run_catalog
+
+        return run_catalog(args)
+    out = run(args)
     print(json.dumps(finite(out)), flush=True)
     return 0
 

@@ -13,7 +13,7 @@ The last line of stdout is one JSON object:
     The worst, over two small models (``--models``), of |estimate - measured| / measured for the
     peak of one fine-tune step (forward, backward, SGD-with-momentum step) at micro-batch
     ``--batch``: the estimate is :func:`lightning_modules.memory.estimate_step_memory` traced on
-    the meta device at micro-batches 1 and 2 and scaled; the measurement is the peak resident
+    the meta device at micro-batches 2 and 4 and scaled; the measurement is the peak resident
     memory (``VmHWM``, reset through ``/proc/self/clear_refs``) of a fresh process running the
     step after a warm-up step, above its resident memory just before, plus the parameters and
     momentum it already held. ``tracemalloc`` cannot see PyTorch's allocator (it traces Python's

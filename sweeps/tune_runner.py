@@ -125,13 +125,14 @@ def settled_idle_workers(timeout_s: float = 120.0, poll_s: float = 1.0) -> set[i
 
 def _trainable(config: dict[str, Any], fn: TrialFn, settings: Any,
                threads: dict[str, int]) -> None:
-    import torch
-
     from sweeps.quiet import quiet_libraries
 
     quiet_libraries()
     job = Job.from_dict(config["job"])
-    torch.set_num_threads(max(1, threads.get(job.kind, 1)))
+    if getattr(fn, "uses_torch", True):  # a trial body that never imports torch (a simulation)
+        import torch
+
+        torch.set_num_threads(max(1, threads.get(job.kind, 1)))
     metrics = fn(job, settings, tune.report)
     if metrics is not None:  # None: the function reported by itself (e.g. rung by rung for ASHA)
         tune.report(metrics)
