@@ -22,10 +22,10 @@ Specs (:func:`parse_model_spec`):
 
 The backbone: ``features`` are the pooled pre-logits features (timm's
 ``forward_head(pre_logits=True)``; torchvision's network with its final ``nn.Linear`` replaced by
-``nn.Identity``); that classifier, with its trained weights, becomes ``source_head`` (LEEP, NCE),
-``None`` when the model has no linear classifier or its weights are random (``pretrained=False``).
-A torchvision model whose classifier is not a final ``nn.Linear`` (SqueezeNet's 1x1 convolution)
-gives its globally pooled ``features`` module instead, and no source head. Preprocessing is the
+``nn.Identity``); that classifier (a linear layer, or the 1x1 convolution on pooled features of
+timm's ResNetV2 and BiT) with its trained weights becomes ``source_head`` (LEEP, NCE), ``None``
+when the weights are random (``pretrained=False``) or there is no such classifier (SqueezeNet's
+convolution: its globally pooled ``features`` module is the backbone). Preprocessing is the
 weights' own: timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``), torchvision's
 ``weights.transforms()`` (crop size, mean, std). Models come back in eval mode, on the CPU.
 
@@ -76,7 +76,7 @@ from lightning_modules.backbones import (
     TimmBody,
     load_checkpoint,
 )
-from lightning_modules.hub_blocks import hub_block_groups, parameter_count
+from lightning_modules.hub_blocks import drop_aux, hub_block_groups, parameter_count, torchvision_random
 from lightning_modules.state_dicts import first_line, first_mismatch, load_state_dict_strict, read_state_dict
 from whichmodel.accuracy import check_accuracy
 
@@ -243,8 +243,10 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
     else:
         info.update(upstream=[], upstream_size=0)
     head = model.get_classifier()
-    trained_head = load and isinstance(head, nn.Linear)
-    feature_dim = head.in_features if isinstance(head, nn.Linear) else int(
+    linear = isinstance(head, nn.Linear) or (isinstance(head, nn.Conv2d)  # ResNetV2's, BiT's
+                                             and head.kernel_size == (1, 1) and head.groups == 1)
+    trained_head = load and linear
+    feature_dim = head.weight.shape[1] if linear else int(
         getattr(model, "head_hidden_size", None) or model.num_features)
     source_head = _copy_linear(head) if trained_head else None
     model.reset_classifier(0)
@@ -311,9 +313,9 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     default = get_model_weights(name).DEFAULT
     if weights is not None:
         state = read_state_dict(weights)
-        model = _torchvision_random(name, state)
+        model = torchvision_random(name, state)
         load_state_dict_strict(model, state, str(weights), spec)
-        _drop_aux(name, model)
+        drop_aux(name, model)
         source = str(weights)
     elif pretrained:
         file = os.path.basename(urlparse(default.url).path)
@@ -330,7 +332,7 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
             raise _weights_error(exc, spec, str(cached)) from None
         source = f"{type(default).__name__}.{default.name}"
     else:
-        model = _torchvision_random(name)
+        model = torchvision_random(name)
         source = None
     info = {"source": "torchvision", "weights": source}
     if source is not None:
@@ -340,28 +342,6 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
     backbone = _torchvision_backbone(model, _torchvision_prep(default), source is not None)
     info["params"] = parameter_count(backbone.body)  # the backbone without its classifier
     return backbone, info
-
-
-# Auxiliary classifiers (built by default without weights; a tuple from forward in training
-# mode): features need the main path only, as torchvision drops them with its own weights.
-AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
-
-
-def _torchvision_random(name: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """``get_model(name, weights=None)``; auxiliary heads only where ``state`` has them (a
-    weights file saved with them loads strictly), dropped after loading (:func:`_drop_aux`)."""
-    from torchvision.models import get_model
-
-    if name not in AUX_HEADS:
-        return get_model(name, weights=None)
-    aux = state is not None and any(k.startswith(AUX_HEADS[name]) for k in state)
-    return get_model(name, weights=None, aux_logits=aux, init_weights=state is None)
-
-
-def _drop_aux(name: str, model: nn.Module) -> None:
-    for attr in AUX_HEADS.get(name, ()):
-        model.aux_logits = False
-        setattr(model, attr, None)
 
 
 def _torchvision_meta(weights_enum: Any) -> dict[str, Any]:
@@ -460,9 +440,12 @@ def _backbone(body: nn.Module, feature_dim: int, prep: dict[str, Any],
     return backbone
 
 
-def _copy_linear(layer: nn.Linear) -> nn.Linear:
-    copy = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    copy.load_state_dict(layer.state_dict())
+def _copy_linear(layer: nn.Linear | nn.Conv2d) -> nn.Linear:
+    """A linear classifier's copy; a 1x1 convolution on pooled features is one too."""
+    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    copy = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+    copy.load_state_dict({"weight": weight, **({"bias": layer.bias} if layer.bias is not None
+                                               else {})})
     return copy
 
 
