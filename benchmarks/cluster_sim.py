@@ -12,7 +12,9 @@ probe 0.25 GPU, everything else 1 GPU) through the sweep's own runner
 (:func:`sweeps.tune_runner.run_jobs`). Each trial sleeps for its duration under the cost model
 of :mod:`benchmarks.study_cost` (the model's FLOPs x images at an assumed 50 TFLOP/s, plus fixed
 seconds; times a seeded log-normal factor, sigma 0.1), compressed by one factor so that the ideal
-schedule takes ``--minutes``, then returns results shaped as the real trial's (accuracies,
+schedule takes ``--minutes``, at least ``--floor-s`` (2 s: the orchestration of a trial costs
+~0.5 s on this 2-core machine, so shorter sleeps would measure the machine, not the schedule),
+then returns results shaped as the real trial's (accuracies,
 proxies, the loss curve of 250 points, the test predictions of the task's real test size). The
 driver logs them through the real recorder (:class:`sweeps.tracking.recorder.PairRecorder`) to
 the real tracking stack (:func:`mlflow_server.local.local_stack`: PostgreSQL, S3, basic auth).
@@ -20,15 +22,18 @@ the real tracking stack (:func:`mlflow_server.local.local_stack`: PostgreSQL, S3
 The last line of stdout is one JSON object:
 
 ``sim_trials``; ``sim_gpu_utilisation`` [>= 0.9]
-    GPU-seconds the trials held over the GPU-seconds the cluster had, from the first trial's
-    start to the last trial's start (while trials were queued).
+    GPU-seconds the trials held over the GPU-seconds the cluster had while trials were queued:
+    from the first moment every GPU was held (``sim_startup_s`` after the first trial's start:
+    the first wave's actors start one after the other on 2 cores) to the last trial's start;
+    ``sim_gpu_utilisation_with_startup`` from the first trial's start.
 ``sim_slot_refill_s`` (median, p95)
     from a trial's end to the next trial's start, for ends while trials were queued.
 ``sim_driver_s_per_trial``, ``sim_driver_peak_rss_gib``
     the driver process's CPU seconds (user + system: Tune's loop and the recorder) per trial,
     and its peak resident memory.
-``sim_recorder_lag_s`` (median, p95, max)
-    from a pair's last trial's end to its MLflow run being written.
+``sim_recorder_lag_s`` (median, p95, max), ``sim_recorder_busy_fraction``
+    from a pair's last trial's end to its MLflow run being written; the fraction of the run's
+    wall time the driver spent in the recorder (Tune's loop starts no trial meanwhile).
 ``sim_runs_missing``, ``sim_runs_duplicated`` [0, 0]
     (model, task, protocol) keys with no finished run, and finished runs beyond one per key.
 Also ``sim_compression`` (projected seconds per simulated second) and ``sim_wall_s``.
@@ -41,6 +46,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import shutil
 import statistics
 import sys
@@ -51,10 +57,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import finite, log
-from sweeps.plan import Job, pair_key
-from sweeps.tracking.recorder import PairRecorder
-from sweeps.tune_runner import job_key
+# Ray's gRPC servers listen on every interface whatever the flags: this cluster requires Ray's
+# token authentication, a random token per run (set before Ray is imported: read once).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+from benchmarks.harness import finite, log  # noqa: E402
+from sweeps.plan import Job, pair_key  # noqa: E402
+from sweeps.tracking.recorder import PairRecorder  # noqa: E402
+from sweeps.tune_runner import job_key  # noqa: E402
+
+# Ray swaps 127.0.0.1 for the machine's routable address on a node of a multi-node cluster;
+# other loopback addresses it keeps (tests/cluster/raycluster.py).
+NODE_IP = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -101,14 +116,18 @@ sim_trial.uses_torch = False  # the runner leaves torch unimported: light trial 
 
 
 class TimedRecorder(PairRecorder):
-    """The sweep's recorder, noting when each pair's run is written (the lag behind its trials)."""
-
-    lags: list[float]
+    """The sweep's recorder, noting when each pair's run is written (its lag behind the pair's
+    last trial) and how long the driver spent in it (Tune's loop waits meanwhile)."""
 
     def _log(self, model, task, protocol, metrics, *args, span=None, **kwargs):
         super()._log(model, task, protocol, metrics, *args, span=span, **kwargs)
         if span is not None:
             self.__dict__.setdefault("lags", []).append(time.time() - span[1])
+
+    def on_result(self, job, metrics) -> None:
+        start = time.perf_counter()
+        super().on_result(job, metrics)
+        self.__dict__["busy_s"] = self.__dict__.get("busy_s", 0.0) + time.perf_counter() - start
 
 
 def choose(plan, quick: bool, models: int | None, tasks: int | None):
@@ -121,10 +140,11 @@ def choose(plan, quick: bool, models: int | None, tasks: int | None):
     return keys
 
 
-def durations(plan, jobs: list[Job], minutes: float, gpus: int, seed: int
+def durations(plan, jobs: list[Job], minutes: float, gpus: int, seed: int, floor_s: float
               ) -> tuple[dict[str, float], float]:
     """Seconds each job sleeps: its projected seconds / one compression factor (the ideal
-    schedule, GPU-seconds over GPUs, lasts ``minutes``) x a seeded log-normal factor."""
+    schedule, GPU-seconds over GPUs, lasts ``minutes``) x a seeded log-normal factor, at least
+    ``floor_s``."""
     import random
 
     from benchmarks.study_cost import CostModel
@@ -134,27 +154,40 @@ def durations(plan, jobs: list[Job], minutes: float, gpus: int, seed: int
     gpu_s = sum(cost.gpu_seconds(j) for j in jobs)
     compression = gpu_s / gpus / (60 * minutes)
     rng = random.Random(seed)
-    return ({k: s / compression * math.exp(rng.gauss(0, 0.1)) for k, s in projected.items()},
-            compression)
+    return ({k: max(floor_s, s / compression * math.exp(rng.gauss(0, 0.1)))
+             for k, s in projected.items()}, compression)
 
 
 def utilisation(trials: list[tuple[Job, dict]], gpus_of: dict[str, float], total_gpus: int
                 ) -> dict[str, Any]:
-    spans = sorted((m["started_at"], m["ended_at"], gpus_of[j.kind]) for j, m in trials)
-    first, last_start = spans[0][0], spans[-1][0]
-    window = max(1e-9, last_start - first)
-    busy = sum(g * max(0.0, min(e, last_start) - s) for s, e, g in spans)
-    starts = [s for s, _, _ in spans]
+    """GPU-seconds held over GPU-seconds available while trials were queued (until the last
+    trial's start): from the first moment every GPU was held (the steady state of a long study:
+    on this 2-core machine the first wave's actors start one after the other) and, with the
+    start-up, from the first trial's start; and the time from a trial's end to the next start."""
     import bisect
 
-    gaps = []
-    for _, e, _ in spans:
-        if e < last_start:
-            i = bisect.bisect_left(starts, e)
-            if i < len(starts):
-                gaps.append(starts[i] - e)
-    gaps.sort()
-    return {"sim_gpu_utilisation": busy / (total_gpus * window), "sim_queued_window_s": window,
+    spans = sorted((m["started_at"], m["ended_at"], gpus_of[j.kind]) for j, m in trials)
+    first, last_start = spans[0][0], spans[-1][0]
+    events = sorted([(s, g) for s, _, g in spans] + [(e, -g) for _, e, g in spans])
+    held, full = 0.0, None
+    for t, delta in events:
+        held += delta
+        if held >= total_gpus - 1e-9:
+            full = t
+            break
+
+    def share(start: float) -> float:
+        window = max(1e-9, last_start - start)
+        busy = sum(g * max(0.0, min(e, last_start) - max(s, start)) for s, e, g in spans)
+        return busy / (total_gpus * window)
+
+    starts = [s for s, _, _ in spans]
+    gaps = sorted(starts[i] - e for _, e, _ in spans if e < last_start
+                  for i in [bisect.bisect_left(starts, e)] if i < len(starts))
+    return {"sim_gpu_utilisation": share(full if full is not None else first),
+            "sim_gpu_utilisation_with_startup": share(first),
+            "sim_startup_s": (full - first) if full is not None else None,
+            "sim_queued_window_s": last_start - first,
             "sim_slot_refill_s": {"median": statistics.median(gaps) if gaps else None,
                                   "p95": gaps[int(0.95 * (len(gaps) - 1))] if gaps else None}}
 
@@ -185,7 +218,8 @@ def run(args) -> dict[str, Any]:
     keys = choose(plan, args.quick, args.models, args.tasks)
     jobs = expand_jobs(plan.cfg, keys)
     total_gpus = args.nodes * args.gpus_per_node
-    sleeps, compression = durations(plan, jobs, args.minutes, total_gpus, args.seed)
+    sleeps, compression = durations(plan, jobs, args.minutes, total_gpus, args.seed,
+                                    args.floor_s)
     tasks = {t: get_task(f"vtab:{t}").info for t in plan.tasks}
     settings = SimSettings(sleeps, tuple(plan.cfg.probe.proxies),
                            {t: int(i.test_size or 10_000) for t, i in tasks.items()},
@@ -198,11 +232,15 @@ def run(args) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="wm-sim-", dir="/tmp"))
     root.chmod(0o711)  # PostgreSQL (as its own user when we are root) reaches its folder
     prepare_ray()
+    # Ray notes the latest cluster's address in $RAY_TMPDIR/ray/ray_current_cluster: here, not
+    # in the /tmp/ray that other Ray instances on this machine share
+    os.environ["RAY_TMPDIR"] = str(root)
+    (root / "ray").mkdir()
     cluster = None
     try:
         with local_stack(root / "stack", durable=False, workers=args.mlflow_workers) as stack:
             os.environ.update(stack.client_env())
-            common = {"include_dashboard": False, "node_ip_address": "127.0.0.1"}
+            common = {"include_dashboard": False, "node_ip_address": NODE_IP}
             cluster = Cluster(initialize_head=True, head_node_args={
                 **common, "num_cpus": 0, "temp_dir": str(root / "ray-head")})
             for i in range(args.nodes):
@@ -228,6 +266,7 @@ def run(args) -> dict[str, Any]:
                    "sim_recorder_lag_s": {"median": statistics.median(lags) if lags else None,
                                           "p95": lags[int(0.95 * (len(lags) - 1))] if lags else None,
                                           "max": lags[-1] if lags else None},
+                   "sim_recorder_busy_fraction": recorder.__dict__.get("busy_s", 0.0) / wall,
                    **count_pair_runs(recorder.tracker, keys),
                    "sim_failures": recorder.failures[:5], "sim_keys": len(keys),
                    "sim_cluster": f"{args.nodes} nodes x {args.gpus_per_node} GPUs "
@@ -260,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, help="the first N tasks only")
     parser.add_argument("--minutes", type=float,
                         help="length of the ideal schedule (default 2 quick, 40 full)")
+    parser.add_argument("--floor-s", type=float, default=2.0,
+                        help="shortest simulated trial (s): this 2-core machine spends ~0.5 s "
+                             "per trial around it, which compressed trials must outlast")
     parser.add_argument("--mlflow-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -6,8 +6,9 @@ weights by timm or torchvision and saved as a local weights file, as a user pass
 (``weights:``); then, at the model's own input size (224, 299, 331 px), the sweep's probe trial
 and a fine-tune trial (1 head step, 2 steps of an effective batch of 4 in micro-batches of 2,
 the early-stop proxy in it) run on a small VTAB-style ImageFolder task of 224 px images that the
-test writes. The features are as wide as the catalog says, the parameters as many, every proxy
-is finite, and the peak resident memory of each trial is printed.
+test writes (2 train, 1 val, 1 test image per class). The features are as wide as the catalog
+says, the parameters as many, every proxy is finite, and the peak resident memory of each trial
+is printed.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ finetune:
 
 
 def write_imagefolder(root: Path, seed: int = 0) -> Path:
-    """Two classes of 224 px PNGs (bright and dark noise): 4 train, 2 val, 2 test images each."""
+    """Two classes of 224 px PNGs (bright and dark noise): 2 train, 1 val, 1 test image each."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
         for label, base in (("dark", 40), ("bright", 180)):
             folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)
@@ -131,12 +132,12 @@ def test_real_size_catalog_family_runs_probe_and_finetune_trials_at_its_input_si
     plan = plan_sweep(tmp_path / "s.yaml")
 
     class SmallSplits(TrialSettings):
-        """The trial bodies as the sweep runs them, on a task of 4 + 2 + 2 images per class
+        """The trial bodies as the sweep runs them, on a task of 2 + 1 + 1 images per class
         instead of VTAB-1k's 800 + 200 (the split sizes are the task loader's arguments)."""
 
         def load_task(self, name):
             return get_ref_task(name, self.task_refs[name]).load(
-                self.data_root, image_size=224, seed=0, n_train=8, n_val=4)
+                self.data_root, image_size=224, seed=0, n_train=4, n_val=2)
 
     settings = SmallSplits(plan.cfg, str(tmp_path / "data"), str(tmp_path / "zoo"),
                            features_dir=str(tmp_path / "features"), model_refs=plan.model_refs,
@@ -148,7 +149,7 @@ def test_real_size_catalog_family_runs_probe_and_finetune_trials_at_its_input_si
 
     probe, probe_s, probe_rss = timed_trial(Job("probe", entry.name, "small224"), settings)
     feats = np.load(probe["features_path"])
-    assert feats["train800_x"].shape == (8, entry.meta["feature_dim"])
+    assert feats["train800_x"].shape == (4, entry.meta["feature_dim"])
     for name in PROXIES[:-1]:
         assert math.isfinite(probe[f"proxy/{name}"]), name
 
