@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import finite, log
+from benchmarks.harness import finite, log, random_images
 
 # Dense bf16 tensor-core peak (TFLOP/s) from the vendors' data sheets, by device-name substring.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0,
@@ -63,12 +63,6 @@ def _backbone(size: int):
     backbone, _ = load_model("timm:resnet50", pretrained=False)
     backbone.preprocessing["input_size"] = size  # the tiny mode's 32 px, else timm's 224
     return backbone
-
-
-def _images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
-            torch.randint(0, 10, (n,), generator=g))
 
 
 def flops_per_image(backbone, size: int, device: torch.device) -> tuple[float, float]:
@@ -168,7 +162,7 @@ def run(args) -> dict[str, Any]:
     matmul = matmul_tflops(device, 1024 if tiny else 8192)
     peak, source = _peak(device, matmul)
     log(f"gpu bench: device {device}, {size}, matmul {matmul:.2f} TFLOP/s")
-    images, labels = _images(size["extract"], size["size"])
+    images, labels = random_images(size["extract"], size["size"])
     extract = measure_extraction(backbone, images, device, size["rounds"])
     log(f"extraction: {extract}")
     n_train = size["batch"] * 2

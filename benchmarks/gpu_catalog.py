@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import GIB, finite, log
+from benchmarks.harness import GIB, finite, log, random_images
 
 EXTRACT_IMAGES = {False: 2048, True: 16}
 BUDGET_S = 420  # the whole run's target, under the 8 minutes one H100 may take
@@ -51,7 +51,6 @@ def measure_model(name: str, spec: str, tiny: bool, steps: int, device: torch.de
                   ) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from benchmarks.gpu import _images
     from lightning_modules.backbones import extract_features
     from lightning_modules.hub import build_architecture
     from lightning_modules.memory import estimate_step_memory
@@ -65,7 +64,7 @@ def measure_model(name: str, spec: str, tiny: bool, steps: int, device: torch.de
     size = SIZE_TINY if tiny else int(backbone.preprocessing["input_size"])
     backbone.preprocessing["input_size"] = meta_backbone.preprocessing["input_size"] = size
     effective = EFFECTIVE[tiny]
-    images, labels = _images(max(EXTRACT_IMAGES[tiny], 2 * effective), size)
+    images, labels = random_images(max(EXTRACT_IMAGES[tiny], 2 * effective), size)
 
     micro_x = MicroBatcher(effective)
     extract_features(backbone, images[:effective], device=device, micro=micro_x)  # search, warm-up
