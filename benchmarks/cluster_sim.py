@@ -37,7 +37,8 @@ The last line of stdout is one JSON object:
     wall time the driver spent in the recorder (Tune's loop starts no trial meanwhile).
 ``sim_runs_missing``, ``sim_runs_duplicated`` [0, 0]
     (model, task, protocol) keys with no finished run, and finished runs beyond one per key.
-Also ``sim_compression`` (projected seconds per simulated second) and ``sim_wall_s``.
+Also ``sim_first_trial_s`` (from ``run_jobs`` to the first trial's start: Tune's set-up),
+``sim_compression`` (projected seconds per simulated second) and ``sim_wall_s``.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def run(args) -> dict[str, Any]:
                                      dict(Counter(j.kind for j in jobs)), spool_dir=root / "spool")
             recorder.tracker  # noqa: B018 -- the experiment exists before the first result
             reset_ok = reset_peak_rss()
-            cpu0, start = _cpu_s(), time.perf_counter()
+            cpu0, start, started_at = _cpu_s(), time.perf_counter(), time.time()
             done = run_jobs(sim_trial, jobs, settings, name="cluster-sim",
                             storage_path=root / "tune", sink=recorder,
                             resources=trial_resources(plan.cfg), max_failures=r.max_failures)
@@ -262,6 +263,7 @@ def run(args) -> dict[str, Any]:
             lags = sorted(recorder.__dict__.get("lags", []))
             out = {"sim_trials": len(jobs), "sim_trials_finished": len(done),
                    **utilisation(done, gpus_of, total_gpus),
+                   "sim_first_trial_s": min(m["started_at"] for _, m in done) - started_at,
                    "sim_driver_s_per_trial": cpu / len(jobs),
                    "sim_driver_peak_rss_gib": driver_peak_rss_gib(reset_ok),
                    "sim_recorder_lag_s": {"median": statistics.median(lags) if lags else None,
