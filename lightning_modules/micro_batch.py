@@ -127,17 +127,18 @@ class MicroBatcher:
 
 def accumulate_gradients(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                          inputs: torch.Tensor, labels: torch.Tensor, size: int,
-                         backward: Callable[[torch.Tensor], None]) -> float:
-    """Backward of the batch's mean loss in micro-batches of ``size``; returns the loss.
+                         backward: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    """Backward of the batch's mean loss in micro-batches of ``size``; returns the loss
+    (detached, on the device: reading it would wait for the device).
 
     ``loss_fn(x, y)`` is a micro-batch's mean loss; weighted by ``len(x) / len(inputs)`` the
     micro-batches' losses sum to the batch's mean loss, and so do their gradients."""
-    n, total = len(inputs), 0.0
+    n, total = len(inputs), None
     for start in range(0, n, size):
         x, y = inputs[start:start + size], labels[start:start + size]
         loss = loss_fn(x, y) * (len(x) / n)
         backward(loss)
-        total += float(loss.detach())
+        total = loss.detach() if total is None else total + loss.detach()
     return total
 
 

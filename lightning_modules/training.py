@@ -255,7 +255,7 @@ class FineTuneModule(pl.LightningModule):
             self.micro = MicroBatcher(len(images))
         buffers = snapshot_buffers(self)
 
-        def step(size: int) -> float:
+        def step(size: int) -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
             return accumulate_gradients(self.micro_batch_loss, images, y, size, self.manual_backward)
 
@@ -268,7 +268,7 @@ class FineTuneModule(pl.LightningModule):
         sched.step()
         step_ = self.global_step - 1  # the optimizer step just taken
         if step_ % self.curve_every == 0 or step_ == self.steps - 1:
-            self.curve.append((step_, loss))
+            self.curve.append((step_, float(loss)))
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -76,7 +76,7 @@ def test_gradients_of_4_micro_batches_of_8_equal_those_of_one_batch_of_32():
         grads[size] = ([p.grad.clone() for p in module.parameters() if p.requires_grad], loss)
     diff = max(float((a - b).abs().max()) for a, b in zip(grads[32][0], grads[8][0]))
     assert diff <= 1e-5
-    assert grads[32][1] == pytest.approx(grads[8][1], abs=1e-6)
+    assert float(grads[32][1]) == pytest.approx(float(grads[8][1]), abs=1e-6)
 
 
 def test_a_fine_tune_in_micro_batches_matches_the_whole_batch_without_batchnorm():
