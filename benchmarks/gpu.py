@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu            # on a GPU: 224 px, fine-tune batch 512 (the paper's)
     python -m benchmarks.gpu --tiny     # anywhere: 32 px, batch 8, a few steps (CI runs this)
+    python -m benchmarks.gpu --catalog [--steps N]   # every catalog model (gpu_catalog.py)
 
 The last line of stdout is one JSON object:
 
@@ -45,7 +46,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import finite, log
+from benchmarks.harness import finite, log, random_images
 
 # Dense bf16 tensor-core peak (TFLOP/s) from the vendors' data sheets, by device-name substring.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0,
@@ -67,12 +68,6 @@ def _backbone(size: int):
     backbone, _ = load_model("timm:resnet50", pretrained=False)
     backbone.preprocessing["input_size"] = size  # the tiny mode's 32 px, else timm's 224
     return backbone
-
-
-def _images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
-            torch.randint(0, 10, (n,), generator=g))
 
 
 def flops_per_image(backbone, size: int, device: torch.device) -> tuple[float, float]:
@@ -172,7 +167,7 @@ def run(args) -> dict[str, Any]:
     matmul = matmul_tflops(device, 1024 if tiny else 8192)
     peak, source = _peak(device, matmul)
     log(f"gpu bench: device {device}, {size}, matmul {matmul:.2f} TFLOP/s")
-    images, labels = _images(size["extract"], size["size"])
+    images, labels = random_images(size["extract"], size["size"])
     extract = measure_extraction(backbone, images, device, size["rounds"])
     log(f"extraction: {extract}")
     n_train = size["batch"] * 2
@@ -211,7 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-rate", action="store_true",
                         help="record device_tflops for resources.device_tflops: measured "
                              "($WHICHMODEL_HOME/device_rate.json)")
+    parser.add_argument("--catalog", action="store_true",
+                        help="every model of pools/renggli2022.yaml (benchmarks/gpu_catalog.py)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="--catalog: timed fine-tune steps per model (after the first)")
+    parser.add_argument("--models", nargs="+", help="--catalog: only these catalog models")
     args = parser.parse_args(argv)
+    if args.catalog:
+        from benchmarks.gpu_catalog import run_catalog
+
+        return run_catalog(args)
     out = run(args)
     if args.write_rate:
         from sweeps.device_rate import Rate, write_rate

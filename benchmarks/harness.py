@@ -233,3 +233,7 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+def random_images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))

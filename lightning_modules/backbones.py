@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.micro_batch import MicroBatcher, run_with_halving
 from whichmodel.errors import WhichModelError
 from whichmodel.files import atomic_path, atomic_write_json
 from whichmodel.registry import Registry
@@ -240,21 +241,36 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[Backbone, dict[str, A
 @torch.no_grad()
 def extract_features(backbone: Backbone, images: Any, batch_size: int = 256,
                      device: str | torch.device | None = None,
-                     with_source_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One frozen forward pass over uint8 NHWC images -> float32 features (and source softmax)."""
+                     with_source_probs: bool = False, micro: MicroBatcher | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One frozen forward pass over uint8 NHWC images -> float32 features (and source softmax).
+
+    In chunks of ``batch_size`` images, or of ``micro.size`` (a
+    :class:`~lightning_modules.micro_batch.MicroBatcher`, e.g. the probe's cached size on a
+    GPU); a chunk that runs out of memory is redone at half the size."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # channels-last: what oneDNN and tensor cores want (the same arithmetic in another order)
     backbone = backbone.to(device, memory_format=torch.channels_last).eval()
     images = torch.as_tensor(images)
-    feats, probs = [], []
+    micro = micro or MicroBatcher(max(1, batch_size))
     use_amp = device.type == "cuda"
-    for start in range(0, len(images), batch_size):
-        x = backbone.preprocess(images[start:start + batch_size].to(device))
+
+    def chunk(size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = backbone.preprocess(images[start:start + size].to(device))
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             f = backbone.features(x)
+            p = None
             if with_source_probs and backbone.source_head is not None:
-                probs.append(torch.softmax(backbone.source_head(f).float(), dim=1).cpu())
-        feats.append(f.float().cpu())
+                p = torch.softmax(backbone.source_head(f).float(), dim=1).cpu()
+        return f.float().cpu(), p
+
+    feats, probs, start = [], [], 0
+    while start < len(images):
+        f, p = run_with_halving(chunk, micro)
+        feats.append(f)
+        if p is not None:
+            probs.append(p)
+        start += len(f)
     out = torch.cat(feats) if feats else torch.empty(0, backbone.feature_dim)
     return out, (torch.cat(probs) if probs else None)

@@ -22,10 +22,10 @@ Specs (:func:`parse_model_spec`):
 
 The backbone: ``features`` are the pooled pre-logits features (timm's
 ``forward_head(pre_logits=True)``; torchvision's network with its final ``nn.Linear`` replaced by
-``nn.Identity``); that classifier, with its trained weights, becomes ``source_head`` (LEEP, NCE),
-``None`` when the model has no linear classifier or its weights are random (``pretrained=False``).
-A torchvision model whose classifier is not a final ``nn.Linear`` (SqueezeNet's 1x1 convolution)
-gives its globally pooled ``features`` module instead, and no source head. Preprocessing is the
+``nn.Identity``); that classifier (a linear layer, or the 1x1 convolution on pooled features of
+timm's ResNetV2 and BiT) with its trained weights becomes ``source_head`` (LEEP, NCE), ``None``
+when the weights are random (``pretrained=False``) or there is no such classifier (SqueezeNet's
+convolution: its globally pooled ``features`` module is the backbone). Preprocessing is the
 weights' own: timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``), torchvision's
 ``weights.transforms()`` (crop size, mean, std). Models come back in eval mode, on the CPU.
 
@@ -77,7 +77,7 @@ from lightning_modules.backbones import (
     check_finite,
     load_checkpoint,
 )
-from lightning_modules.hub_blocks import hub_block_groups, parameter_count
+from lightning_modules.hub_blocks import drop_aux, hub_block_groups, parameter_count, torchvision_random
 from lightning_modules.state_dicts import first_line, first_mismatch, load_state_dict_strict, read_state_dict
 from whichmodel.accuracy import check_accuracy
 from whichmodel.errors import WhichModelError
@@ -178,20 +178,20 @@ def structure(spec: str) -> dict[str, int]:
     if kind == "local":
         meta = json.loads((Path(name).expanduser() / "meta.json").read_text())
         return {k: int(meta[k]) for k in ("params", "feature_dim") if k in meta}
-    backbone, info = _load_hub(spec, kind, name, None, pretrained=False)
+    backbone, info = build_architecture(spec)
     return {"params": int(info["params"]), "feature_dim": int(backbone.feature_dim)}
 
 
-def random_backbone(spec: str) -> Backbone:
-    """A timm or torchvision model's backbone at random initialisation, in eval mode, built on
-    the current default device: under ``with torch.device("meta")`` nothing is allocated, read
-    or downloaded (what a cost estimate needs: the architecture and its input size)."""
+def build_architecture(spec: str) -> tuple[Backbone, dict[str, Any]]:
+    """A hub model's architecture with random weights on the default device (under
+    ``torch.device("meta")``: shapes only, what the memory estimate traces); nothing is read or
+    downloaded. A ``local:`` folder builds the hub ``arch`` its ``meta.json`` names."""
     kind, name = parse_model_spec(spec)
-    if kind not in HUB_KINDS:
-        raise ModelSpecError(f"model spec {spec!r}: random_backbone builds timm: and torchvision: "
-                             "models; a local: folder names its architecture in meta.json")
-    backbone, _ = _load_hub(spec, kind, name, None, pretrained=False)
-    return backbone.eval()
+    if kind == "local":
+        arch = json.loads((Path(name).expanduser() / "meta.json").read_text()).get("arch", "")
+        kind, name = parse_model_spec(arch)
+        spec = arch
+    return _load_hub(spec, kind, name, None, pretrained=False)
 
 
 def _check_imagenet_acc(spec: str, acc: Any) -> None:
@@ -249,8 +249,10 @@ def _load_timm(spec: str, name: str, weights: Path | None, pretrained: bool
     else:
         info.update(upstream=[], upstream_size=0)
     head = model.get_classifier()
-    trained_head = load and isinstance(head, nn.Linear)
-    feature_dim = head.in_features if isinstance(head, nn.Linear) else int(
+    linear = isinstance(head, nn.Linear) or (isinstance(head, nn.Conv2d)  # ResNetV2's, BiT's
+                                             and head.kernel_size == (1, 1) and head.groups == 1)
+    trained_head = load and linear
+    feature_dim = head.weight.shape[1] if linear else int(
         getattr(model, "head_hidden_size", None) or model.num_features)
     source_head = _copy_linear(head) if trained_head else None
     model.reset_classifier(0)
@@ -316,8 +318,10 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
                              f"{name!r}; close matches: {_close_matches(name, known)}")
     default = get_model_weights(name).DEFAULT
     if weights is not None:
-        model = get_model(name, weights=None)
-        load_state_dict_strict(model, read_state_dict(weights), str(weights), spec)
+        state = read_state_dict(weights)
+        model = torchvision_random(name, state)
+        load_state_dict_strict(model, state, str(weights), spec)
+        drop_aux(name, model)
         source = str(weights)
     elif pretrained:
         file = os.path.basename(urlparse(default.url).path)
@@ -334,7 +338,7 @@ def _load_torchvision(spec: str, name: str, weights: Path | None, pretrained: bo
             raise _weights_error(exc, spec, str(cached)) from None
         source = f"{type(default).__name__}.{default.name}"
     else:
-        model = get_model(name, weights=None)
+        model = torchvision_random(name)
         source = None
     info = {"source": "torchvision", "weights": source}
     if source is not None:
@@ -442,9 +446,12 @@ def _backbone(body: nn.Module, feature_dim: int, prep: dict[str, Any],
     return backbone
 
 
-def _copy_linear(layer: nn.Linear) -> nn.Linear:
-    copy = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    copy.load_state_dict(layer.state_dict())
+def _copy_linear(layer: nn.Linear | nn.Conv2d) -> nn.Linear:
+    """A linear classifier's copy; a 1x1 convolution on pooled features is one too."""
+    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    copy = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+    copy.load_state_dict({"weight": weight, **({"bias": layer.bias} if layer.bias is not None
+                                               else {})})
     return copy
 
 

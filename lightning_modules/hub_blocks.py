@@ -1,4 +1,5 @@
-"""First, middle and last block groups of a hub network, for surgical fine-tuning (Lee et al. 2022).
+"""The structure of hub networks: first, middle and last block groups, for surgical fine-tuning
+(Lee et al. 2022), and torchvision's auxiliary heads, which a backbone leaves out.
 
 Over the network without its classifier:
 
@@ -15,6 +16,7 @@ Over the network without its classifier:
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -53,3 +55,25 @@ def _units(model: nn.Module, children: list[tuple[str, nn.Module]]) -> list[str]
                 break
         else:
             return [n for n, _ in units]
+
+
+# Auxiliary classifiers (built by default without weights; a tuple from forward in training
+# mode): features need the main path only, as torchvision drops them with its own weights.
+AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+
+
+def torchvision_random(name: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """``get_model(name, weights=None)``; auxiliary heads only where ``state`` has them (a
+    weights file saved with them loads strictly), dropped after loading (:func:`drop_aux`)."""
+    from torchvision.models import get_model
+
+    if name not in AUX_HEADS:
+        return get_model(name, weights=None)
+    aux = state is not None and any(k.startswith(AUX_HEADS[name]) for k in state)
+    return get_model(name, weights=None, aux_logits=aux, init_weights=state is None)
+
+
+def drop_aux(name: str, model: nn.Module) -> None:
+    for attr in AUX_HEADS.get(name, ()):
+        model.aux_logits = False
+        setattr(model, attr, None)

@@ -26,6 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.backbones import Backbone, extract_features
+from lightning_modules.micro_batch import (
+    MicroBatcher,
+    accumulate_gradients,
+    restore_buffers,
+    run_with_halving,
+    snapshot_buffers,
+)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -200,11 +207,20 @@ class LinearHeadModule(pl.LightningModule):
 
 
 class FineTuneModule(pl.LightningModule):
-    """Stage 2: the whole network (or one surgical block group) and the head, trained together."""
+    """Stage 2: the whole network (or one surgical block group) and the head, trained together.
+
+    Each step takes the effective batch and runs it in micro-batches of ``micro.size``,
+    accumulating the gradients before one optimizer step; an out-of-memory error halves the
+    micro-batch and runs the same step again from the same state (BatchNorm's running
+    statistics restored), so a run keeps its number of steps (:mod:`lightning_modules.micro_batch`).
+    """
 
     def __init__(self, backbone: Backbone, head: nn.Linear, lr: float, steps: int,
-                 trainable: str = "all", warmup_steps: int | None = None, curve_every: int = 10):
+                 trainable: str = "all", warmup_steps: int | None = None, curve_every: int = 10,
+                 micro: MicroBatcher | None = None):
         super().__init__()
+        self.automatic_optimization = False  # micro-batches, then one optimizer step
+        self.micro = micro
         # channels-last: the convolutions run ~1.4x faster on the CPU (oneDNN), and it is what
         # GPUs' tensor cores want; the same arithmetic, values in another memory order
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -228,15 +244,31 @@ class FineTuneModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self.set_modes()
 
+    def micro_batch_loss(self, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = self.backbone.preprocess(images).contiguous(memory_format=torch.channels_last)
+        return F.cross_entropy(self.head(self.backbone.features(x)), y)
+
     def training_step(self, batch, batch_idx):
         images, y = batch
-        x = self.backbone.preprocess(images).contiguous(memory_format=torch.channels_last)
-        logits = self.head(self.backbone.features(x))
-        loss = F.cross_entropy(logits, y)
-        step = self.global_step
-        if step % self.curve_every == 0 or step == self.steps - 1:
-            self.curve.append((step, float(loss.detach())))
-        return loss
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        if self.micro is None:
+            self.micro = MicroBatcher(len(images))
+        buffers = snapshot_buffers(self)
+
+        def step(size: int) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            return accumulate_gradients(self.micro_batch_loss, images, y, size, self.manual_backward)
+
+        def undo() -> None:
+            opt.zero_grad(set_to_none=True)
+            restore_buffers(buffers)
+
+        loss = run_with_halving(step, self.micro, undo)
+        opt.step()
+        sched.step()
+        step_ = self.global_step - 1  # the optimizer step just taken
+        if step_ % self.curve_every == 0 or step_ == self.steps - 1:
+            self.curve.append((step_, float(loss)))
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -315,7 +347,7 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
                  warmup_steps: int | None = None, curve_every: int = 10,
                  evaluate_test: bool = True, callbacks: list[pl.Callback] | None = None,
                  precision: str = "auto", train_features: torch.Tensor | None = None,
-                 val_every: int = 0) -> dict[str, Any]:
+                 val_every: int = 0, micro: MicroBatcher | None = None) -> dict[str, Any]:
     """One fine-tune run at one learning rate: head on frozen features, then the network.
 
     Returns validation and test accuracy (the caller picks the learning rate by validation),
@@ -325,7 +357,9 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     frozen backbone's features of the training images when the caller has them already (they
     are the same for every run of a pair). ``val_every``: also the validation accuracy every so
     many stage-2 steps (``val_curve``, steps counted from the head stage's start). ``seed``
-    seeds the run's data order and everything random in it.
+    seeds the run's data order and everything random in it. ``micro``: the micro-batch of
+    stage 2 (default: the whole batch at once); ``micro_batch`` in the result is the size the
+    run ended with (smaller than it started after an out-of-memory error).
     """
     pl.seed_everything(seed, workers=False, verbose=False)
     start = time.perf_counter()
@@ -348,7 +382,8 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     curve: list[tuple[int, float]] = []
     val_curve = ValidationCurve(xva, yva, val_every, head_steps) if val_every > 0 else None
     if steps > 0 and trainable != "head":
-        module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every)
+        module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every,
+                                micro=micro or MicroBatcher(min(batch_size, len(xtr))))
         clock = StepClock()  # first, so that its batch end comes before the validation's
         make_trainer(steps, callbacks=[clock, *(callbacks or []),
                                        *([val_curve] if val_curve else [])],
@@ -356,11 +391,14 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
             module, batch_loader(torch.as_tensor(xtr), ytr_t, batch_size, seed))
         inside += clock.seconds + (val_curve.seconds if val_curve else 0.0)
         backbone, head, curve = module.backbone, module.head, module.curve
+        out_micro = module.micro.size
     t = time.perf_counter()
     backbone.eval()
     head = head.cpu().eval()
     fva, _ = extract_features(backbone, xva)
     out = {"val_acc": _accuracy(fva.cpu(), yva, head), "curve": curve}
+    if steps > 0 and trainable != "head":
+        out["micro_batch"] = out_micro
     if evaluate_test:
         fte, _ = extract_features(backbone, xte)
         pred = _predict(fte.cpu(), head)
@@ -392,20 +430,25 @@ def median_over_repeats(values: Sequence[float]) -> float:
 
 
 def short_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                   num_classes: int) -> Callable[..., float]:
+                   num_classes: int, micro_batch: Callable[[int], MicroBatcher] | None = None,
+                   precision: str = "auto") -> Callable[..., float]:
     """``finetune(lr, steps, batch_size, seed) -> validation accuracy``: a few steps of fine-tuning
     a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up (the training of
     the early-stop proxy, :mod:`selection.proxies.early_stop`). The test split is never touched.
     ``finetune.train_eval_s`` adds up the seconds its runs spent in training steps and
-    evaluation."""
+    evaluation. ``micro_batch(batch_size)``: the micro-batcher of its steps (one for all of its
+    runs, so a size halved once stays halved); ``finetune.micro_batch`` is the size it ended with."""
     import copy
 
     def finetune(lr: float, steps: int, batch_size: int, seed: int) -> float:
+        if finetune.micro is None and micro_batch is not None:
+            finetune.micro = micro_batch(batch_size)
         run = run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
                            head_steps=0, batch_size=batch_size, seed=seed, warmup_steps=0,
-                           evaluate_test=False)
+                           evaluate_test=False, precision=precision, micro=finetune.micro)
         finetune.train_eval_s += run["train_eval_s"]
+        finetune.micro_batch = run.get("micro_batch")
         return run["val_acc"]
 
-    finetune.train_eval_s = 0.0
+    finetune.train_eval_s, finetune.micro, finetune.micro_batch = 0.0, None, None
     return finetune

@@ -80,12 +80,17 @@ def cmd_validate(args) -> int:
         preflight(paths.tracking_uri(args.tracking_uri))  # a tracking server answers (no write)
     cfg = plan.cfg
     from sweeps.cost_text import cost_doc, cost_lines, validate_cost
+    from sweeps.memory_plan import format_table, gpu_sweep, memory_table, refuse_unfit
 
+    memory = memory_table(plan) if gpu_sweep(cfg) else None  # each model's micro-batch on a GPU
+    if memory is not None:
+        refuse_unfit(plan, memory)
     cost = validate_cost(plan, paths, args)  # --file-only: MLflow is not asked what finished
     if args.json:
         from sweeps.plan import plan_json
 
-        doc = {**plan_json(plan), "cost": cost_doc(plan, cost, args.price_per_gpu_hour, args.gpus)}
+        doc = {**plan_json(plan), "cost": cost_doc(plan, cost, args.price_per_gpu_hour, args.gpus),
+               **({"memory": memory} if memory else {})}
         print(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return 0
     from sweeps.plan import count_trials
@@ -95,6 +100,11 @@ def cmd_validate(args) -> int:
     print(f"{args.config}: ok: sweep {cfg.name!r}, {len(plan.models)} models x {len(plan.tasks)} "
           f"tasks = {n_pairs} pairs, {trials} trials; pools: "
           + ", ".join(f"{p} ({len(m)})" for p, m in plan.pools.items()))
+    if memory is not None:
+        precision = next(iter(memory.values()), {}).get("precision", "")
+        print(f"estimated peak of a fine-tune step ({precision}) and the micro-batch on a GPU of "
+              f"{cfg.resources.gpu_memory_gib:g} GiB (gradients accumulate up to the batch):")
+        print("\n".join(format_table(memory)))
     print("\n".join(cost_lines(plan, cost, args.price_per_gpu_hour, args.gpus)))
     return 0
 

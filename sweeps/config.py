@@ -99,6 +99,24 @@ class KnnSettings(Strict):
                   "training examples")
 
 
+def micro_batch_value(value: int | str) -> int | str:
+    """``auto`` or a whole number of examples per device pass."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"{value!r}: write auto or a whole number of examples >= 1")
+
+
+MicroBatch = Annotated[int | str, AfterValidator(micro_batch_value)]
+
+
+def micro_within_batch(settings):
+    """A fixed micro-batch is at most the (effective) batch it splits."""
+    if settings.micro_batch != "auto" and settings.micro_batch > settings.batch_size:
+        raise ValueError(f"micro_batch {settings.micro_batch} is larger than batch_size "
+                         f"{settings.batch_size}; use at most the batch, or auto")
+    return settings
+
+
 class EarlyStopSettings(Strict):
     """The early-stop proxy (Renggli et al. 2022, Appendix I): zero-initialised head, no warm-up,
     constant learning rate, 10 SGD steps of batch 512, both fine-tune learning rates, max
@@ -109,8 +127,10 @@ class EarlyStopSettings(Strict):
     steps: int = steps_field(10)
     repeats: int = repeats_field(5)
     batch_size: int = batch_field(512)
+    micro_batch: MicroBatch = "auto"  # as finetune.micro_batch; batch_size is the effective batch
 
     _unique = field_validator("lrs")(unique_grid)
+    _micro = model_validator(mode="after")(micro_within_batch)
 
 
 def known_proxy(names: list[str]) -> list[str]:
@@ -171,7 +191,12 @@ class FinetuneProtocol(Strict):
     steps: int = Field(2500, ge=1, le=MAX_STEPS, description=(
         f"1 to {MAX_STEPS:,}: 0 fine-tunes nothing (trainable: head trains the head alone, "
         "enabled: false skips fine-tunes); the paper's is 2,500"))
-    batch_size: int = batch_field(512)
+    batch_size: int = batch_field(512)  # the effective batch: one optimizer step sees all of it
+    # Per device pass: auto (on a GPU the largest halving of the batch that fits, found once
+    # per architecture, input size, precision and device, remembered under $WHICHMODEL_HOME;
+    # on the CPU the whole batch) or N; gradients accumulate up to the batch. BatchNorm
+    # normalises each micro-batch by its own statistics.
+    micro_batch: MicroBatch = "auto"
     repeats: int = repeats_field(5)
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
@@ -184,6 +209,7 @@ class FinetuneProtocol(Strict):
     trials: Literal["per_run", "per_pair"] = "per_run"
 
     _unique = field_validator("lrs")(unique_grid)
+    _micro = model_validator(mode="after")(micro_within_batch)
 
 
 class TrialResources(Strict):
@@ -207,6 +233,9 @@ class Resources(Strict):
     max_failures: int = Field(1, ge=0, le=100, description="0 to 100 retries of a failed trial")
     probe: TrialResources = TrialResources()
     finetune: TrialResources = TrialResources()
+    # Memory of one GPU (GiB): validate estimates each model's micro-batch on it and refuses a
+    # model whose micro-batch of 1 does not fit (sweeps/memory_plan.py).
+    gpu_memory_gib: float = Field(80, gt=0)
     # TFLOP/s one trial's device sustains, for the cost estimate (validate, submit, recommend
     # --compute-budget, the progress line); "measured": $WHICHMODEL_HOME/device_rate.json
     device_tflops: float | Literal["measured"] = DEFAULT_DEVICE_TFLOPS
@@ -405,10 +434,10 @@ class SweepConfig(Strict):
             for name in self.probe.proxies:
                 block = getattr(self.probe, name, None)
                 if isinstance(block, BaseModel):
-                    data[name] = block.model_dump()
+                    data[name] = _without_auto(block.model_dump())
         elif protocol == "finetune":
-            data.update(self.finetune.model_dump(exclude={"enabled", "curve_every", "trainable",
-                                                          "precision", "trials"}))
+            data.update(_without_auto(self.finetune.model_dump(
+                exclude={"enabled", "curve_every", "trainable", "precision", "trials"})))
             if self.finetune.trainable != "all":
                 data["trainable"] = self.finetune.trainable
             if self.finetune.precision != "auto":
@@ -420,6 +449,13 @@ class SweepConfig(Strict):
     def protocol_hash(self, protocol: str) -> str:
         blob = json.dumps(self.protocol_settings(protocol), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _without_auto(settings: dict[str, Any]) -> dict[str, Any]:
+    """``micro_batch: auto`` depends on the device, not the protocol: left out of the key (so
+    results from before the setting existed stay valid); a fixed size is in it (BatchNorm
+    normalises per micro-batch)."""
+    return {k: v for k, v in settings.items() if not (k == "micro_batch" and v == "auto")}
 
 
 # --------------------------------------------------------------------------- loading

@@ -6,7 +6,7 @@ images each protocol pushes through it, divided by a device rate.
 
 - **FLOPs per image**: ``torch.utils.flop_counter.FlopCounterMode`` over one forward pass of the
   backbone at its own input size (the size it resizes every image to), built with random weights
-  on the ``meta`` device (:func:`lightning_modules.hub.random_backbone`, the zoo's architectures):
+  on the ``meta`` device (:func:`lightning_modules.hub.build_architecture`, the zoo's architectures):
   nothing is allocated, read or downloaded. A training image costs 3 forward passes (forward,
   and a backward of twice its cost).
 - **The work of each trial** (:class:`Work`: FLOPs, optimizer steps, fits), from the task's
@@ -83,10 +83,10 @@ def forward_flops(backbone) -> ModelShape:
 def _hub_shape(spec: str) -> ModelShape:
     import torch
 
-    from lightning_modules.hub import random_backbone
+    from lightning_modules.hub import build_architecture
 
     with torch.device("meta"):
-        return forward_flops(random_backbone(spec))
+        return forward_flops(build_architecture(spec)[0].eval())
 
 
 @lru_cache(maxsize=256)
@@ -336,9 +336,9 @@ def architectures(plan: Plan) -> list[tuple[Any, float, int]]:
             m = zoo.model(name)
             backbone = create_backbone(m.arch, input_size=zoo.image_size, **m.arch_kwargs)
         else:
-            from lightning_modules.hub import random_backbone
+            from lightning_modules.hub import build_architecture
 
-            backbone = random_backbone(ref["spec"])
+            backbone = build_architecture(ref["spec"])[0].eval()
         out.append((backbone, shape.flops, shape.input_size))
     return out
 

@@ -251,7 +251,8 @@ def trial_settings(plan: Plan, paths: Paths) -> TrialSettings:
     remote = f"{paths.storage}/features/{plan.cfg.name}" if paths.storage else None
     return TrialSettings(plan.cfg, str(plan.data_root(paths)), str(paths.zoo_root),
                          str(within(paths.home, "features", plan.cfg.name)), remote,
-                         model_refs=plan.model_refs, task_refs=plan.task_refs)
+                         model_refs=plan.model_refs, task_refs=plan.task_refs,
+                         home=str(paths.home))
 
 
 def trial_resources(cfg: SweepConfig):

@@ -100,7 +100,7 @@ def recompute_features(plan, paths, tracker, run) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        feats, probs, data, _ = probe_features(Job("probe", model, task), settings)
+        feats, probs, data, _, _ = probe_features(Job("probe", model, task), settings)
     finally:
         torch.set_num_threads(threads)
     path = save_features(Path(settings.features_dir) / model / f"{data.name}.npz", feats, probs,

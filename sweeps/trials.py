@@ -51,6 +51,7 @@ class TrialSettings:
     features_remote: str | None = None  # and copy them to <storage>/features/<sweep> (S3)
     model_refs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> registry ref
     task_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    home: str | None = None  # $WHICHMODEL_HOME: where the micro-batch sizes that fit are kept
 
     def load_model(self, name: str):
         return load_model_ref(name, self.model_refs.get(name, {"source": "zoo"}), self.zoo_root)
@@ -59,6 +60,39 @@ class TrialSettings:
         return load_task_ref(name, self.task_refs.get(name, {"source": "offline"}),
                              self.data_root, self.cfg.image_size, self.cfg.seed,
                              download=self.cfg.data.download)
+
+
+    def micro_batcher(self, meta: dict[str, Any], kind: str, effective: int,
+                      setting: int | str = "auto", precision: str = "auto"):
+        """The micro-batch of one kind of work (``train``: a fine-tune step, ``extract``: a
+        frozen forward pass) of a model on this trial's device: ``setting`` N, or ``auto``: on
+        a GPU the size remembered for (kind, architecture, input size, precision, device name)
+        under ``home``, else ``effective``, halved on out-of-memory errors; on the CPU
+        ``effective``."""
+        import torch
+
+        from lightning_modules.micro_batch import (
+            CACHE_FILE,
+            MicroBatchCache,
+            MicroBatcher,
+            cache_key,
+            device_name,
+        )
+
+        if setting != "auto":
+            return MicroBatcher(effective, fixed=int(setting))
+        if not torch.cuda.is_available() or self.home is None:
+            return MicroBatcher(effective)
+        if precision == "auto":
+            precision = "bf16-mixed"  # make_trainer's choice on a GPU
+        arch = str(meta.get("arch")) + (f"{meta['arch_kwargs']}" if meta.get("arch_kwargs") else "")
+        key = cache_key(kind, arch, int(meta.get("input_size") or self.cfg.image_size), precision,
+                        device_name("cuda"))
+        return MicroBatcher(effective, cache=MicroBatchCache(Path(self.home) / CACHE_FILE), key=key)
+
+
+#: Images per chunk of a frozen forward pass (probe features): the size the search starts at.
+EXTRACT_BATCH = 256
 
 
 def run_trial(job: Job, settings: TrialSettings, report: Report | None = None) -> dict[str, Any]:
@@ -81,8 +115,9 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
     from selection.proxies import make_inputs, score_proxies
 
     cfg = settings.cfg
-    feats, probs, data, seconds = probe_features(job, settings)
-    metrics: dict[str, Any] = {"time/features": seconds, "task_digest": splits_digest(data.splits)}
+    feats, probs, data, seconds, micro_size = probe_features(job, settings)
+    metrics: dict[str, Any] = {"time/features": seconds, "task_digest": splits_digest(data.splits),
+                               "extract_micro_batch": micro_size}
     inputs = make_inputs(feats["train800"], data.splits["train800"][1], feats["val200"],
                          data.splits["val200"][1], source_probs_train=probs["train800"])
     names = [n for n in cfg.probe.proxies if n != "early_stop"]
@@ -103,20 +138,22 @@ def probe_trial(job: Job, settings: TrialSettings, report: Report | None = None
     return metrics
 
 
-def probe_features(job: Job, settings: TrialSettings) -> tuple[dict, dict, Any, float]:
+def probe_features(job: Job, settings: TrialSettings
+                   ) -> tuple[dict, dict, Any, float, int]:
     """The probe's one frozen forward pass: features and source-classifier probabilities of the
     train800, val200 and test splits (torch float32; probabilities None without a source head),
-    the task's data and the seconds of the forward pass alone."""
+    the task's data, the seconds of the forward pass alone and the micro-batch it ended at."""
     from lightning_modules.backbones import extract_features
 
-    backbone, _ = settings.load_model(job.model)
+    backbone, meta = settings.load_model(job.model)
     data = settings.load_task(job.task)
     t0 = time.perf_counter()
     feats, probs = {}, {}
+    micro = settings.micro_batcher(meta, "extract", EXTRACT_BATCH)
     for split in ("train800", "val200", "test"):
         feats[split], probs[split] = extract_features(backbone, data.splits[split][0],
-                                                      with_source_probs=True)
-    return feats, probs, data, time.perf_counter() - t0
+                                                      with_source_probs=True, micro=micro)
+    return feats, probs, data, time.perf_counter() - t0, micro.size
 
 
 #: the splits the proxies read, kept at float32 in a features cache; the test split at float16
@@ -181,9 +218,12 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
 
     cfg = settings.cfg
     f = cfg.finetune
-    backbone, _ = settings.load_model(job.model)
+    backbone, meta = settings.load_model(job.model)
     data = settings.load_task(job.task)
-    ftr, _ = extract_features(backbone, data.splits["train800"][0])
+    ftr, _ = extract_features(backbone, data.splits["train800"][0],
+                              micro=settings.micro_batcher(meta, "extract", EXTRACT_BATCH))
+    # one micro-batcher for the pair's runs: a size halved in one run stays halved
+    micro = settings.micro_batcher(meta, "train", f.batch_size, f.micro_batch, f.precision)
     # the validation curve the budgeted search can replay: repetition 0 of its learning rates
     search_lrs = set(cfg.search.lrs or f.lrs) if cfg.search.enabled else set()
     metrics: dict[str, Any] = {"task_digest": splits_digest(data.splits)}
@@ -195,11 +235,13 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
                            steps=f.steps, head_steps=f.head_steps, batch_size=f.batch_size,
                            seed=derive_seed(cfg.seed, job.model, job.task, lr, rep),
                            trainable=f.trainable, curve_every=f.curve_every,
-                           precision=f.precision, train_features=ftr,
+                           precision=f.precision, train_features=ftr, micro=micro,
                            val_every=cfg.search.rung_steps if rep == 0 and lr in search_lrs
                            else 0)
         metrics[f"{key}/val_acc"] = run["val_acc"]
         metrics[f"{key}/test_acc"] = run["test_acc"]
+        if "micro_batch" in run:
+            metrics[f"{key}/micro_batch"] = run["micro_batch"]
         curves[key] = run["curve"]
         preds[key] = run["test_pred"].tolist()
         if "val_curve" in run:
@@ -212,7 +254,7 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     metrics["test_predictions"] = json.dumps(preds)
     metrics["test_labels"] = json.dumps(np.asarray(data.splits["test"][1]).tolist())
     if job.early_stop:
-        metrics.update(_early_stop(job, settings, backbone, data, ftr))
+        metrics.update(_early_stop(job, settings, backbone, meta, data, ftr))
         inside += metrics["time/early_stop_train_eval"]
     metrics["time/train_eval"] = inside
     return metrics
@@ -223,22 +265,26 @@ def early_stop_trial(job: Job, settings: TrialSettings, report: Report | None = 
     """The pair's early-stop proxy alone (fine-tune work, on fine-tune resources)."""
     from lightning_modules.backbones import extract_features
 
-    backbone, _ = settings.load_model(job.model)
+    backbone, meta = settings.load_model(job.model)
     data = settings.load_task(job.task)
-    ftr, _ = extract_features(backbone, data.splits["train800"][0])
-    metrics = _early_stop(job, settings, backbone, data, ftr)
+    ftr, _ = extract_features(backbone, data.splits["train800"][0],
+                              micro=settings.micro_batcher(meta, "extract", EXTRACT_BATCH))
+    metrics = _early_stop(job, settings, backbone, meta, data, ftr)
     metrics["time/train_eval"] = metrics["time/early_stop_train_eval"]
     return metrics
 
 
-def _early_stop(job: Job, settings: TrialSettings, backbone, data, ftr) -> dict[str, Any]:
+def _early_stop(job: Job, settings: TrialSettings, backbone, meta, data, ftr) -> dict[str, Any]:
     from lightning_modules.backbones import extract_features
     from lightning_modules.training import short_finetune
     from selection.proxies import make_inputs, score_proxies
 
     cfg = settings.cfg
     fva, _ = extract_features(backbone, data.splits["val200"][0])
-    finetune = short_finetune(backbone, data.splits, data.num_classes)
+    es, precision = cfg.probe.early_stop, cfg.finetune.precision
+    finetune = short_finetune(backbone, data.splits, data.num_classes, precision=precision,
+                              micro_batch=lambda effective: settings.micro_batcher(
+                                  meta, "train", effective, es.micro_batch, precision))
     inputs = make_inputs(ftr, data.splits["train800"][1], fva, data.splits["val200"][1],
                          finetune=finetune)
     seed = derive_seed(cfg.seed, job.model, job.task, "early_stop")
@@ -246,7 +292,8 @@ def _early_stop(job: Job, settings: TrialSettings, backbone, data, ftr) -> dict[
     (value, seconds), = score_proxies(["early_stop"], inputs,
                                       {"early_stop": settings_["early_stop"]}).values()
     return {"proxy/early_stop": float(value), "time/proxy/early_stop": seconds,
-            "time/early_stop_train_eval": finetune.train_eval_s}
+            "time/early_stop_train_eval": finetune.train_eval_s,
+            "early_stop_micro_batch": finetune.micro_batch}
 
 
 def search_trial(job: Job, settings: TrialSettings, report: Report | None = None) -> None:
@@ -260,7 +307,7 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
         raise ValueError("a search trial reports rung by rung: pass report")
     cfg = settings.cfg
     f, rung_steps = cfg.finetune, cfg.search.rung_steps
-    backbone, _ = settings.load_model(job.model)
+    backbone, meta = settings.load_model(job.model)
     data = settings.load_task(job.task)
     xva, yva = data.splits["val200"]
 
@@ -274,7 +321,9 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
                  head_steps=f.head_steps, batch_size=f.batch_size,
                  seed=derive_seed(cfg.seed, job.model, job.task, job.lr, 0),  # repetition 0's
                  trainable=f.trainable, evaluate_test=False, precision=f.precision,
-                 callbacks=[ReportRung()])
+                 callbacks=[ReportRung()],
+                 micro=settings.micro_batcher(meta, "train", f.batch_size, f.micro_batch,
+                                              f.precision))
     return None
 
 

@@ -9,6 +9,7 @@ the driver through Tune callbacks, so the driver is the single writer of MLflow.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -131,8 +132,11 @@ def _trainable(config: dict[str, Any], fn: TrialFn, settings: Any,
     from whichmodel.quiet import quiet_libraries
 
     quiet_libraries()
-    job = Job.from_dict(config["job"])
-    torch.set_num_threads(max(1, threads.get(job.kind, 1)))
+    job = config_job(config["job"])
+    if getattr(fn, "uses_torch", True):  # a trial body that never imports torch (a simulation)
+        import torch
+
+        torch.set_num_threads(max(1, threads.get(job.kind, 1)))
     metrics = fn(job, settings, tune.report)
     if metrics is not None:  # None: the function reported by itself (e.g. rung by rung for ASHA)
         tune.report(metrics)
@@ -171,9 +175,21 @@ def lost_its_worker(error: BaseException | None) -> bool:
 
 
 def job_key(job: Job) -> str:
-    import json
+    """A job as JSON: its key, and its value in a trial's config.
 
+    A string, not a dict, in the config: Tune rebuilds every dict and list of the search space
+    (``ray.tune.impl.placeholder.inject_placeholders``) and then deep-copies the whole space for
+    each trial it generates (``variant_generator._grid_search_generator``, Ray 2.60), so a grid of
+    N job dicts cost N copies of N dicts: 108 s for 2,000 jobs on this machine, about 9 minutes
+    before the first of the paper's 5,472 trials (``benchmarks/cluster_sim.py``). A string is
+    copied as a reference: 3.9 s for 2,000, 36 s for 5,472 (still quadratic in the list, but
+    small beside a study's days)."""
     return json.dumps(job.to_dict(), sort_keys=True, default=str)
+
+
+def config_job(value: str | dict) -> Job:
+    """The job of a trial's config (:func:`job_key`; a dict in experiments from before)."""
+    return Job.from_dict(json.loads(value) if isinstance(value, str) else value)
 
 
 def _trial_error(trial) -> BaseException | None:
@@ -211,17 +227,17 @@ class _Forward(tune.Callback):
         return {**self.__dict__, "lost": [], "keep_back": False}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.sink.on_result(Job.from_dict(trial.config["job"]), dict(trial.last_result or {}))
+        self.sink.on_result(config_job(trial.config["job"]), dict(trial.last_result or {}))
 
     def _attempts_left(self, trial) -> float:
         if self.attempts is not None:
-            return self.attempts.get(job_key(Job.from_dict(trial.config["job"])), 0)
+            return self.attempts.get(job_key(config_job(trial.config["job"])), 0)
         if trial.max_failures < 0:
             return math.inf
         return trial.max_failures + 1 - trial.num_failures
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        job = Job.from_dict(trial.config["job"])
+        job = config_job(trial.config["job"])
         left = self._attempts_left(trial)
         error = _trial_error(trial)
         if self.keep_back and left > 0 and lost_its_worker(error):
@@ -242,7 +258,7 @@ class TrialResources:
         return {k: max(1, int(c)) for k, (c, _) in self.by_kind.items()}
 
     def for_config(self, config: dict) -> Any:
-        cpus, gpus = self.by_kind.get(config["job"].get("kind", ""), (1, 0))
+        cpus, gpus = self.by_kind.get(config_job(config["job"]).kind, (1, 0))
         bundle = {"CPU": cpus}
         if gpus:
             bundle["GPU"] = gpus
@@ -272,7 +288,7 @@ def _finished(results) -> list[tuple[Job, dict]]:
     out = []
     for r in results:
         if r.error is None and r.config and r.metrics:
-            out.append((Job.from_dict(r.config["job"]), dict(r.metrics)))
+            out.append((config_job(r.config["job"]), dict(r.metrics)))
     return out
 
 
@@ -318,7 +334,7 @@ def _fit(fn, jobs, settings, *, name, storage_path, resources, max_concurrent_tr
     path = experiment_path(storage_path, name)
     tuner = tune.Tuner(
         wrap_trainable(fn, settings, resources),
-        param_space={"job": tune.grid_search([job.to_dict() for job in jobs])},
+        param_space={"job": tune.grid_search([job_key(job) for job in jobs])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=path.rsplit("/", 1)[0], verbose=0,

@@ -162,3 +162,27 @@ def test_catalog_pool_naming_a_model_it_does_not_define_is_refused(tmp_path):
     bad.write_text("models: [{name: a, spec: 'timm:resnet18'}]\npools: {p: [a, b]}\n")
     with pytest.raises(PoolError, match=r"c\.yaml: key 'pools\.p\[1\]': model 'b'"):
         load_catalog(bad)
+
+
+def family_key(spec: str) -> tuple[str, tuple[str, ...]]:
+    """A family: the network's class and the classes of all its modules (ResNet-50/101/152
+    share one; MobileNet V1 and V2, both timm EfficientNet classes, have other blocks)."""
+    import torch
+
+    from lightning_modules.hub import build_architecture
+
+    with torch.device("meta"):
+        backbone, _ = build_architecture(spec)
+    net = getattr(backbone.body, "model", backbone.body)
+    return type(net).__name__, tuple(sorted({type(m).__name__ for m in net.modules()}))
+
+
+@pytest.mark.slow
+def test_every_catalog_model_belongs_to_one_tested_architecture_family():
+    from tests.test_real_size import FAMILIES
+
+    models = {m.name: m for m in load_catalog(CATALOG).models}
+    keys = {family: family_key(models[name].spec) for family, name in FAMILIES.items()}
+    assert len(set(keys.values())) == len(keys)  # the families differ
+    for m in models.values():
+        assert family_key(m.spec) in keys.values(), f"{m.name}: a family without a real-size case"

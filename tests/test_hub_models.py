@@ -258,6 +258,34 @@ def test_torchvision_offline_without_cache_names_the_expected_cache_file(offline
     assert str(expected) in msg and "pre-download" in msg and "weights:" in msg
 
 
+def test_a_timm_classifier_that_is_a_1x1_convolution_becomes_the_source_head(tmp_path):
+    # timm's ResNetV2 and BiT classify pooled features with a 1x1 convolution: LEEP and NCE need
+    # it as the source head (it was dropped, and the catalog's ResNet V2s had no LEEP or NCE)
+    original = timm_model("resnetv2_18", seed=5)
+    assert isinstance(original.get_classifier(), nn.Conv2d)
+    path = save_state(original, tmp_path / "resnetv2.safetensors")
+    backbone, meta = load_model("timm:resnetv2_18", weights=path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(backbone.source_logits(x), original(x), atol=1e-5)
+    assert meta["source_classes"] == 1000 and meta["feature_dim"] == 512
+
+
+def test_googlenet_from_a_weights_file_with_auxiliary_heads_has_the_catalogs_parameters(tmp_path):
+    # torchvision's published GoogLeNet file holds the auxiliary heads; the backbone drops them
+    # (in training mode they made forward return a tuple) and counts 5,599,904 parameters
+    from torchvision.models import get_model
+
+    path = save_state(get_model("googlenet", weights=None, aux_logits=True, init_weights=False),
+                      tmp_path / "googlenet.safetensors")
+    backbone, meta = load_model("torchvision:googlenet", weights=path)
+    assert meta["params"] == 5_599_904 and meta["feature_dim"] == 1024
+    backbone.train()
+    assert backbone.features(torch.randn(2, 3, 64, 64)).shape == (2, 1024)
+    _, random = load_model("torchvision:googlenet", pretrained=False)
+    assert random["params"] == 5_599_904
+
+
 def test_torchvision_without_a_linear_classifier_gives_pooled_features_and_no_head():
     backbone, meta = load_model("torchvision:squeezenet1_1", pretrained=False)
     assert backbone.source_head is None and meta["feature_dim"] == 512

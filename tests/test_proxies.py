@@ -607,6 +607,23 @@ def test_transrate_equals_dxd_reference(n, d):
         assert transrate(x, y, eps=eps) == pytest.approx(_transrate_dxd(x, y, eps), rel=1e-10)
 
 
+def test_transrate_of_huge_features_is_finite_where_the_centred_gram_is_psd_only_up_to_rounding():
+    # a randomly initialised Inception V3 at 299 px gave features this large: N < D, and the
+    # centred Gram matrix's zero eigenvalue, times 1 / (n eps), fell below -1 (Cholesky failed)
+    rng = np.random.default_rng(0)
+    y = np.arange(8) % 2
+    z = rng.normal(size=(8, 2048))
+    got = transrate(1e12 * z + 1e13, y)
+
+    def rate(a, zeros=0, eps=1e-4 / 1e24):  # of z: 1/2 sum log(1 + s_i^2 / (n eps))
+        s = np.linalg.svd(a, compute_uv=False)[:len(a) - zeros]
+        return 0.5 * np.log1p(s * s / (len(a) * eps)).sum()
+
+    zc = z - z.mean(0)  # rank 7 of 8: its eighth singular value is exactly 0
+    want = rate(zc, zeros=1) - (rate(zc[y == 0]) + rate(zc[y == 1])) / 2
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------ kNN screening
 
 

@@ -348,25 +348,37 @@ def transrate(features: Any, labels: Any, eps: float = 1e-4) -> float:
     return transrate_score(TaskFeatures.from_arrays(features, labels), eps=eps)
 
 
-def _half_logdet_eye_plus(gram_or_cov: np.ndarray, scale: float) -> float:
+def _half_logdet_eye_plus(gram_or_cov: np.ndarray, scale: float, rows: np.ndarray) -> float:
+    """1/2 log det(I + scale G) for G = ``rows`` @ ``rows``.T (or ``rows``.T @ ``rows``)."""
     m = np.eye(len(gram_or_cov)) + scale * gram_or_cov
-    return float(np.log(np.diag(np.linalg.cholesky(m))).sum())  # 1/2 log det = sum log diag L
+    try:
+        return float(np.log(np.diag(np.linalg.cholesky(m))).sum())  # 1/2 log det = sum log diag L
+    except np.linalg.LinAlgError:
+        # G is positive semi-definite only up to rounding: the centred Gram matrix's zero
+        # eigenvalue comes out near -1e-16 x its largest, which a large scale (huge features,
+        # e.g. a randomly initialised Inception V3's) turns below -1. The squared singular
+        # values of the rows are the eigenvalues; those below numpy's rank tolerance
+        # (matrix_rank's: max dimension x machine epsilon x the largest) are the zeros that
+        # centring makes, taken as 0.
+        s = np.linalg.svd(rows, compute_uv=False)
+        s[s <= s.max(initial=0.0) * max(rows.shape) * np.finfo(s.dtype).eps] = 0.0
+        return 0.5 * float(np.log1p(scale * s * s).sum())
 
 
 def transrate_score(tf: TaskFeatures, *, eps: float = 1e-4) -> float:
     """:func:`transrate` on prepared :class:`TaskFeatures` (shares the centred Gram matrix)."""
     n, d = tf.n, tf.d
     g = tf.centred_gram
-    rate = _half_logdet_eye_plus(g if g is not None else tf.xc.T @ tf.xc, 1.0 / (n * eps))
+    rate = _half_logdet_eye_plus(g if g is not None else tf.xc.T @ tf.xc, 1.0 / (n * eps), tf.xc)
     class_rate = 0.0
     for c in range(tf.n_classes):
         rows = np.flatnonzero(tf.y == c)
+        zc = tf.xc[rows]
         if g is not None:  # n_c <= N <= D: a block of the centred Gram matrix
             block = g[np.ix_(rows, rows)]
         else:
-            zc = tf.xc[rows]
             block = zc @ zc.T if len(rows) <= d else zc.T @ zc
-        class_rate += _half_logdet_eye_plus(block, 1.0 / (len(rows) * eps))
+        class_rate += _half_logdet_eye_plus(block, 1.0 / (len(rows) * eps), zc)
     return rate - class_rate / tf.n_classes
 
 

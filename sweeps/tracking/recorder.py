@@ -216,6 +216,7 @@ class PairRecorder:
                                "curve": curves.get(key, []), "val_curve": val_curves.get(key),
                                "seconds": metrics.get("time/finetune", 0.0) / len(job.runs),
                                "test_pred": preds.get(key), "test_labels": labels,
+                               "micro_batch": metrics.get(f"{key}/micro_batch"),
                                "started_at": metrics.get("started_at"),
                                "ended_at": metrics.get("ended_at"),
                                "digest": metrics.get("task_digest")}
@@ -272,13 +273,15 @@ class PairRecorder:
         self._log(*pair, "probe",
                   {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
                   artifacts=[path] if readable else None, features_uri=metrics.get("features_uri"),
-                  span=span, digest=metrics.get("task_digest"))
+                  span=span, digest=metrics.get("task_digest"),
+                  micro=micro_batch_params("probe", parts.get("early_stop", {}),
+                                           self.plan.cfg.probe.early_stop.batch_size))
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
              runs: dict[tuple[float, int], dict] | None = None, artifacts: list[str] | None = None,
              features_uri: str | None = None, span: tuple[float, float] | None = None,
-             digest: str | None = None) -> None:
+             digest: str | None = None, micro: dict[str, Any] | None = None) -> None:
         """Log (or spool) the pair's run: ``span`` is its trials' (first start, last end) in
         epoch seconds, ``digest`` its task's :func:`~lightning_modules.task_data.splits_digest`
         (the run's dataset input)."""
@@ -294,6 +297,8 @@ class PairRecorder:
                        ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
                         "upstream_acc", "objective")})
         params["model/upstream"] = ",".join(meta.get("upstream", []))
+        params.update(micro or (micro_batch_params(protocol, runs, cfg.finetune.batch_size)
+                                if runs else {}))
         tags = {"group": task_group(task, self.plan.task_refs.get(task, {})), "sweep": cfg.name,
                 "pools": ",".join(model_pools(self.plan.pools, model))}
         if protocol == "finetune":
@@ -359,8 +364,28 @@ def _child_runs(model: str, task: str, runs: dict[tuple[float, int], dict]) -> l
             history["curve/val_acc"] = run["val_curve"]
         children.append({
             "name": f"{model}@{task}:finetune/lr={lr:g}/rep{rep}",
-            "params": {"lr": lr, "repetition": f"rep{rep}"},
+            "params": {"lr": lr, "repetition": f"rep{rep}",
+                       **({"micro_batch": run["micro_batch"]} if run.get("micro_batch") else {})},
             "metrics": {"val/acc": run["val_acc"], "test/acc": run["test_acc"]},
             "history": history,
         })
     return children
+
+
+def micro_batch_params(protocol: str, results: dict, effective: int) -> dict[str, Any]:
+    """``<protocol>/micro_batch``: the smallest micro-batch the pair's fine-tune steps used (a
+    fine-tune pair's runs, or a probe's early-stop proxy), and where it is smaller than the
+    effective batch, that BatchNorm normalised per micro-batch (README, "Running the paper's
+    study"). Empty when the trials did not say (results from before micro-batches)."""
+    if protocol == "finetune":
+        sizes = [r["micro_batch"] for r in results.values() if r.get("micro_batch")]
+        key = "finetune"
+    else:
+        sizes = [results["early_stop_micro_batch"]] if results.get("early_stop_micro_batch") else []
+        key = "probe/early_stop"
+    if not sizes:
+        return {}
+    size = int(min(sizes))
+    stats = (f"per micro-batch of {size} (effective batch {effective})" if size < effective
+             else f"per batch of {effective}")
+    return {f"{key}/micro_batch": size, f"{key}/batchnorm_statistics": stats}
