@@ -29,6 +29,8 @@ from sweeps.config import WhichModelError
 from sweeps.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
+FORCE_HELP = ("recompute the report even when the experiment's finished runs, the report "
+              "settings and the code are those of the last report (which is otherwise reused)")
 
 
 def _paths(args):
@@ -142,12 +144,13 @@ def _after_sweep(args, paths, plan, outcome) -> int:
         from sweeps.search import run_search
 
         start = time.perf_counter()
-        run_search(plan, paths, paths.tracking_uri(uri))
+        run_search(plan, paths, paths.tracking_uri(uri), tracker=outcome.tracker)
         STAGES["search"] = time.perf_counter() - start
     if not args.no_report:
         start = time.perf_counter()
         _report(paths, uri, plan.cfg.experiment, plan=plan,
-                out_dir=Path(args.reports_dir) / plan.cfg.name)
+                out_dir=Path(args.reports_dir) / plan.cfg.name, force=args.force,
+                tracker=outcome.tracker)
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
     _print_ui(uri, outcome.experiment_id or None)
@@ -168,11 +171,14 @@ def _print_ui(uri: str, experiment_id: str | None) -> None:
 
 def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",
             budget: int | None = None, fmt: str | None = None, output: str | None = None,
-            detail: bool = False) -> int:
+            detail: bool = False, force: bool = False, tracker=None) -> int:
+    """The report: the last one when nothing it depends on changed (:mod:`sweeps.cache`),
+    else computed; ``tracker``: the command's own (its read of the pair runs is reused)."""
+    from sweeps.cache import cached_report
     from sweeps.reporting import report_experiment
     from sweeps.tracking.client import Tracker
 
-    tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
+    tracker = tracker or Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
     kwargs: dict = {"pool": pool}
     if plan is not None:
         cfg = plan.cfg
@@ -189,18 +195,21 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
                                   f"{', '.join(plan.pools)}")
     elif budget:
         kwargs["max_budget"] = budget
-    report = report_experiment(tracker, **kwargs)
+    report, fingerprint = cached_report(
+        tracker, paths.home, kwargs, plan.cfg.report if plan is not None else None, force,
+        lambda: report_experiment(tracker, artifacts_cache=paths.home / "cache" / "artifacts",
+                                  **kwargs))
     if plan is not None and plan.cfg.search.enabled:
         from sweeps.search import search_results, summarize_search
 
         results = search_results(tracker, plan.cfg)
         if results:
             report["budgeted_search"] = summarize_search(report, results)
-    return _emit(report, out_dir, tracker, fmt, output, detail)
+    return _emit(report, out_dir, tracker, fmt, output, detail, fingerprint=fingerprint)
 
 
 def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
-          detail: bool = False) -> int:
+          detail: bool = False, fingerprint: str | None = None) -> int:
     from sweeps.reporting import results_table, write_and_log
 
     if fmt and output == "-":
@@ -222,7 +231,7 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
         from sweeps.search import format_search
 
         print(format_search(report["budgeted_search"]) + "\n")
-    files = write_and_log(report, out_dir, tracker, detail=detail)
+    files = write_and_log(report, out_dir, tracker, detail=detail, fingerprint=fingerprint)
     if fmt and output:
         Path(output).write_bytes(files[fmt].read_bytes())
     return 0
@@ -254,7 +263,7 @@ def cmd_report(args) -> int:
     plan = plan_sweep(config) if config else None
     return _report(paths, args.tracking_uri, args.experiment, plan=plan, out_dir=out_dir,
                    pool=args.pool, budget=args.budget, fmt=args.format, output=args.output,
-                   detail=args.detail)
+                   detail=args.detail, force=args.force)
 
 
 def cmd_list(args) -> int:
@@ -383,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the local SQLite store in the home folder)")
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--no-report", action="store_true")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.set_defaults(func=cmd_run)
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep (Tune restore); nothing "
@@ -390,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("name", help="the sweep's name")
     rs.add_argument("--reports-dir", default="reports")
     rs.add_argument("--no-report", action="store_true")
+    rs.add_argument("--force", action="store_true", help=FORCE_HELP)
     rs.set_defaults(func=cmd_resume)
 
     rep = sub.add_parser("report", help="regret report of an experiment or a records file")
@@ -405,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--reports-dir", default="reports")
     rep.add_argument("--detail", action="store_true",
                      help="also print the per-task tables (split to the terminal's width)")
+    rep.add_argument("--force", action="store_true", help=FORCE_HELP)
     rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list a registry: tasks, proxies, strategies, "

@@ -42,6 +42,7 @@ class Outcome:
     experiment_id: str = ""  # the MLflow experiment's id (the UI's address)
     # seconds from the sweep's start until its last probe and its last fine-tune were in
     stage_s: dict[str, float] = field(default_factory=dict)
+    tracker: Any = field(default=None, repr=False)  # the Tracker that read and wrote the pairs
 
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
@@ -74,7 +75,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
                                             for m in plan.models for t in plan.tasks]
     todo = [(m, t, p) for m, t, p in wanted if pair_key(m, t, p) not in finished]
     outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri,
-                      experiment_id=tracker.experiment_id)
+                      experiment_id=tracker.experiment_id, tracker=tracker)
     print(f"[whichmodel] {label or 'sweep ' + cfg.name}: {len(wanted)} (model, task, protocol) keys, "
           f"{outcome.pairs_skipped} already finished in MLflow ({redact_uri(uri)}), "
           f"{len(todo)} to run", file=stream, flush=True)
@@ -83,6 +84,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
 
     jobs = expand_jobs(cfg, todo)
     recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
+    recorder.use(tracker)  # its read of the finished keys is the recorder's too
     name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if label is None:
         state = write_state(paths, plan, name, uri)
@@ -112,8 +114,9 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
     metas = check_plan(plan, paths)
     cfg, uri = plan.cfg, state["tracking_uri"]
     recorder = new_recorder(plan, paths, metas, uri, {})
-    Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
-            spool_dir=paths.home / "spool")  # preflight; replays what a killed driver spooled
+    # preflight; replays what a killed driver left in the spool (its queued records included)
+    recorder.use(Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
+                         spool_dir=paths.home / "spool"))
     print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
     init_ray(cfg.resources.num_cpus)
     try:
@@ -126,7 +129,8 @@ def resume_sweep(name: str, paths: Paths, stream=None) -> tuple[Plan, Outcome]:
         return plan, run_sweep(plan, paths, tracking_uri=uri, stream=stream)
     recorder.reconcile(done)
     outcome = Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged, recorder.failures,
-                      state["experiment_path"], uri, recorder.tracker.experiment_id)
+                      state["experiment_path"], uri, recorder.tracker.experiment_id,
+                      tracker=recorder.tracker)
     return plan, outcome
 
 
