@@ -126,7 +126,7 @@ class FinetuneProtocol(Strict):
     repeats: int = Field(5, ge=1)
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
-    curve_every: int = Field(10, ge=1)  # training-loss points logged to the child runs
+    curve_every: int = Field(10, ge=1)  # steps between training-loss points (the curves artifact)
     # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
     # per_run: a trial per (learning rate, repetition), so a lost node loses little; per_pair:

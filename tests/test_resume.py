@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,13 +64,25 @@ def _cli(home: Path, ray_dir: Path, *args: str, **kw) -> subprocess.Popen:
 
 
 def _kill_group(proc: subprocess.Popen, ray_dir: Path) -> None:
+    from tests.cluster.services import processes_mentioning
+
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-    # Ray's own daemons may have left the process group: end whatever uses this run's temp dir.
-    subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
+    # Ray's own daemons may have left the process group: end the ones of this run's temp dir.
+    for pid in processes_mentioning(str(ray_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _journal(home: Path, experiment: str) -> set[str]:
+    """The pair keys whose records wait in the spool (acknowledged, not logged yet)."""
+    import json
+
+    return {json.loads(p.read_text())["pair_key"]
+            for p in (home / "spool" / experiment).glob("*.json")}
 
 
 def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
@@ -80,7 +93,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
     ray_a, ray_b = Path(f"/tmp/wmk-{os.getpid()}-a"), Path(f"/tmp/wmk-{os.getpid()}-b")
     build = _cli(home, ray_a, "zoo", "build", str(tmp_path / "zoo.yaml"))
     assert build.wait(timeout=300) == 0, build.stdout.read()
-    subprocess.run(["pkill", "-9", "-f", str(ray_a)], check=False)
+    _kill_group(build, ray_a)
 
     driver = _cli(home, ray_a, "run", str(config), "--no-report")
     total = 2 * 3 * 2
@@ -95,6 +108,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
     before = {r.data.tags["pair_key"]: r.info.run_id for r in _pair_runs(home, "kill")
               if r.info.status == "FINISHED"}
     assert 0 < len(before) < total, "the driver must be killed mid-sweep"
+    acknowledged = set(before) | _journal(home, "kill")  # logged, or journaled and queued
 
     resume = _cli(home, ray_b, "resume", "kill", "--no-report")
     try:
@@ -110,3 +124,4 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     after = {r.data.tags["pair_key"]: r.info.run_id for r in runs}
     assert all(after[k] == run_id for k, run_id in before.items())  # nothing logged twice
+    assert acknowledged <= set(after) and not _journal(home, "kill")

@@ -33,7 +33,7 @@ def fetch_artifacts(tracker, wanted: list[tuple[Any, str]], cache_dir: Path,
     from sweeps.tracking.client import ARTIFACTS_TAG
 
     out: dict[str, Path | None] = {}
-    todo = []
+    todo, cached = [], 0
     for run, name in wanted:
         run_id = run.info.run_id
         local = local_artifact(run.info.artifact_uri, name)
@@ -43,16 +43,15 @@ def fetch_artifacts(tracker, wanted: list[tuple[Any, str]], cache_dir: Path,
         elif local is not None:
             out[run_id] = local if local.is_file() else None
         elif (cache_dir / run_id / name).is_file():
-            out[run_id] = cache_dir / run_id / name
+            out[run_id], cached = cache_dir / run_id / name, cached + 1
         elif (cache_dir / run_id / f"{name}.absent").is_file():
-            out[run_id] = None
+            out[run_id], cached = None, cached + 1
         else:
             todo.append((run, name, tagged is not None))
     if not todo:
         return out
     progress = ReadProgress(f"downloading {label}", len(todo), stream,
-                            note=f"{len(wanted) - len(todo)} cached" if len(todo) < len(wanted)
-                            else "")
+                            note=f"{cached} cached" if cached else "")
     cache_dir.mkdir(parents=True, exist_ok=True)
     repos: dict[str, Any] = {}
     lock = threading.Lock()
