@@ -90,7 +90,7 @@ def log_study(plan, metas, uri: str, home: Path) -> dict[str, Any]:
     jobs = study_jobs(plan)
     hashes = {p: plan.cfg.protocol_hash(p) for p in plan.protocols}
     tracker = Tracker(uri, plan.cfg.experiment, spool_dir=home / "spool")
-    tracker.runs_by_key(hashes)  # the skip check before the sweep
+    tracker.keys_by_status(hashes)  # the skip check before the sweep
     recorder = PairRecorder(plan, metas, uri, None, dict(Counter(j.kind for j in jobs)),
                             spool_dir=home / "spool")
     recorder.use(tracker)
@@ -127,7 +127,7 @@ def skip_check(plan, uri: str) -> dict[str, Any]:
     hashes = {p: plan.cfg.protocol_hash(p) for p in plan.protocols}
     start = time.perf_counter()
     tracker = Tracker(uri, plan.cfg.experiment)
-    finished, _ = tracker.runs_by_key(hashes)
+    finished, _ = tracker.keys_by_status(hashes)
     took = time.perf_counter() - start
     if len(finished) != len(plan.keys()):
         raise RuntimeError(f"the skip check found {len(finished)} of {len(plan.keys())} keys")

@@ -100,9 +100,9 @@ def safe_name(name: str) -> str:
 
 
 def report_fingerprint(runs, settings: dict[str, Any]) -> str:
-    """The report's fingerprint: its finished pair runs (id, end time), its settings and the
-    code version."""
-    return digest({"runs": sorted((r.info.run_id, r.info.end_time) for r in runs),
+    """The report's fingerprint: its finished pair runs (``PairKey``: id, end time), its
+    settings and the code version."""
+    return digest({"runs": sorted((r.run_id, r.end_time) for r in runs),
                    "settings": settings, "code": code_version()})
 
 
@@ -137,7 +137,7 @@ def cached_report(tracker, home: Path, kwargs: dict[str, Any], sweep_report, for
 
     settings = {k: v for k, v in kwargs.items() if k != "learned"}
     settings["sweep_report"] = sweep_report.model_dump() if sweep_report is not None else None
-    finished, _ = tracker.runs_by_key(kwargs.get("protocol_hashes"))
+    finished, _ = tracker.keys_by_status(kwargs.get("protocol_hashes"))
     fingerprint = report_fingerprint(finished.values(), settings)
     cache = ReportCache(home, tracker.experiment, kwargs.get("pool", "all"))
     cached = None if force else cache.load(fingerprint)

@@ -69,7 +69,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
     tracker = Tracker(uri, cfg.experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
                       spool_dir=paths.home / "spool")  # preflight; replays an earlier spool
-    finished, _ = tracker.runs_by_key(hashes)
+    finished, _ = tracker.keys_by_status(hashes)  # ids, status, tags: no metric travels
 
     wanted = keys if keys is not None else [(m, t, p) for p in plan.protocols
                                             for m in plan.models for t in plan.tasks]

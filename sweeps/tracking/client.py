@@ -31,6 +31,7 @@ when the next ``Tracker`` with a spool starts (``whichmodel run`` / ``resume``).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from sweeps.plan import pair_key
+from sweeps.tracking.keys import PairKey, lean_pair_runs, partitioned
 from sweeps.tracking.outage import (  # noqa: F401 (the names callers import from here)
     FINAL_DRAIN_DELAYS_S,
     RETRY_DELAYS_S,
@@ -93,6 +95,7 @@ class Tracker:
         self.replayed = 0
         self.reads = 0  # searches of the pair runs (one per command)
         self._pairs: list[Any] | None = None
+        self._keys: list[PairKey] | None = None
         preflight(tracking_uri)
         # MLflow prints two "View run ... at URL" lines per run against a server: thousands in a
         # sweep; the driver prints the server's address once. Its artifact downloads draw a
@@ -141,24 +144,39 @@ class Tracker:
 
     def pair_runs(self) -> list[Any]:
         """Every pair run of the experiment, all statuses, newest first: one search, filtered on
-        the server by the ``pair_key`` tag, kept until this tracker logs a pair."""
+        the server by the ``pair_key`` tag (on a server, in 16 run-id partitions at once:
+        :func:`sweeps.tracking.keys.partitioned`), kept until this tracker logs a pair."""
         if self._pairs is None:
-            self._pairs = self.search(PAIR_RUNS)
+            self._pairs = (partitioned(self.search, PAIR_RUNS,
+                                       lambda r: (r.info.start_time or 0, r.info.run_id))
+                           if is_http(self.uri) else self.search(PAIR_RUNS))
             self.reads += 1
         return self._pairs
+
+    def pair_keys(self) -> list[PairKey]:
+        """Every pair run without its metrics and params (:mod:`sweeps.tracking.keys`): from
+        the full read when there was one, else one lean search, kept like :meth:`pair_runs`."""
+        if self._pairs is not None:
+            return [PairKey.of(run) for run in self._pairs]
+        if self._keys is None:
+            lean = lean_pair_runs(self.uri, self.experiment_id, PAIR_RUNS)
+            if lean is None:
+                return [PairKey.of(run) for run in self.pair_runs()]
+            self._keys = lean
+            self.reads += 1
+        return self._keys
+
+    def keys_by_status(self, protocol_hashes: dict[str, str] | None = None
+                       ) -> tuple[dict[str, PairKey], dict[str, PairKey]]:
+        """(finished, unfinished) pair runs by ``pair_key``, lean, for the given protocol
+        hashes: what the skip check, the recorder and the report's fingerprint need."""
+        return by_key(self.pair_keys(), protocol_hashes, lambda r: r.tags, lambda r: r.status)
 
     def runs_by_key(self, protocol_hashes: dict[str, str] | None = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(finished, unfinished) pair runs by ``pair_key``, for the given protocol hashes."""
-        finished, unfinished = {}, {}
-        for run in self.pair_runs():
-            tags = run.data.tags
-            proto, key = tags.get("protocol"), tags.get("pair_key")
-            if protocol_hashes is not None and protocol_hashes.get(proto) != tags.get("protocol_hash"):
-                continue
-            target = finished if run.info.status == "FINISHED" else unfinished
-            target.setdefault(key, run)
-        return finished, unfinished
+        return by_key(self.pair_runs(), protocol_hashes, lambda r: r.data.tags,
+                      lambda r: r.info.status)
 
     def log_pair(self, model: str, task: str, protocol: str, protocol_hash: str,
                  tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float],
@@ -190,10 +208,10 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=run_name(model, task, protocol),
                                          tags=all_tags, start_time=start_time_ms)
         run_id = run.info.run_id
-        self._pairs = None  # the next read sees this run
+        self._pairs = self._keys = None  # the next read sees this run
         now = timestamp_ms or int(time.time() * 1000)
         mlist = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-                 if v is not None and float(v) == float(v) and abs(float(v)) != float("inf")]
+                 if v is not None and math.isfinite(float(v))]
         for key, points in (history or {}).items():
             mlist += [Metric(key, float(v), now, int(step)) for step, v in points]
         plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -363,3 +381,17 @@ class Tracker:
             self.client.set_tag(run_id, REPORT_FINGERPRINT_TAG, fingerprint)
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+
+def by_key(runs, protocol_hashes: dict[str, str] | None, tags_of, status_of
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(finished, unfinished) runs by ``pair_key`` at the protocol hashes, the newest first."""
+    finished, unfinished = {}, {}
+    for run in runs:
+        tags = tags_of(run)
+        proto, key = tags.get("protocol"), tags.get("pair_key")
+        if protocol_hashes is not None and protocol_hashes.get(proto) != tags.get("protocol_hash"):
+            continue
+        target = finished if status_of(run) == "FINISHED" else unfinished
+        target.setdefault(key, run)
+    return finished, unfinished

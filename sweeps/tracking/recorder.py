@@ -129,9 +129,9 @@ class PairRecorder:
             self._writer.logged, self._writer.failures = 0, []
 
     def _refresh(self) -> None:
-        finished, unfinished = self.tracker.runs_by_key(self.hashes)
+        finished, unfinished = self.tracker.keys_by_status(self.hashes)
         self._finished = set(finished)
-        self._unfinished = {k: r.info.run_id for k, r in unfinished.items()}
+        self._unfinished = {k: r.run_id for k, r in unfinished.items()}
 
     def is_finished(self, key: str) -> bool:
         if self._finished is None:

@@ -122,6 +122,29 @@ def test_predictions_are_downloaded_once_then_read_without_the_server(
         m: v.tolist() for m, v in first["digits"].items()}
 
 
+def test_the_lean_read_of_the_keys_finds_what_the_full_read_finds(mlflow_up, client_env, tmp_path):
+    """The skip check reads ids, status, end time and tags only (GraphQL), in 16 run-id
+    partitions; the report's full read, partitioned too, finds the same runs in the same order."""
+    stack = mlflow_up
+    writer_tracker = Tracker(stack.tracking_uri, "lean-read")
+    for i in range(12):
+        writer_tracker.log_record(_record(f"m{i}", tmp_path))
+    unfinished = writer_tracker.client.create_run(writer_tracker.experiment_id, tags={
+        "pair_key": "m0|digits|finetune", "protocol": "finetune", "protocol_hash": "h1",
+        "model": "m0", "task": "digits"}).info.run_id
+    writer_tracker.client.create_run(writer_tracker.experiment_id, tags={"protocol": "report"})
+    tracker = Tracker(stack.tracking_uri, "lean-read")
+    finished, waiting = tracker.keys_by_status({"finetune": "h1"})
+    assert tracker.reads == 1 and tracker.pair_runs() and tracker.reads == 2
+    full_finished, full_waiting = tracker.runs_by_key({"finetune": "h1"})
+    assert {k: (r.run_id, r.end_time) for k, r in finished.items()} == {
+        k: (r.info.run_id, r.info.end_time) for k, r in full_finished.items()}
+    assert len(finished) == 12 and waiting["m0|digits|finetune"].run_id == unfinished
+    assert full_waiting["m0|digits|finetune"].info.run_id == unfinished
+    assert finished["m3|digits|finetune"].tags["group"] == "natural"
+    assert [r.run_id for r in tracker.pair_keys()] == [r.info.run_id for r in tracker.pair_runs()]
+
+
 @pytest.mark.slow
 def test_a_driver_killed_with_records_in_its_queue_loses_no_acknowledged_pair(
         mlflow_up, rest, wm_home, tmp_path):
