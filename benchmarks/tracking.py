@@ -1,6 +1,6 @@
 """The tracking side at the study's size, against the project's own server stack.
 
-    python -m benchmarks.tracking [--quick] [--workers N] [--no-ui] [--keep]
+    python -m benchmarks.tracking [--quick | --tiny] [--workers N] [--no-ui] [--keep]
 
 Starts ``mlflow_server.local`` (PostgreSQL, moto's S3, MLflow with basic auth, on loopback; its
 server workers as ``MLFLOW_SERVER_WORKERS=auto`` gives this host unless ``--workers``), then:
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tracking")
     parser.add_argument("--quick", action="store_true", help="a tenth: 2 of the 19 tasks")
+    parser.add_argument("--tiny", action="store_true",
+                        help="4 models x 2 tasks: the code paths only (the test suite runs it)")
     parser.add_argument("--workers", type=int, help="MLflow server workers (default: auto)")
     parser.add_argument("--no-ui", action="store_true", help="skip the browser")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's folder")
@@ -194,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="wm-tracking-", dir="/tmp"))
     root.chmod(0o711)  # PostgreSQL runs as its own user when we are root
     home = root / "home"
-    out: dict[str, Any] = {"tracking_quick": args.quick, "tracking_server_workers": workers,
+    out: dict[str, Any] = {"tracking_quick": args.quick, "tracking_tiny": args.tiny,
+                           "tracking_server_workers": workers,
                            "loadavg": [round(v, 2) for v in os.getloadavg()]}
+    saved = dict(os.environ)
     try:
         with local_stack(root / "stack", workers=workers) as stack:
             env = {**os.environ, **stack.client_env(), "WHICHMODEL_HOME": str(home),
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               os.environ.get("PYTHONPATH")]))}
             os.environ.update(stack.client_env())
             os.environ["WHICHMODEL_HOME"] = str(home)
-            plan, metas = study_plan(EXPERIMENT, 2 if args.quick else None)
+            plan, metas = study_plan(EXPERIMENT, 2 if args.tiny or args.quick else None,
+                                     n_models=4 if args.tiny else None)
             log(f"logging {len(plan.keys())} pairs ({len(plan.models)} models x "
                 f"{len(plan.tasks)} tasks x {len(plan.protocols)} protocols) to "
                 f"{stack.tracking_uri} ({workers} server workers)")
@@ -213,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_ui:
                 out.update(ui_time(stack, out["experiment_id"]))
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:

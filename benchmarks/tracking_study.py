@@ -27,9 +27,9 @@ CURVE_POINTS = 250
 KINDS = ("probe", "early_stop", "finetune")
 
 
-def study_plan(experiment: str, n_tasks: int | None = None):
+def study_plan(experiment: str, n_tasks: int | None = None, n_models: int | None = None):
     """(plan, metas): vtab1k.yaml's plan with the paper's 46 models (the first ``n_tasks``
-    tasks only, when given)."""
+    tasks and ``n_models`` models only, when given)."""
     from dataclasses import replace
 
     plan = plan_sweep(CONFIGS / "vtab1k.yaml")
@@ -46,7 +46,7 @@ def study_plan(experiment: str, n_tasks: int | None = None):
                        "objective": "supervised"}
     cfg = plan.cfg.model_copy(update={"name": experiment})
     tasks = plan.tasks[:n_tasks] if n_tasks else plan.tasks
-    models = list(metas)
+    models = list(metas)[:n_models] if n_models else list(metas)
     return replace(plan, cfg=cfg, models=models, tasks=tasks, pools={"all": models},
                    metadata=metas), metas
 

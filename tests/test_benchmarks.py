@@ -31,3 +31,21 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu_through_the_bf16_channels_last_paths
     assert checks["features_on"] == "cpu" and checks["features_dtype"] == "torch.float32"
     assert checks["precision"] == "bf16-mixed"
     assert checks["activation_dtype_under_autocast"] == "torch.bfloat16"
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_tracking_benchmark_runs_tiny_against_its_own_server_stack(capsys):
+    """4 models x 2 tasks through the recorder to a fresh local stack, the skip check, the report
+    twice (the second reused), the runs table in headless Chromium."""
+    from benchmarks.tracking import main
+
+    assert main(["--tiny"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tracking_tiny"] is True and out["tracking_pairs"] == 16
+    assert out["tracking_requests_per_pair"] <= 6  # create, one batch, inputs, uploads, finish
+    for key in ("tracking_log_s_per_pair", "tracking_skip_check_s", "tracking_report_s",
+                "tracking_report_again_s", "tracking_ui_table_s"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["tracking_report_again_stderr_lines"] == 1  # the one line saying it is reused
+    assert out["tracking_report_stderr_lines"] <= 20
