@@ -84,7 +84,7 @@ def test_sweep_logs_one_finished_run_per_key_and_reruns_nothing(sweep_env, capsy
     assert ft.data.tags["artifacts"] == ("predictions/tiny-random@sprite_location.npz,"
                                          "curves/tiny-random@sprite_location.json")
     assert 0.0 <= ft.data.metrics["test/acc"] <= 1.0 and "val/acc" in ft.data.metrics
-    assert ft.data.params["finetune/profile"] == "test-tiny"
+    assert json.loads(ft.data.params["finetune/settings"])["profile"] == "test-tiny"
     capsys.readouterr()
 
     # Second run: everything is finished, nothing runs again, still one run per key.

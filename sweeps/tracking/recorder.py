@@ -53,16 +53,6 @@ def aggregate_finetune(runs: dict[tuple[float, int], dict[str, Any]]) -> dict[st
     return out
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def artifact_root(uri: str, home_artifacts: Path) -> Path | None:
     """Local stores keep artifacts under the home folder; a server decides for itself."""
     return home_artifacts if uri.startswith(("sqlite:", "file:", "/")) else None
@@ -321,7 +311,10 @@ class PairRecorder:
         if self._finished is not None and key in self._finished:
             return
         cfg, meta = self.plan.cfg, self.metas[model]
-        params = {f"{protocol}/{k}": v for k, v in flatten(cfg.protocol_settings(protocol)).items()}
+        # the protocol's settings (what protocol_hash digests) as one param: a row each would be
+        # a tenth of what every read of the pair runs makes the server build
+        params = {f"{protocol}/settings": json.dumps(cfg.protocol_settings(protocol),
+                                                     sort_keys=True, default=str)}
         params.update({f"model/{k}": meta.get(k) for k in
                        ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
                         "upstream_acc", "objective")})
