@@ -53,8 +53,6 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     ``keys``: only these keys of the plan (``whichmodel recommend``: the pool's probes, then the
     picks' fine-tunes). ``label``: the Tune experiment's name prefix for such a partial run,
     which writes no sweep state (``resume`` continues whole sweeps only)."""
-    from sweeps.tune_runner import init_ray, run_jobs
-
     stream = stream or sys.stderr
     cfg = plan.cfg
     # Every model opens and every task's data is there, before anything runs or is written.
@@ -81,6 +79,8 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
           f"{len(todo)} to run", file=stream, flush=True)
     if not todo:
         return outcome
+
+    from sweeps.tune_runner import init_ray, run_jobs  # Ray only when a trial runs
 
     jobs = expand_jobs(cfg, todo)
     recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)))
