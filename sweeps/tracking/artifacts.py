@@ -7,6 +7,8 @@ threads, into ``<cache_dir>/<run id>/<artifact path>`` (the report passes
 ``$WHICHMODEL_HOME/cache/artifacts``); a second report downloads nothing. A run that has no such
 artifact is remembered too (``<path>.absent``). Runs logged with the ``artifacts`` tag
 (:data:`sweeps.tracking.client.ARTIFACTS_TAG`) say what they hold; older ones are listed first.
+An artifact the tracking server proxies is one GET of its REST endpoint (MLflow's repository
+lists a path before it downloads it: two requests).
 Artifacts of a local store are read where they are. One progress line (:class:`ReadProgress`),
 never MLflow's progress bars.
 """
@@ -22,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from sweeps.tracking.outage import is_http
 
 WORKERS = 8  # concurrent downloads: the server proxies each from S3, mostly waiting
 
@@ -86,12 +90,39 @@ def _download(tracker, run, name: str, listed: bool, target: Path, repos: dict, 
             absent.parent.mkdir(parents=True, exist_ok=True)
             absent.touch()
             return None
+    final = folder / name
+    final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:
-        got = Path(repo.download_artifacts(f"{prefix}/{name}".strip("/"), tmp))
-        final = folder / name
-        final.parent.mkdir(parents=True, exist_ok=True)
+        endpoint = proxied_endpoint(run.info.artifact_uri, name)
+        if endpoint is not None and is_http(tracker.uri):  # one GET, not a listing and a GET
+            got = Path(tmp) / "artifact"
+            _get(tracker.uri, endpoint, got)
+        else:
+            got = Path(repo.download_artifacts(f"{prefix}/{name}".strip("/"), tmp))
         shutil.move(str(got), final)  # same file system: a rename; readers see all or nothing
     return final
+
+
+def proxied_endpoint(artifact_uri: str, name: str) -> str | None:
+    """The tracking server's REST endpoint of an artifact it proxies (``mlflow-artifacts:/...``,
+    as ``mlflow server --serve-artifacts`` stores them); None for any other artifact URI."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme != "mlflow-artifacts" or parts.netloc:
+        return None
+    return f"/api/2.0/mlflow-artifacts/artifacts/{parts.path.strip('/')}/{name}"
+
+
+def _get(uri: str, endpoint: str, path: Path) -> None:
+    """Download one proxied artifact with the client's own credentials (MLflow's)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.request_utils import augmented_raise_for_status
+    from mlflow.utils.rest_utils import http_request
+
+    response = http_request(get_default_host_creds(uri), endpoint, "GET", stream=True)
+    augmented_raise_for_status(response)
+    with open(path, "wb") as f:
+        for chunk in response.iter_content(chunk_size=1 << 20):
+            f.write(chunk)
 
 
 def shared_root(artifact_uri: str, run_id: str) -> tuple[str, str]:
