@@ -16,8 +16,9 @@ server workers as ``MLFLOW_SERVER_WORKERS=auto`` gives this host unless ``--work
 2. ``tracking_skip_check_s``: what ``whichmodel run`` reads before its first trial (a new
    ``Tracker`` and its finished keys), in this process;
 3. ``tracking_report_s`` and ``tracking_report_again_s``: ``whichmodel report --experiment`` as a
-   command, cold (an empty home: every predictions artifact downloaded) and again (the same runs:
-   the report is reused), and ``tracking_report_stderr_lines`` of the cold one;
+   command, cold (an empty home, not the driver's, which keeps the predictions it logged: every
+   predictions artifact downloaded) and again (the same runs: the report is reused), and
+   ``tracking_report_stderr_lines`` of the cold one;
 4. ``tracking_ui_table_s``: headless Chromium (``/usr/bin/chromium`` through playwright, as
    ``tests/cluster/test_ui.py``) from opening the experiment's address to its first pair run in
    the runs table.
@@ -147,6 +148,8 @@ def report(home: Path, reports: Path, env: dict[str, str]) -> tuple[float, list[
 
 
 def reports(home: Path, root: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The report from an empty home (the driver's home holds the predictions it logged), then
+    again from the same home."""
     cold, lines = report(home, root / "reports", env)
     log(f"report (cold) {cold:.1f}s, stderr:\n" + "\n".join(lines[-20:]))
     again, again_lines = report(home, root / "reports", env)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stack.tracking_uri} ({workers} server workers)")
             out.update(log_study(plan, metas, stack.tracking_uri, home))
             out.update(skip_check(plan, stack.tracking_uri))
-            out.update(reports(home, root, env))
+            out.update(reports(root / "report-home", root, env))
             if not args.no_ui:
                 out.update(ui_time(stack, out["experiment_id"]))
     finally:

@@ -103,6 +103,28 @@ def _download(tracker, run, name: str, listed: bool, target: Path, repos: dict, 
     return final
 
 
+def keep_artifacts(cache_dir: Path, run_id: str, record: dict[str, Any],
+                   folders: tuple[str, ...] = ("predictions",)) -> None:
+    """Put the files of a run just logged from ``record`` into the cache as the run's
+    artifacts (a hard link, else a copy): a report on this machine downloads none of them.
+    Only ``folders`` (the report reads the predictions; curves and features stay remote)."""
+    import os
+
+    from sweeps.tracking.pairs import record_artifacts
+
+    for path, folder in record_artifacts(record):
+        target = Path(cache_dir) / run_id / folder / Path(path).name
+        if folder not in folders or target.exists() or not Path(path).is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            os.link(path, tmp)
+        except OSError:  # another file system
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+
 def proxied_endpoint(artifact_uri: str, name: str) -> str | None:
     """The tracking server's REST endpoint of an artifact it proxies (``mlflow-artifacts:/...``,
     as ``mlflow server --serve-artifacts`` stores them); None for any other artifact URI."""

@@ -103,10 +103,13 @@ class PairRecorder:
 
     @property
     def writer(self):
+        from sweeps.tracking.outage import is_http
         from sweeps.tracking.writer import Writer
 
         if self._writer is None:
-            self._writer = Writer(self.tracker, self.tracker.spool)
+            remote = self.spool_dir is not None and is_http(self.uri)  # a local store is read in place
+            cache = self.spool_dir.parent / "cache" / "artifacts" if remote else None
+            self._writer = Writer(self.tracker, self.tracker.spool, cache_dir=cache)
         return self._writer
 
     def flush(self) -> None:

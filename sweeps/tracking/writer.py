@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sweeps.tracking.artifacts import keep_artifacts
+
 QUEUE_SIZE = 128  # records in memory (a fine-tune record of the paper's size: ~10 kB of JSON)
 
 
@@ -35,8 +37,9 @@ class Writer:
     """A bounded queue of pair records and the thread that logs them (started on the first
     :meth:`put`, ended by :meth:`close`, started again by a later put)."""
 
-    def __init__(self, tracker, spool=None, maxsize: int = QUEUE_SIZE):
+    def __init__(self, tracker, spool=None, maxsize: int = QUEUE_SIZE, cache_dir=None):
         self.tracker, self.spool, self.maxsize = tracker, spool, maxsize
+        self.cache_dir = cache_dir  # a logged run's predictions go there too (a report reads them)
         self.queue: queue.Queue | None = None
         self.thread: threading.Thread | None = None
         self.logged = 0
@@ -91,3 +94,5 @@ class Writer:
                 self.spool.discard(path)
             self.logged += 1
             self.seconds.append((record["protocol"], time.perf_counter() - start))
+            if self.cache_dir is not None:
+                keep_artifacts(self.cache_dir, run_id, record)

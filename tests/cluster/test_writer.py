@@ -59,7 +59,7 @@ def test_a_paused_server_stalls_no_callback_and_a_full_queue_waits_losing_nothin
 
     stack = mlflow_up
     tracker = Tracker(stack.tracking_uri, "writer-paused", spool_dir=tmp_path / "spool")
-    writer = Writer(tracker, tracker.spool, maxsize=2)
+    writer = Writer(tracker, tracker.spool, maxsize=2, cache_dir=tmp_path / "cache")
     records = [_record(f"m{i}", tmp_path) for i in range(5)]
     with services.server_paused(stack):
         # the writer takes the first record and waits on the server; the queue holds two more
@@ -78,6 +78,11 @@ def test_a_paused_server_stalls_no_callback_and_a_full_queue_waits_losing_nothin
     runs = services.pair_runs(rest.runs("writer-paused"))
     assert Counter(r["tags"]["pair_key"] for r in runs) == Counter(r["pair_key"] for r in records)
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    # each run's predictions are in the cache as its artifact: a report here downloads none
+    for run in runs:
+        model = run["tags"]["model"]
+        kept = tmp_path / "cache" / run["info"]["run_id"] / "predictions" / f"{model}@digits.npz"
+        assert kept.read_bytes() == (tmp_path / f"{model}@digits.npz").read_bytes()
 
 
 def test_predictions_are_downloaded_once_then_read_without_the_server(
