@@ -227,7 +227,7 @@ class FineTuneModule(pl.LightningModule):
         self.head = head
         self.lr, self.steps, self.warmup_steps = lr, steps, warmup_steps
         self.curve_every = curve_every
-        self.curve: list[tuple[int, float]] = []  # (step, training loss), for the MLflow child run
+        self.curve: list[tuple[int, float]] = []  # (step, training loss), for the MLflow pair run
         self.trainable = trainable
         set_trainable(backbone, trainable)
 

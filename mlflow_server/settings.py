@@ -15,6 +15,7 @@ from whichmodel.errors import WhichModelError
 from whichmodel.uri import redact_uri
 
 MIN_ADMIN_PASSWORD = 12  # MLflow's basic auth refuses shorter admin passwords
+MAX_AUTO_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MLFLOW_SERVER_HOST", "interface to bind; 0.0.0.0 to serve other machines",
             "127.0.0.1"),
     Setting("MLFLOW_SERVER_PORT", "port", "5000"),
-    Setting("MLFLOW_SERVER_WORKERS", "uvicorn worker processes", "2"),
+    Setting("MLFLOW_SERVER_WORKERS",
+            "uvicorn worker processes, or `auto`: one per CPU this process may use, at most "
+            f"{MAX_AUTO_WORKERS} (each holds ~0.3 GB); the local stack starts 2", "auto"),
     Setting("MLFLOW_SERVER_ALLOWED_HOSTS",
             "`--allowed-hosts`: Host headers accepted when the server is reached by name",
             "MLflow's: localhost and private IPs"),
@@ -110,8 +113,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ServerConfig:
     if permission not in PERMISSIONS:
         problems.append(f"MLFLOW_AUTH_DEFAULT_PERMISSION must be one of {', '.join(PERMISSIONS)}, "
                         f"got {permission!r}")
-    port, workers = _int(env, "MLFLOW_SERVER_PORT", 5000, problems), _int(
-        env, "MLFLOW_SERVER_WORKERS", 2, problems)
+    port = _int(env, "MLFLOW_SERVER_PORT", 5000, problems)
+    raw_workers = env.get("MLFLOW_SERVER_WORKERS") or "auto"
+    try:
+        workers = server_workers(raw_workers)
+        if workers < 1:
+            raise ValueError
+    except ValueError:
+        problems.append(f"MLFLOW_SERVER_WORKERS must be an integer >= 1 or auto, got "
+                        f"{raw_workers!r}")
+        workers = 1
     cache_ttl = _int(env, "MLFLOW_AUTH_CACHE_TTL_S", 60, problems, minimum=0)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -123,6 +134,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ServerConfig:
         host=env.get("MLFLOW_SERVER_HOST") or "127.0.0.1", port=port, workers=workers,
         allowed_hosts=env.get("MLFLOW_SERVER_ALLOWED_HOSTS") or None,
         s3_endpoint_url=env.get("MLFLOW_S3_ENDPOINT_URL") or None)
+
+
+def server_workers(value: str | int) -> int:
+    """``MLFLOW_SERVER_WORKERS``: a number, or ``auto``: the CPUs this process may run on (its
+    affinity, as a container's CPU set limits it), at most ``MAX_AUTO_WORKERS``. The server's
+    requests are short database transactions and S3 transfers: on a 2-core machine two workers
+    carry a sweep's logging (README, "Benchmarks"); a cluster's head node warrants more."""
+    if str(value).strip().lower() != "auto":
+        return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, problems: list[str],

@@ -43,6 +43,7 @@ import numpy as np
 from selection.regret import ZERO, random_max_probabilities, relative_regret_unchecked
 
 DRAWS = 10_000
+DRAW_BLOCK = 1_000  # draws resampled at once: (1,000 x test examples) counts, not (10,000 x ...)
 SEED = 0
 LEVEL = 0.95
 ORACLES = ("per_task_best", "task_agnostic_oracle")  # they see the task's results
@@ -91,12 +92,17 @@ def resample_task(ev: TaskEvidence, draws: int, rng: np.random.Generator) -> np.
     out = np.empty((draws, len(ev.models)))
     if ev.correct is not None:
         n = ev.correct[0].shape[1]
-        # how often each test example is drawn, per draw: one bincount over all the draws
         idx = rng.integers(0, n, size=(draws, n), dtype=np.int32)
-        idx += (n * np.arange(draws, dtype=np.int32))[:, None]
-        counts = np.bincount(idx.ravel(), minlength=draws * n).reshape(draws, n)
         stacked = np.concatenate(ev.correct, axis=0).T.astype(np.float32)  # (n, all reps)
-        per_rep = (counts.astype(np.float32) @ stacked).astype(np.float64) / n
+        per_rep = np.empty((draws, stacked.shape[1]))
+        # how often each test example is drawn, per draw: a bincount per block of draws (the
+        # same numbers as one over all the draws, in a tenth of the memory)
+        for lo in range(0, draws, DRAW_BLOCK):
+            block = idx[lo:lo + DRAW_BLOCK] + (n * np.arange(min(DRAW_BLOCK, draws - lo),
+                                                             dtype=np.int32))[:, None]
+            counts = np.bincount(block.ravel(), minlength=block.size).reshape(block.shape)
+            # exact: sums of at most n (< 2**24) ones in float32
+            per_rep[lo:lo + DRAW_BLOCK] = (counts.astype(np.float32) @ stacked).astype(np.float64) / n
         start = 0
         for i, c in enumerate(ev.correct):
             out[:, i] = _median_of_drawn(per_rep[:, start:start + len(c)], rng)

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweeps.cluster.commands import cmd_jobs, cmd_logs, cmd_stop, cmd_submit
 from sweeps.cluster.node_secrets import load_secrets
 from whichmodel.errors import WhichModelError
 from whichmodel.names import check_name, within
@@ -35,7 +36,11 @@ from whichmodel.quiet import quiet_libraries
 
 EXIT_BAD_INPUT = 2
 FORCE_HELP = ("take the sweep's lease even if another driver holds it (only when you know that "
-              "driver is gone: two drivers train every pair twice)")
+              "driver is gone: two drivers train every pair twice), and recompute the report "
+              "rather than reuse the last one")
+REPORT_FORCE_HELP = ("recompute the report even when the experiment's finished runs, the report "
+                     "settings and the code are those of the last report (which is otherwise "
+                     "reused)")
 
 
 def _paths(args):
@@ -145,12 +150,13 @@ def _after_sweep(args, paths, plan, outcome) -> int:
         from sweeps.search import run_search
 
         start = time.perf_counter()
-        run_search(plan, paths, paths.tracking_uri(uri))
+        run_search(plan, paths, paths.tracking_uri(uri), tracker=outcome.tracker)
         STAGES["search"] = time.perf_counter() - start
     if not args.no_report:
         start = time.perf_counter()
         _report(paths, uri, plan.cfg.experiment, plan=plan,
-                out_dir=within(args.reports_dir, plan.cfg.name))
+                out_dir=within(args.reports_dir, plan.cfg.name), force=args.force,
+                tracker=outcome.tracker)
         STAGES["report"] = time.perf_counter() - start
     uri = paths.tracking_uri(uri)
     _print_ui(uri, outcome.experiment_id or None)
@@ -171,11 +177,14 @@ def _print_ui(uri: str, experiment_id: str | None) -> None:
 
 def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: str = "all",
             budget: int | None = None, fmt: str | None = None, output: str | None = None,
-            detail: bool = False) -> int:
+            detail: bool = False, force: bool = False, tracker=None) -> int:
+    """The report: the last one when nothing it depends on changed (:mod:`sweeps.cache`),
+    else computed; ``tracker``: the command's own (its read of the pair runs is reused)."""
+    from sweeps.cache import cached_report
     from sweeps.reporting import report_experiment
     from sweeps.tracking.client import Tracker
 
-    tracker = Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
+    tracker = tracker or Tracker(paths.tracking_uri(tracking_uri), experiment, create=False)
     kwargs: dict = {"pool": pool}
     if plan is not None:
         cfg = plan.cfg
@@ -193,18 +202,21 @@ def _report(paths, tracking_uri, experiment, *, plan=None, out_dir: Path, pool: 
                                   f"{', '.join(plan.pools)}")
     elif budget:
         kwargs["max_budget"] = budget
-    report = report_experiment(tracker, **kwargs)
+    report, fingerprint = cached_report(
+        tracker, paths.home, kwargs, plan.cfg.report if plan is not None else None, force,
+        lambda: report_experiment(tracker, artifacts_cache=paths.home / "cache" / "artifacts",
+                                  **kwargs))
     if plan is not None and plan.cfg.search.enabled:
         from sweeps.search import add_search_summary, search_results
 
         results = search_results(tracker, plan.cfg)
         if results:
             add_search_summary(report, results, plan.cfg)  # and its compute
-    return _emit(report, out_dir, tracker, fmt, output, detail)
+    return _emit(report, out_dir, tracker, fmt, output, detail, fingerprint=fingerprint)
 
 
 def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
-          detail: bool = False) -> int:
+          detail: bool = False, fingerprint: str | None = None) -> int:
     from sweeps.reporting import results_table, write_and_log
 
     if fmt and output == "-":
@@ -228,7 +240,7 @@ def _emit(report, out_dir: Path, tracker, fmt: str | None, output: str | None,
         from sweeps.search import format_search
 
         print(format_search(report["budgeted_search"]) + "\n")
-    files = write_and_log(report, out_dir, tracker, detail=detail)
+    files = write_and_log(report, out_dir, tracker, detail=detail, fingerprint=fingerprint)
     if fmt and output:
         Path(output).write_bytes(files[fmt].read_bytes())
     return 0
@@ -264,7 +276,7 @@ def cmd_report(args) -> int:
     plan = plan_sweep(config) if config else None
     return _report(paths, args.tracking_uri, args.experiment, plan=plan, out_dir=out_dir,
                    pool=args.pool, budget=args.budget, fmt=args.format, output=args.output,
-                   detail=args.detail)
+                   detail=args.detail, force=args.force)
 
 
 def cmd_list(args) -> int:
@@ -304,54 +316,6 @@ def cmd_list(args) -> int:
     for row in rows:
         print("  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]).rstrip())
     return 0
-
-
-def cmd_submit(args) -> int:
-    from sweeps.cluster.jobs import Cluster, describe_submission, plan_submission
-
-    sub = plan_submission(args.config, working_dir=args.working_dir, extra_env=args.env or (),
-                          no_report=args.no_report, force=args.force)
-    from sweeps.cost_text import print_submit_cost
-
-    print_submit_cost(args, _paths(args))  # the cost before it is spent
-    cluster = Cluster(args.address)
-    job_id = cluster.submit(sub)
-    print(describe_submission(sub, job_id, cluster.address), flush=True)
-    if args.no_wait:
-        return 0
-    try:
-        status = cluster.print_logs(job_id, follow=True)
-    except KeyboardInterrupt:
-        print(f"whichmodel: stopped following; job {job_id} goes on (whichmodel stop {job_id} "
-              f"--address {cluster.address} stops it)", file=sys.stderr)
-        return 130
-    print(f"[whichmodel] job {job_id}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def cmd_jobs(args) -> int:
-    from sweeps.cluster.jobs import Cluster, format_jobs
-
-    print(format_jobs(Cluster(args.address).jobs()))
-    return 0
-
-
-def cmd_logs(args) -> int:
-    from sweeps.cluster.jobs import Cluster
-
-    status = Cluster(args.address).print_logs(args.job, follow=args.follow)
-    if args.follow:
-        print(f"[whichmodel] job {args.job}: {status}")
-    return 0
-
-
-def cmd_stop(args) -> int:
-    from sweeps.cluster.jobs import Cluster
-
-    was_running, status = Cluster(args.address).stop(args.job, timeout_s=args.timeout)
-    print(f"[whichmodel] job {args.job}: {status}"
-          + ("" if was_running else " (it was not running; nothing to stop)"))
-    return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--reports-dir", default="reports")
     rep.add_argument("--detail", action="store_true",
                      help="also print the per-task tables (split to the terminal's width)")
+    rep.add_argument("--force", action="store_true", help=REPORT_FORCE_HELP)
     rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list a registry: tasks, proxies, strategies, "

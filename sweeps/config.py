@@ -200,7 +200,7 @@ class FinetuneProtocol(Strict):
     repeats: int = repeats_field(5)
     # Surgical fine-tuning (Lee et al. 2022): which block group stage 2 trains.
     trainable: Literal["all", "first", "middle", "last", "head"] = "all"
-    curve_every: int = Field(10, ge=1, le=MAX_STEPS)  # training-loss points in the child runs
+    curve_every: int = Field(10, ge=1, le=MAX_STEPS)  # steps between training-loss points
     # Lightning precision of stage 2; auto: bf16-mixed on a GPU, 32-true on the CPU.
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
     # per_run: a trial per (learning rate, repetition), so a lost node loses little; per_pair:

@@ -46,6 +46,7 @@ class Outcome:
     experiment_id: str = ""  # the MLflow experiment's id (the UI's address)
     # seconds from the sweep's start until its last probe and its last fine-tune were in
     stage_s: dict[str, float] = field(default_factory=dict)
+    tracker: Any = field(default=None, repr=False)  # the Tracker that read and wrote the pairs
 
 
 def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
@@ -59,7 +60,9 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     trial the driver takes the sweep's lease (:mod:`sweeps.tracking.lease`): another live
     driver of the same keys stops this one with :class:`~sweeps.tracking.lease.LeaseHeld`
     (``force``: take it anyway); keys that a ``recommend`` (or, for a ``recommend``, a sweep)
-    started earlier runs are waited for, not trained twice."""
+    started earlier runs are waited for, not trained twice. The pair runs are read once
+    (ids, status and tags: no metric travels) unless a spool is replayed or keys are waited
+    for; the outcome's tracker carries that read to the search and the report."""
     stream = stream or sys.stderr
     cfg = plan.cfg
     # Every model opens and every task's data is there, before anything runs or is written.
@@ -81,11 +84,11 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
         except OSError as exc:  # the data's own problems are DatasetErrors that name the task
             raise DatasetError(f"task {task!r}: {exc}") from None
     tracker = open_tracker(uri, cfg.experiment, paths, spool=False)  # nothing replayed yet
-    finished, _ = tracker.runs_by_key(hashes)
+    finished, _ = tracker.keys_by_status(hashes)  # ids, status, tags: no metric travels
     todo = [k for k in wanted if pair_key(*k) not in finished]
     spool = Spool(paths.home / "spool", cfg.experiment)
     outcome = Outcome(cfg.experiment, len(wanted), len(wanted) - len(todo), tracking_uri=uri,
-                      experiment_id=tracker.experiment_id)
+                      experiment_id=tracker.experiment_id, tracker=tracker)
     name = label or "sweep " + cfg.name
     if not todo and not len(spool):
         _say_todo(stream, name, outcome, uri, 0)
@@ -96,11 +99,11 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
                   [(*k, hashes[k[2]]) for k in todo], force=force, stream=stream)
     held = {k[:3] for k in lease.acquire()}  # LeaseHeld: one line, exit 2, nothing written
     try:
-        # holding the lease: replay what an earlier driver spooled, then what is left to run
-        tracker = open_tracker(uri, cfg.experiment, paths, spool=True)
-        finished, _ = tracker.runs_by_key(hashes)
-        todo = [k for k in wanted if pair_key(*k) not in finished]
-        outcome.pairs_skipped = len(wanted) - len(todo)
+        if len(spool):  # holding the lease: replay what an earlier driver spooled, read again
+            tracker = outcome.tracker = open_tracker(uri, cfg.experiment, paths, spool=True)
+            finished, _ = tracker.keys_by_status(hashes)
+            todo = [k for k in wanted if pair_key(*k) not in finished]
+            outcome.pairs_skipped = len(wanted) - len(todo)
         _say_todo(stream, name, outcome, uri, len(todo), len([k for k in todo if k in held]))
         rounds = 0
         while todo:
@@ -131,12 +134,13 @@ def _run_round(plan: Plan, paths: Paths, settings: TrialSettings, metas: dict[st
                uri: str, todo: list[tuple[str, str, str]], label: str | None, outcome: Outcome,
                rounds: int, stream) -> None:
     """One Tune experiment over ``todo``; its results and failures added to ``outcome``."""
-    from sweeps.tune_runner import experiment_path, init_ray, run_jobs
+    from sweeps.tune_runner import experiment_path, init_ray, run_jobs  # Ray when a trial runs
 
     cfg = plan.cfg
     jobs = expand_jobs(cfg, todo)
     recorder = new_recorder(plan, paths, metas, uri, dict(Counter(j.kind for j in jobs)),
                             estimates=trial_estimates(plan, paths, jobs, stream))
+    recorder.use(outcome.tracker)  # its read of the finished keys is the recorder's too
     name = f"{label or cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{rounds}" if rounds else "")
     if label is None and not rounds:
         state = write_state(paths, plan, name, uri)
@@ -160,7 +164,8 @@ def wait_for_keys(tracker: Tracker, lease: Lease, keys: list[tuple[str, str, str
     lease runs them any more (their driver ended or died: this one runs them)."""
     said = False
     while True:
-        finished, _ = tracker.runs_by_key(hashes)
+        tracker.forget()  # each poll reads the server again
+        finished, _ = tracker.keys_by_status(hashes)
         left = [k for k in keys if pair_key(*k) not in finished]
         holders = lease.holders_of([(*k, hashes[k[2]]) for k in left]) if left else []
         if not holders:
@@ -205,7 +210,8 @@ def resume_sweep(name: str, paths: Paths, stream=None, force: bool = False
     lease.acquire()
     try:
         recorder = new_recorder(plan, paths, metas, uri, {})
-        open_tracker(uri, cfg.experiment, paths, spool=True)  # replays what a killed driver spooled
+        # preflight; replays what a killed driver left in the spool (its queued records included)
+        recorder.use(open_tracker(uri, cfg.experiment, paths, spool=True))
         print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
         init_ray(cfg.resources.num_cpus)
         try:
@@ -217,7 +223,7 @@ def resume_sweep(name: str, paths: Paths, stream=None, force: bool = False
             recorder.reconcile(done)
             return plan, Outcome(cfg.experiment, plan.n_keys, 0, recorder.logged,
                                  recorder.failures, state["experiment_path"], uri,
-                                 recorder.tracker.experiment_id)
+                                 recorder.tracker.experiment_id, tracker=recorder.tracker)
     finally:
         lease.release()
     # Killed before Tune saved any state: a fresh run skips what MLflow has finished.

@@ -66,7 +66,7 @@ def learned_table(name: str, plan, paths, task: str, ref: dict[str, Any], record
                                         if skipped else ""), file=stream, flush=True)
     version = LEARNED[name]
     if version is None:
-        table, nearest, _ = nearest_task_predictions(targets, sub, trial)
+        table, nearest, _ = nearest_task_predictions(targets, sub, trial, paths.home)
         print(f"[whichmodel] nearest task of {task} by Task2Vec: {nearest.get(task)}",
               file=stream, flush=True)
     else:
@@ -112,7 +112,7 @@ def learned_predictions(records: pd.DataFrame, plan, paths, stream=None, metadat
         predictions.update(tables)
         extra["choicenet_seconds"] = seconds
     if report.nearest_task.enabled:
-        table, nearest, seconds = nearest_task_predictions(targets, plan, trial)
+        table, nearest, seconds = nearest_task_predictions(targets, plan, trial, paths.home)
         predictions["nearest_task"] = table
         extra["nearest_task"] = {"nearest": nearest, "seconds": seconds,
                                  "probe_model": probe_model(plan, "report.nearest_task.probe_model",
@@ -122,26 +122,41 @@ def learned_predictions(records: pd.DataFrame, plan, paths, stream=None, metadat
     return predictions, rankings, extra
 
 
-def nearest_task_predictions(targets: pd.DataFrame, plan, trial):
+def nearest_task_predictions(targets: pd.DataFrame, plan, trial, home=None):
     """Task2Vec embeddings of the sweep's tasks with its fixed probe network, their distances,
-    and the nearest-task table (:mod:`selection.nearest_task`)."""
+    and the nearest-task table (:mod:`selection.nearest_task`). The distances are kept in
+    ``home``'s cache (:class:`sweeps.cache.FitCache`), keyed by the probe network's weights, the
+    tasks' splits, the settings and the seed; the seconds are those of the fit."""
     from lightning_modules.task2vec import task2vec_embedding
+    from lightning_modules.task_data import splits_digest
     from selection.nearest_task import nearest_task_table, task_distances
+    from sweeps.cache import FitCache, digest, frame_from_json, frame_to_json, module_digest
 
     settings = plan.cfg.report.nearest_task
     start = time.perf_counter()
     probe, _ = trial.load_model(probe_model(plan, "report.nearest_task.probe_model",
                                             settings.probe_model))
-    embeddings = {}
-    for t in plan.tasks:
-        data = trial.load_task(t)
-        x, y = data.splits["train800"]
-        embeddings[data.name] = task2vec_embedding(probe, x, y, data.num_classes,
-                                                   head_steps=settings.head_steps,
-                                                   max_examples=settings.max_examples,
-                                                   seed=plan.cfg.seed)
-    table, nearest = nearest_task_table(targets, task_distances(embeddings))
-    return table, nearest, time.perf_counter() - start
+    tasks = [trial.load_task(t) for t in plan.tasks]
+    key = digest({"probe": module_digest(probe), "settings": settings.model_dump(),
+                  "seed": plan.cfg.seed, "tasks": {d.name: splits_digest(d.splits) for d in tasks}})
+    cache = FitCache(home)
+    hit = cache.get("task2vec", key)
+    if hit is not None:
+        distances, seconds = frame_from_json(hit["distances"]), hit["seconds"]
+        print(f"[whichmodel] Task2Vec: the embeddings of {len(tasks)} tasks reused (same probe "
+              "network, tasks and settings)", file=sys.stderr, flush=True)
+    else:
+        embeddings = {}
+        for data in tasks:
+            x, y = data.splits["train800"]
+            embeddings[data.name] = task2vec_embedding(probe, x, y, data.num_classes,
+                                                       head_steps=settings.head_steps,
+                                                       max_examples=settings.max_examples,
+                                                       seed=plan.cfg.seed)
+        distances, seconds = task_distances(embeddings), time.perf_counter() - start
+        cache.put("task2vec", key, {"distances": frame_to_json(distances), "seconds": seconds})
+    table, nearest = nearest_task_table(targets, distances)
+    return table, nearest, seconds
 
 
 def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, records=None,
@@ -159,7 +174,17 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, rec
     """
     from lightning_modules.choicenet import compute_embeddings, load_probe_set, predict_choicenet
     from lightning_modules.choicenet_v3 import fit_predict_v3
+    from lightning_modules.task_data import splits_digest
     from selection.records import aggregate_records, list_proxy_metrics, pivot_metric
+    from sweeps.cache import (
+        FitCache,
+        array_digest,
+        digest,
+        frame_digest,
+        frame_from_json,
+        frame_to_json,
+        module_digest,
+    )
 
     cfg = plan.cfg
     settings = cfg.report.choicenet
@@ -168,6 +193,22 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, rec
     tasks = {t: trial.load_task(t) for t in plan.tasks}
     probe_name = probe_model(plan, "report.choicenet.probe_model", settings.probe_model)
     probe_x, probe_y = load_probe_set(paths.data_root, cfg.image_size, cfg.seed)
+    # everything the fits read: weights, splits, the probe set, the results, the settings
+    key = digest({"models": {m: module_digest(b) for m, b in backbones.items()},
+                  "tasks": {t: splits_digest(d.splits) for t, d in tasks.items()},
+                  "probe_set": array_digest(probe_x, probe_y), "probe_model": probe_name,
+                  "settings": settings.model_dump(), "seed": cfg.seed, "versions": list(versions),
+                  "only": only, "targets": frame_digest(targets),
+                  "records": frame_digest(records.sort_values(list(records.columns)).reset_index(
+                      drop=True)) if records is not None and "v3" in versions else None,
+                  "metadata": frame_digest(metadata) if "v3" in versions else None})
+    cache = FitCache(paths.home)
+    hit = cache.get("choicenet", key)
+    if hit is not None:
+        print(f"[whichmodel] ChoiceNet {'/'.join(versions)}: the fit of the same models, tasks, "
+              "results and settings reused", file=stream, flush=True)
+        return ({k: frame_from_json(v) for k, v in hit["predictions"].items()},
+                hit["seconds"])
     emb = compute_embeddings(backbones, tasks, probe_x, probe_y,
                              probe_backbone=backbones[probe_name])
     embedded = time.perf_counter()
@@ -187,6 +228,8 @@ def choicenet_predictions(targets: pd.DataFrame, plan, paths, trial, stream, rec
             steps=settings.steps, rank=settings.rank, only=only)
         seconds["v3"] = time.perf_counter() - t0
     seconds["embeddings"] = embedded - start
+    cache.put("choicenet", key, {"predictions": {k: frame_to_json(v) for k, v in predictions.items()},
+                                 "seconds": seconds})
     print(f"[whichmodel] ChoiceNet {'/'.join(versions)} fitted leave-one-task-out on "
           f"{targets.shape[1]} tasks in {time.perf_counter() - start:.0f}s", file=stream, flush=True)
     return predictions, seconds

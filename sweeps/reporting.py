@@ -38,17 +38,18 @@ def report_from_tables(records: pd.DataFrame, metadata: pd.DataFrame | None,
 
 
 def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None, learned=None,
-                      **kwargs: Any) -> dict[str, Any]:
+                      artifacts_cache: Path | None = None, **kwargs: Any) -> dict[str, Any]:
     """The report of an experiment's finished runs. ``learned(records, metadata) -> (predictions,
     rankings, extra)`` adds the learned strategies (ChoiceNet, nearest task) and extra report
-    keys when given."""
+    keys when given; ``artifacts_cache``: where the predictions artifacts are kept
+    (:mod:`sweeps.tracking.artifacts`)."""
     records, metadata, groups = tracker.records(protocol_hashes)
     if records.empty:
         raise WhichModelError(f"experiment {tracker.experiment!r} has no finished pair runs to "
                               "report on; run a sweep first (whichmodel run CONFIG)")
     predictions, rankings, extra = (learned(records, metadata) if learned is not None
                                     else (None, None, {}))
-    kwargs.setdefault("test_results", test_results(tracker, protocol_hashes))
+    kwargs.setdefault("test_results", test_results(tracker, protocol_hashes, artifacts_cache))
     report = report_from_tables(records, metadata, groups, predictions=predictions,
                                 rankings=rankings, **kwargs)
     report.update(extra)
@@ -63,49 +64,52 @@ def report_experiment(tracker, *, protocol_hashes: dict[str, str] | None = None,
     return report
 
 
-def test_results(tracker, protocol_hashes: dict[str, str] | None = None
-                 ) -> dict[str, dict[str, Any]]:
+def test_results(tracker, protocol_hashes: dict[str, str] | None = None,
+                 cache_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """``{task: {model: correct}}`` from the fine-tune runs' predictions artifacts
     (``predictions/<model>@<task>.npz``): 1 where a repetition's selected run got a test example
-    right, (repetitions, examples). Runs without the artifact are left out (the report then
-    resamples their task's repetitions only)."""
+    right, (repetitions, examples). Fetched concurrently and kept in ``cache_dir``
+    (:func:`sweeps.tracking.artifacts.fetch_artifacts`). Runs without the artifact are left out
+    (the report then resamples their task's repetitions only)."""
     import tempfile
 
     import numpy as np
 
+    from sweeps.tracking.artifacts import fetch_artifacts
+
     finished, _ = tracker.runs_by_key(protocol_hashes)
+    runs = [r for r in finished.values() if r.data.tags.get("protocol") == "finetune"]
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for run in finished.values():
-            tags = run.data.tags
-            if tags.get("protocol") != "finetune":
+        paths = fetch_artifacts(tracker, [(r, f"predictions/{r.data.tags['model']}@"
+                                              f"{r.data.tags['task']}.npz") for r in runs],
+                                cache_dir or Path(tmp), label="test predictions")
+        for run in runs:
+            path = paths.get(run.info.run_id)
+            if path is None:  # a run from before predictions were kept
                 continue
-            name = f"predictions/{tags['model']}@{tags['task']}.npz"
-            listed = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "predictions")}
-            if name not in listed:  # a run from before predictions were kept
-                continue
-            path = tracker.client.download_artifacts(run.info.run_id, name, tmp)
             with np.load(path) as npz:
                 correct = npz["predictions"] == npz["labels"][None, :]
-            out.setdefault(tags["task"], {})[tags["model"]] = correct
+            out.setdefault(run.data.tags["task"], {})[run.data.tags["model"]] = correct
     return out
 
 
 def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=None,
-                  detail: bool = False) -> dict[str, Path]:
+                  detail: bool = False, fingerprint: str | None = None) -> dict[str, Path]:
     """Write the report's files, print the report and log the files as the report run's
     artifacts (its MLflow description: the leaderboard in Markdown).
 
     By default the print is the leaderboard, one line per task group and where the files are,
     no line wider than 100 columns (:func:`selection.report.leaderboard.format_leaderboard`);
-    ``detail`` adds the per-task tables, split to the terminal's width."""
+    ``detail`` adds the per-task tables, split to the terminal's width. Files that already hold
+    this report are not written again, nor is a report run that holds ``fingerprint``'s."""
     from selection.report.files import write_report
     from selection.report.leaderboard import format_leaderboard, leaderboard_markdown
     from selection.report.tables import terminal_width
     from selection.report.text import format_table
 
     stream = stream or sys.stdout
-    files = write_report(report, out_dir)
+    files = written_report(report, out_dir) or write_report(report, out_dir)
     if detail:
         print(format_table(report, width=terminal_width(None)), file=stream)
     shown = [str(files["html"]), *(str(p) for k, p in files.items() if k != "html")]
@@ -113,8 +117,25 @@ def write_and_log(report: dict[str, Any], out_dir: Path, tracker=None, stream=No
     if tracker is not None:
         tracker.log_report(report.get("pool", "all"), files.values(),
                            tags={"pool": report.get("pool", "all")},
-                           description=leaderboard_markdown(report))
+                           description=leaderboard_markdown(report), fingerprint=fingerprint)
     return files
+
+
+def written_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path] | None:
+    """The report's files in ``out_dir`` when every one is there and ``regret.json`` is this
+    report (a reused report need not render its figures again); else None."""
+    import json
+
+    from selection.report.files import REPORT_FILES
+
+    paths = {kind: Path(out_dir) / name for kind, name in REPORT_FILES.items()}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    try:
+        same = json.loads(paths["json"].read_text()) == json.loads(json.dumps(report))
+    except (OSError, ValueError):
+        return None
+    return paths if same else None
 
 
 def results_table(report: dict[str, Any], width: int | None = None) -> str:

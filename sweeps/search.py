@@ -28,6 +28,8 @@ import numpy as np
 from sweeps.config import SweepConfig
 from sweeps.plan import Job
 
+SEARCH_RUNS = "tags.protocol = 'search'"  # the search runs, filtered on the server
+
 
 def search_signature(cfg: SweepConfig) -> str:
     """What determines a search's result: the fine-tune protocol and the search settings."""
@@ -88,17 +90,28 @@ def exhaustive_curves(tracker, plan, task: str, lrs: list[float]
                       ) -> dict[tuple[str, float], list[tuple[int, float]]] | None:
     """The validation curves the exhaustive sweep logged for ``task`` at the search's learning
     rates (repetition 0, the seed a search trial uses), by (model, lr); None unless every one is
-    there (and as long as the search's)."""
+    there (and as long as the search's). They are stepped metrics of the fine-tune pair runs
+    (``lr_0.01/rep0/curve/val_acc``), or, in an experiment logged before those, of child runs."""
+    from sweeps.plan import pair_key
+    from sweeps.tracking.pairs import curve_key
+
+    hashes = {"finetune": plan.cfg.protocol_hash("finetune")}
+    finished, _ = tracker.runs_by_key(hashes)
     out = {}
     n_rungs = max(1, plan.cfg.finetune.steps // plan.cfg.search.rung_steps)
     for model in plan.models:
+        pair = finished.get(pair_key(model, task, "finetune"))
         for lr in lrs:
-            name = f"{model}@{task}:finetune/lr={lr:g}/rep0"
-            runs = tracker.search(f"tags.`mlflow.runName` = '{name}'")
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            if not finished:
-                return None
-            history = tracker.client.get_metric_history(finished[0].info.run_id, "curve/val_acc")
+            key = curve_key(lr, 0, "val_acc")
+            if pair is not None and key in pair.data.metrics:
+                history = tracker.client.get_metric_history(pair.info.run_id, key)
+            else:
+                name = f"{model}@{task}:finetune/lr={lr:g}/rep0"
+                runs = [r for r in tracker.search(f"tags.`mlflow.runName` = '{name}'")
+                        if r.info.status == "FINISHED"]
+                if not runs:
+                    return None
+                history = tracker.client.get_metric_history(runs[0].info.run_id, "curve/val_acc")
             points = sorted((int(m.step), float(m.value)) for m in history)
             if len(points) < n_rungs:
                 return None
@@ -106,7 +119,8 @@ def exhaustive_curves(tracker, plan, task: str, lrs: list[float]
     return out
 
 
-def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[str, Any]]:
+def run_search(plan, paths, tracking_uri: str, stream=None, tracker=None
+               ) -> dict[str, dict[str, Any]]:
     """Successive halving per task over the plan's models x learning rates; one run per task.
 
     Where the exhaustive sweep logged every trial's validation curve (it does when
@@ -116,8 +130,8 @@ def run_search(plan, paths, tracking_uri: str, stream=None) -> dict[str, dict[st
 
     stream = stream or sys.stderr
     cfg, s, f = plan.cfg, plan.cfg.search, plan.cfg.finetune
-    tracker = Tracker(tracking_uri, cfg.experiment)
-    done = {r.data.tags.get("search_key") for r in tracker.search()
+    tracker = tracker or Tracker(tracking_uri, cfg.experiment)
+    done = {r.data.tags.get("search_key") for r in tracker.search(SEARCH_RUNS)
             if r.info.status == "FINISHED" and r.data.tags.get("search_key")}
     n_rungs = max(1, f.steps // s.rung_steps)
     lrs = [float(lr) for lr in (s.lrs or f.lrs)]
@@ -207,7 +221,7 @@ def search_results(tracker, cfg: SweepConfig) -> dict[str, dict[str, Any]]:
     """The latest finished search run per task of this sweep's settings."""
     out = {}
     suffix = f"|{search_signature(cfg)}"
-    for run in tracker.search():
+    for run in tracker.search(SEARCH_RUNS):
         key = run.data.tags.get("search_key", "")
         if run.info.status != "FINISHED" or not key.endswith(suffix):
             continue

@@ -206,7 +206,7 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
                    ) -> dict[str, Any]:
     """The job's fine-tune runs of one pair, each a (learning rate, repetition) with its own seed
     (:func:`whichmodel.seeds.derive_seed`): validation and test accuracy per run, the
-    training-loss and validation curves (for the child runs and the budgeted search's replay),
+    training-loss and validation curves (for the pair run's curves and the budgeted search's replay),
     and with ``job.early_stop`` the pair's early-stop proxy. The backbone, the task and the
     frozen features of the head stage are loaded and computed once for all of them."""
     import copy

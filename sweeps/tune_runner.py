@@ -146,7 +146,9 @@ class ResultSink(Protocol):
     """Receives every finished trial's job and metrics in the driver (e.g. writes MLflow runs).
 
     It is pickled with Tune's run config into the experiment folder and comes back on
-    ``Tuner.restore``, so it must keep only picklable state (open clients made lazily).
+    ``Tuner.restore``, so it must keep only picklable state (open clients made lazily). A sink
+    with a ``flush()`` method (work it queued for a thread of its own) has it called when the
+    experiment ends, the restored copy's too.
     """
 
     def on_result(self, job: Job, metrics: dict) -> None: ...
@@ -228,6 +230,11 @@ class _Forward(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.sink.on_result(config_job(trial.config["job"]), dict(trial.last_result or {}))
+
+    def on_experiment_end(self, trials, **info):
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
 
     def _attempts_left(self, trial) -> float:
         if self.attempts is not None:

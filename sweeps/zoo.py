@@ -88,10 +88,6 @@ def longest_first(zoo: ZooConfig, names: list[str]) -> list[str]:
 def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
               force: bool = False, stream=None) -> list[str]:
     """Build the zoo's missing models (all of ``only``, or the whole zoo); returns their names."""
-    from lightning_modules.sources import load_source
-    from sweeps.trials import ZooTrialSettings, build_model, pretrain_trial
-    from sweeps.tune_runner import TrialResources, init_ray, run_jobs
-
     stream = stream or sys.stderr
     check_families(zoo)
     names = only or [m.name for m in zoo.models]
@@ -99,6 +95,9 @@ def build_zoo(zoo: ZooConfig, paths: Paths, only: list[str] | None = None,
     if not todo:
         print(f"[whichmodel] zoo: all {len(names)} models built in {paths.zoo_root}", file=stream)
         return []
+    from lightning_modules.sources import load_source  # Ray and the rest: only to build
+    from sweeps.trials import ZooTrialSettings, build_model, pretrain_trial
+    from sweeps.tune_runner import TrialResources, init_ray, run_jobs
     controls = [n for n in todo if zoo.model(n).objective == "none"]
     trained = longest_first(zoo, [n for n in todo if n not in controls])
     if trained:

@@ -127,3 +127,20 @@ def test_study_cost_projection_is_the_cost_model_validate_prints():
     assert out["study_gpu_hours"] == pytest.approx(cost.total_s / 3600)
     assert sum(r["gpu_hours"] for r in out["models"].values()) == pytest.approx(cost.total_s / 3600)
     assert out["models"]["nasnetalarge.tf_in1k"]["input_size"] == 331
+
+
+@pytest.mark.cluster
+def test_tracking_benchmark_runs_tiny_against_its_own_server_stack(capsys):
+    """4 models x 2 tasks through the recorder to a fresh local stack, the skip check, the report
+    twice (the second reused), the runs table in headless Chromium."""
+    from benchmarks.tracking import main
+
+    assert main(["--tiny"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tracking_tiny"] is True and out["tracking_pairs"] == 16
+    assert out["tracking_requests_per_pair"] <= 6  # create, one batch, inputs, uploads, finish
+    for key in ("tracking_log_s_per_pair", "tracking_skip_check_s", "tracking_report_s",
+                "tracking_report_again_s", "tracking_ui_table_s"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["tracking_report_again_stderr_lines"] == 1  # the one line saying it is reused
+    assert out["tracking_report_stderr_lines"] <= 20

@@ -73,12 +73,18 @@ def test_sweep_logs_one_finished_run_per_key_and_reruns_nothing(sweep_env, capsy
     assert probe.data.tags["group"] == "natural" and probe.data.tags["protocol_hash"]
     ft = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-random|sprite_location|finetune")
     assert ft.data.metrics["finetune_test_acc"] == ft.data.metrics["test/acc"]
-    children = client.search_runs([ft.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{ft.info.run_id}'")
-    assert len(children) == 2  # one per learning rate (1 repetition), with its loss curve
-    assert client.get_metric_history(children[0].info.run_id, "train/loss")
+    assert len(runs) == len(pairs) + 1  # no child runs: only the report run besides the pairs
+    # each learning rate's run (1 repetition): its accuracies and its loss curve, stepped
+    for lr in ("0.01", "0.001"):
+        assert {f"lr_{lr}/rep0/val_acc", f"lr_{lr}/rep0/test_acc"} <= set(ft.data.metrics)
+        loss = client.get_metric_history(ft.info.run_id, f"lr_{lr}/rep0/curve/train_loss")
+        assert len(loss) >= 2 and sorted(m.step for m in loss) == [m.step for m in loss]
+    assert sorted(a.path for a in client.list_artifacts(ft.info.run_id, "curves")) == [
+        "curves/tiny-random@sprite_location.json"]
+    assert ft.data.tags["artifacts"] == ("predictions/tiny-random@sprite_location.npz,"
+                                         "curves/tiny-random@sprite_location.json")
     assert 0.0 <= ft.data.metrics["test/acc"] <= 1.0 and "val/acc" in ft.data.metrics
-    assert ft.data.params["finetune/profile"] == "test-tiny"
+    assert json.loads(ft.data.params["finetune/settings"])["profile"] == "test-tiny"
     capsys.readouterr()  # the first run's output: the second run's is read below
 
     # Second run: everything is finished, nothing runs again, still one run per key.
@@ -185,8 +191,8 @@ def test_a_pair_whose_results_never_arrive_ends_the_sweep_non_zero_naming_it(
 def test_per_pair_trials_run_every_repetition_with_its_own_seed_and_the_early_stop_proxy(
         sweep_env, tmp_path, capsys, monkeypatch):
     """The quickstart's grouping: one fine-tune trial per pair runs both learning rates x both
-    repetitions and the pair's early-stop proxy; each run is its own child run with its own
-    seed; the budgeted search replays the rung-0 curves it logged."""
+    repetitions and the pair's early-stop proxy; each run, with its own seed, logs its curves
+    as stepped metrics of the pair run; the budgeted search replays the rung-0 curves."""
     text = sweep("grouped", tasks="[digits]", steps=10).replace(
         "repeats: 1\n", "repeats: 2\n  trials: per_pair\n").replace(
         "save_features: true", "") + "search: {enabled: true, rung_steps: 5, reduction_factor: 2}\n"
@@ -205,21 +211,22 @@ def test_per_pair_trials_run_every_repetition_with_its_own_seed_and_the_early_st
     assert "proxy/early_stop" in probe.data.metrics and "time/proxy/early_stop" in probe.data.metrics
     client = _client(sweep_env)
     ft = next(r for r in pairs if r.data.tags["pair_key"] == "tiny-shapes|digits|finetune")
-    children = client.search_runs([ft.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{ft.info.run_id}'")
-    names = sorted(c.info.run_name for c in children)
-    assert names == sorted(f"tiny-shapes@digits:finetune/lr={lr}/rep{rep}"
-                           for lr in ("0.01", "0.001") for rep in (0, 1))
-    loss = {c.info.run_name: [m.value for m in client.get_metric_history(c.info.run_id,
-                                                                          "train/loss")]
-            for c in children}
+    runs_of = [f"lr_{lr}/rep{rep}" for lr in ("0.01", "0.001") for rep in (0, 1)]
+    loss = {run: [m.value for m in client.get_metric_history(ft.info.run_id,
+                                                              f"{run}/curve/train_loss")]
+            for run in runs_of}
+    assert all(loss.values())
     # derived seeds: the two repetitions of one learning rate see other batches
-    assert loss["tiny-shapes@digits:finetune/lr=0.01/rep0"] != loss[
-        "tiny-shapes@digits:finetune/lr=0.01/rep1"]
+    assert loss["lr_0.01/rep0"] != loss["lr_0.01/rep1"]
     # repetition 0 of each learning rate logs the validation accuracy at every rung
-    for c in children:
-        history = client.get_metric_history(c.info.run_id, "curve/val_acc")
-        assert len(history) == (2 if c.info.run_name.endswith("rep0") else 0)
+    for run in runs_of:
+        history = client.get_metric_history(ft.info.run_id, f"{run}/curve/val_acc")
+        assert len(history) == (2 if run.endswith("rep0") else 0)
+    # every point of every curve is in the curves artifact
+    with open(client.download_artifacts(ft.info.run_id, "curves/tiny-shapes@digits.json",
+                                        str(tmp_path))) as f:
+        curves = json.load(f)
+    assert [v for _, v in curves["lr_0.01/rep0/curve/train_loss"]] == loss["lr_0.01/rep0"]
     assert {"rep0/best_lr", "rep1/best_lr", "rep0/test_acc", "rep1/test_acc"} <= set(
         ft.data.metrics)
     reps = sorted([ft.data.metrics["rep0/test_acc"], ft.data.metrics["rep1/test_acc"]])

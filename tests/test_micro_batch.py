@@ -131,14 +131,15 @@ def test_the_size_that_worked_is_cached_per_architecture_size_precision_and_devi
 
 
 def test_runs_log_the_micro_batch_and_say_batchnorm_normalised_per_micro_batch():
-    from sweeps.tracking.recorder import _child_runs, micro_batch_params
+    from sweeps.tracking.recorder import aggregate_finetune, micro_batch_params
 
     runs = {(0.01, 0): {"val_acc": 0.5, "test_acc": 0.5, "curve": [], "micro_batch": 128},
             (0.001, 0): {"val_acc": 0.5, "test_acc": 0.5, "curve": [], "micro_batch": 256}}
     assert micro_batch_params("finetune", runs, 512) == {
         "finetune/micro_batch": 128,
         "finetune/batchnorm_statistics": "per micro-batch of 128 (effective batch 512)"}
-    assert [c["params"]["micro_batch"] for c in _child_runs("m", "t", runs)] == [256, 128]
+    logged = aggregate_finetune(runs)  # each run's own, as a metric of the pair run
+    assert (logged["lr_0.01/rep0/micro_batch"], logged["lr_0.001/rep0/micro_batch"]) == (128, 256)
     assert micro_batch_params("probe", {"early_stop_micro_batch": 512}, 512) == {
         "probe/early_stop/micro_batch": 512,
         "probe/early_stop/batchnorm_statistics": "per batch of 512"}

@@ -171,3 +171,25 @@ def test_regret_draws_match_the_report_outcomes_on_300_random_tied_rankings():
         exact = [relative(acc.max(), o)
                  for o in ranking_outcomes([acc[g] for g in groups], budgets)]
         assert got == pytest.approx(exact, abs=1e-12)
+
+
+def test_resampling_test_examples_in_blocks_of_draws_gives_the_numbers_of_one_block():
+    """The examples' counts per draw are built a block of draws at a time (memory); the
+    accuracies are those of the counts of all draws at once, bit for bit."""
+    from selection.noise import DRAW_BLOCK, TaskEvidence, resample_task, task_rng
+
+    rng = np.random.default_rng(5)
+    correct = [rng.random((3, 301)) < p for p in (0.6, 0.7, 0.8, 0.9)]
+    ev = TaskEvidence(["a", "b", "c", "d"], [c.mean(axis=1) for c in correct], correct)
+    draws = 2 * DRAW_BLOCK + 17  # blocks of unequal size
+    got = resample_task(ev, draws, task_rng(0, "t"))
+    stream = task_rng(0, "t")
+    n = 301
+    idx = stream.integers(0, n, size=(draws, n), dtype=np.int32)
+    idx += (n * np.arange(draws, dtype=np.int32))[:, None]
+    counts = np.bincount(idx.ravel(), minlength=draws * n).reshape(draws, n)
+    per_rep = (counts @ np.concatenate(correct).T) / n  # exact integers, then one division
+    expected = np.column_stack([np.median(np.take_along_axis(
+        per_rep[:, 3 * i:3 * i + 3], stream.integers(0, 3, size=(draws, 3)), axis=1), axis=1)
+        for i in range(4)])
+    assert np.array_equal(got, expected)

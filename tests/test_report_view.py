@@ -121,7 +121,7 @@ def test_highlights_are_the_papers_handful(wide):
 def test_every_png_is_at_most_2000_pixels_wide(wide, tmp_path):
     paths = write_report(wide, tmp_path)
     pngs = [p for p in paths.values() if p.suffix == ".png"]
-    assert len(pngs) == 6
+    assert len(pngs) == 7  # regret, B=2, heatmap, budget, zero regret, proxies, compute
     widths = {}
     for path in pngs:
         with Image.open(path) as image:
@@ -155,7 +155,7 @@ def test_report_html_is_self_contained_and_makes_no_external_request(wide, tmp_p
     parser.feed(page)
     assert {"script", "link", "iframe", "object", "embed"}.isdisjoint(parser.tags)
     assert parser.refs and all(r.startswith("data:image/png;base64,") for r in parser.refs)
-    assert len(parser.refs) == 6  # every figure, embedded
+    assert len(parser.refs) == 7  # every figure, embedded
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page.replace("data:", ""))
     assert "default-src 'none'" in page  # and the browser is told to load nothing else
     for heading in ("Leaderboard", "By task group", "Appendix G", "Fine-tune test accuracy",

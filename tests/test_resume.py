@@ -54,6 +54,14 @@ def _cli(home: Path, ray_dir: Path, *args: str, **kw) -> subprocess.Popen:
     return reaped([sys.executable, "-m", "sweeps.cli", *args], env=env, **kw)
 
 
+def _journal(home: Path, experiment: str) -> set[str]:
+    """The pair keys whose records wait in the spool (acknowledged, not logged yet)."""
+    import json
+
+    return {json.loads(p.read_text())["pair_key"]
+            for p in (home / "spool" / experiment).glob("*.json")}
+
+
 def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, short_tmp):
     home = tmp_path / "home"
     (tmp_path / "zoo.yaml").write_text(ZOO)
@@ -76,6 +84,7 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, 
     before = {r.data.tags["pair_key"]: r.info.run_id for r in _pair_runs(home, "kill")
               if r.info.status == "FINISHED"}
     assert 0 < len(before) < total, "the driver must be killed mid-sweep"
+    acknowledged = set(before) | _journal(home, "kill")  # logged, or journaled and queued
 
     resume = _cli(home, ray_b, "resume", "kill", "--no-report")
     try:
@@ -91,3 +100,4 @@ def test_sigkilled_driver_then_resume_leaves_one_finished_run_per_key(tmp_path, 
     assert all(r.info.status == "FINISHED" for r in runs)
     after = {r.data.tags["pair_key"]: r.info.run_id for r in runs}
     assert all(after[k] == run_id for k, run_id in before.items())  # nothing logged twice
+    assert acknowledged <= set(after) and not _journal(home, "kill")

@@ -4,8 +4,11 @@ The driver is the single MLflow writer. :class:`PairRecorder` is the sink of the
 (:mod:`sweeps.tune_runner`): a probe is logged once its trial (and its early-stop proxy, fine-tune
 work) is in; a fine-tune pair once every (learning rate, repetition) run is in, as per repetition
 the learning rate with the best validation accuracy, that run's test accuracy, and the median
-over repetitions (:func:`aggregate_finetune`). A pair still waiting for a trial when the sweep ends is a named
-failure, never a silent gap.
+over repetitions (:func:`aggregate_finetune`), each run's curves as stepped metrics of the pair
+run (:mod:`sweeps.tracking.pairs`). The callback journals the pair's record and queues it; a
+thread of its own logs it (:mod:`sweeps.tracking.writer`, which defines when a result is
+*acknowledged*). A pair still waiting for a trial when the sweep ends is a named failure, never a
+silent gap.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Any
 from sweeps.plan import PROTOCOLS, Job, Plan, pair_key
 from sweeps.refs import model_pools, task_group
 from sweeps.tracking.client import Tracker
+from sweeps.tracking.pairs import CURVE_POINTS, curve_key, thin
 from whichmodel.errors import WhichModelError
+from whichmodel.files import atomic_write_json
 from whichmodel.names import within
 from whichmodel.uri import redact_uri
 
@@ -43,19 +48,11 @@ def aggregate_finetune(runs: dict[tuple[float, int], dict[str, Any]]) -> dict[st
     for (lr, rep), run in sorted(runs.items()):
         out[f"lr_{lr:g}/rep{rep}/val_acc"] = run["val_acc"]
         out[f"lr_{lr:g}/rep{rep}/test_acc"] = run["test_acc"]
+        if run.get("micro_batch"):
+            out[f"lr_{lr:g}/rep{rep}/micro_batch"] = run["micro_batch"]
     for rep, lr in zip(reps, best_lrs):
         out[f"rep{rep}/best_lr"] = lr
         out[f"rep{rep}/test_acc"] = tests[reps.index(rep)]
-    return out
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -86,6 +83,7 @@ class PairRecorder:
         self.logged = 0
         self.failures: list[str] = []
         self._tracker = None
+        self._writer = None
         self._finished: set[str] | None = None
         self._unfinished: dict[str, str] = {}
         self._progress = None
@@ -93,7 +91,7 @@ class PairRecorder:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_tracker=None, _finished=None, _unfinished={}, _progress=None)
+        state.update(_tracker=None, _writer=None, _finished=None, _unfinished={}, _progress=None)
         return state
 
     @property
@@ -103,10 +101,35 @@ class PairRecorder:
                                     spool_dir=self.spool_dir)
         return self._tracker
 
+    def use(self, tracker: Tracker) -> None:
+        """Write through the driver's tracker (its read of the pair runs serves the skip check
+        and this recorder: one read)."""
+        self._tracker = tracker
+
+    @property
+    def writer(self):
+        from sweeps.tracking.outage import is_http
+        from sweeps.tracking.writer import Writer
+
+        if self._writer is None:
+            remote = self.spool_dir is not None and is_http(self.uri)  # a local store is read in place
+            cache = self.spool_dir.parent / "cache" / "artifacts" if remote else None
+            self._writer = Writer(self.tracker, self.tracker.spool, cache_dir=cache)
+        return self._writer
+
+    def flush(self) -> None:
+        """Wait until every queued record is logged (or in the spool); collect the writer's
+        failures."""
+        if self._writer is not None:
+            self._writer.close()
+            self.logged += self._writer.logged
+            self.failures += self._writer.failures
+            self._writer.logged, self._writer.failures = 0, []
+
     def _refresh(self) -> None:
-        finished, unfinished = self.tracker.runs_by_key(self.hashes)
+        finished, unfinished = self.tracker.keys_by_status(self.hashes)
         self._finished = set(finished)
-        self._unfinished = {k: r.info.run_id for k, r in unfinished.items()}
+        self._unfinished = {k: r.run_id for k, r in unfinished.items()}
 
     def is_finished(self, key: str) -> bool:
         if self._finished is None:
@@ -123,8 +146,6 @@ class PairRecorder:
 
     # -- the sink protocol -----------------------------------------------------------------
     def on_result(self, job: Job, metrics: dict) -> None:
-        if self._tracker is not None and self._tracker.offline and self._tracker.reachable():
-            self._tracker.drain_spool()  # the server is back: log what waited, oldest first
         self._accept(job, metrics)
         from sweeps.progress import compute_seconds
 
@@ -141,9 +162,10 @@ class PairRecorder:
         With a spool, first replay it, giving a server that is down a minute to come back;
         results still waiting after that end the sweep with an error that says where they are.
         """
-        from sweeps.tracking.client import FINAL_DRAIN_DELAYS_S, TrackingUnavailable, with_retries
+        from sweeps.tracking.outage import FINAL_DRAIN_DELAYS_S, TrackingUnavailable, with_retries
         from sweeps.tracking.spool import Spool
 
+        self.flush()
         if self.spool_dir is None:
             self._refresh()
         else:
@@ -174,6 +196,7 @@ class PairRecorder:
                                      "not logged)")
         self.pending.clear()
         self.probes.clear()
+        self.flush()
         left = len(Spool(self.spool_dir, self.plan.cfg.experiment)) if self.spool_dir else 0
         if left:
             raise WhichModelError(
@@ -225,9 +248,21 @@ class PairRecorder:
             aggregated = aggregate_finetune(runs)
             aggregated["time/finetune"] = sum(r["seconds"] for r in runs.values())
             path = self._save_predictions(job.model, job.task, runs, aggregated)
+            curves = self._results_file("curves", f"{job.model}@{job.task}.json")
+            atomic_write_json(curves, run_curves(runs, points=None), indent=None)
+            artifacts = [(str(path), "predictions")] if path else []
             self._log(job.model, job.task, "finetune", aggregated, runs,
-                      artifacts=[str(path)] if path else None, span=trial_span(runs.values()),
+                      artifacts=[*artifacts, (str(curves), "curves")],
+                      span=trial_span(runs.values()),
                       digest=next((r["digest"] for r in runs.values() if r.get("digest")), None))
+
+    def _results_file(self, kind: str, name: str) -> Path:
+        """Where a pair's file waits to be an artifact: ``$WHICHMODEL_HOME/<kind>/<experiment>/``
+        (the experiment and the file's name checked to stay inside it)."""
+        home = self.spool_dir.parent if self.spool_dir else Path(tempfile.gettempdir())
+        path = within(home, kind, self.plan.cfg.experiment, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _save_predictions(self, model: str, task: str, runs: dict[tuple[float, int], dict],
                           aggregated: dict[str, float]) -> Path | None:
@@ -244,9 +279,7 @@ class PairRecorder:
         chosen = [runs[(lr, rep)] for lr, rep in zip(best, reps)]
         if any(r.get("test_pred") is None or r.get("test_labels") is None for r in chosen):
             return None
-        home = self.spool_dir.parent if self.spool_dir else Path(tempfile.gettempdir())
-        path = within(home, "predictions", self.plan.cfg.experiment, f"{model}@{task}.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self._results_file("predictions", f"{model}@{task}.npz")
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, predictions=np.asarray([r["test_pred"] for r in chosen],
                                                           dtype=np.int16),
@@ -272,27 +305,33 @@ class PairRecorder:
         readable = bool(path) and Path(path).is_file()
         self._log(*pair, "probe",
                   {k: v for k, v in metrics.items() if k.startswith(("proxy/", "time/"))},
-                  artifacts=[path] if readable else None, features_uri=metrics.get("features_uri"),
-                  span=span, digest=metrics.get("task_digest"),
+                  artifacts=[(path, "features")] if readable else None,
+                  features_uri=metrics.get("features_uri"), span=span,
+                  digest=metrics.get("task_digest"),
                   micro=micro_batch_params("probe", parts.get("early_stop", {}),
                                            self.plan.cfg.probe.early_stop.batch_size))
 
     # -- writing ---------------------------------------------------------------------------
     def _log(self, model: str, task: str, protocol: str, metrics: dict[str, float],
-             runs: dict[tuple[float, int], dict] | None = None, artifacts: list[str] | None = None,
+             runs: dict[tuple[float, int], dict] | None = None,
+             artifacts: list[tuple[str, str]] | None = None,
              features_uri: str | None = None, span: tuple[float, float] | None = None,
              digest: str | None = None, micro: dict[str, Any] | None = None) -> None:
         """Log (or spool) the pair's run: ``span`` is its trials' (first start, last end) in
         epoch seconds, ``digest`` its task's :func:`~lightning_modules.task_data.splits_digest`
         (the run's dataset input)."""
-        from sweeps.tracking.client import is_server_problem, pair_record, spool_record
+        from sweeps.tracking.outage import is_server_problem, spool_record
+        from sweeps.tracking.pairs import pair_record
         from sweeps.tracking.spool import Spool
 
         key = pair_key(model, task, protocol)
         if self._finished is not None and key in self._finished:
             return
         cfg, meta = self.plan.cfg, self.metas[model]
-        params = {f"{protocol}/{k}": v for k, v in flatten(cfg.protocol_settings(protocol)).items()}
+        # the protocol's settings (what protocol_hash digests) as one param: a row each would be
+        # a tenth of what every read of the pair runs makes the server build
+        params = {f"{protocol}/settings": json.dumps(cfg.protocol_settings(protocol),
+                                                     sort_keys=True, default=str)}
         params.update({f"model/{k}": meta.get(k) for k in
                        ("arch", "imagenet_acc", "upstream_size", "params", "feature_dim",
                         "upstream_acc", "objective")})
@@ -306,22 +345,21 @@ class PairRecorder:
         if features_uri:
             tags["features_uri"] = features_uri
         record = pair_record(model, task, protocol, self.hashes[protocol], tags, params, metrics,
-                             children=_child_runs(model, task, runs) if runs else None,
+                             history=run_curves(runs) if runs else None,
                              artifacts=artifacts, span=span,
                              dataset=task_dataset(task, self.plan.task_refs.get(task, {}), digest,
                                                  cfg, protocol) if digest else None)
         try:
             if self.is_finished(key):
                 return
-            tracker = self.tracker
+            self.writer  # noqa: B018 - the tracker opens here (preflight), on the driver's thread
         except Exception as exc:  # no server to ask: the record waits (replay skips what's done)
             if self.spool_dir is None or not is_server_problem(exc):
                 raise
             spool_record(Spool(self.spool_dir, cfg.experiment), self.uri, record, str(exc)[:160])
             return
-        run_id = tracker.record_pair(record, resume_run_id=self._unfinished.get(key))
+        self.writer.put(record, resume_run_id=self._unfinished.get(key))  # acknowledged
         self._finished.add(key)
-        self.logged += run_id is not None
 
 
 def trial_span(results) -> tuple[float, float] | None:
@@ -354,29 +392,27 @@ def _missing_metrics(job: Job, metrics: dict) -> list[str]:
     return [k for k in want if k not in metrics]
 
 
-def _child_runs(model: str, task: str, runs: dict[tuple[float, int], dict]) -> list[dict]:
-    """One child run per (learning rate, repetition): its accuracies and loss curve (and, where
-    the budgeted search is on, its validation accuracy at every rung)."""
-    children = []
+def run_curves(runs: dict[tuple[float, int], dict], points: int | None = CURVE_POINTS
+               ) -> dict[str, list]:
+    """Each (learning rate, repetition) run's training-loss curve (at most ``points`` of it;
+    None: all) and, where the budgeted search is on, its validation accuracy at every rung, as
+    stepped metrics of the pair run."""
+    history = {}
     for (lr, rep), run in sorted(runs.items()):
-        history = {"train/loss": run["curve"]}
+        history[curve_key(lr, rep, "train_loss")] = (thin(run["curve"], points) if points
+                                                     else list(run["curve"]))
         if run.get("val_curve"):
-            history["curve/val_acc"] = run["val_curve"]
-        children.append({
-            "name": f"{model}@{task}:finetune/lr={lr:g}/rep{rep}",
-            "params": {"lr": lr, "repetition": f"rep{rep}",
-                       **({"micro_batch": run["micro_batch"]} if run.get("micro_batch") else {})},
-            "metrics": {"val/acc": run["val_acc"], "test/acc": run["test_acc"]},
-            "history": history,
-        })
-    return children
+            history[curve_key(lr, rep, "val_acc")] = run["val_curve"]
+    return history
 
 
 def micro_batch_params(protocol: str, results: dict, effective: int) -> dict[str, Any]:
     """``<protocol>/micro_batch``: the smallest micro-batch the pair's fine-tune steps used (a
     fine-tune pair's runs, or a probe's early-stop proxy), and where it is smaller than the
     effective batch, that BatchNorm normalised per micro-batch (README, "Running the paper's
-    study"). Empty when the trials did not say (results from before micro-batches)."""
+    study"). Empty when the trials did not say (results from before micro-batches). Each
+    fine-tune run's own is the metric ``lr_<lr>/rep<r>/micro_batch``
+    (:func:`aggregate_finetune`)."""
     if protocol == "finetune":
         sizes = [r["micro_batch"] for r in results.values() if r.get("micro_batch")]
         key = "finetune"

@@ -1,9 +1,11 @@
 """Pair results that MLflow could not take (the server was down), kept on disk until it can.
 
 One JSON file per (pair_key, protocol_hash) at ``$WHICHMODEL_HOME/spool/<experiment>/<hash>.json``,
-written atomically (``whichmodel.files``), holding everything
-``Tracker.log_pair`` writes: run name, tags, params, metrics, child runs with their curves, the
-paths of artifact files and the metrics' timestamp. ``Tracker.drain_spool`` replays the records
+written atomically and fsynced (``whichmodel.files``), holding everything
+``Tracker.log_pair`` writes: run name, tags, params, metrics, the curves, the
+paths of artifact files and the metrics' timestamp. The recorder's writer journals every pair
+here before queueing it (:mod:`sweeps.tracking.writer`), so the spool also holds what a killed
+driver had not logged yet. ``Tracker.drain_spool`` replays the records
 through the same idempotent path keyed by ``pair_key`` (a finished run of the key: the record is
 dropped; an unfinished one: resumed by id; none: created), so a record replayed twice, or a pair
 that was logged in the meantime, never makes a second run. A record leaves the spool only once
@@ -22,7 +24,7 @@ from typing import Any
 
 from whichmodel.files import atomic_write_json
 
-SPOOL_FORMAT = 1
+SPOOL_FORMAT = 2  # 1: curves as child runs (``children``), still replayed
 
 
 def _folder_name(experiment: str) -> str:
@@ -48,7 +50,7 @@ class Spool:
         """Write (or replace) the record of its (pair_key, protocol_hash), atomically."""
         path = self.dir / record_file_name(record["pair_key"], record["protocol_hash"])
         return atomic_write_json(path, {"format": SPOOL_FORMAT, "experiment": self.experiment,
-                                        **record}, indent=1, mode=0o600)
+                                        **record}, indent=None, mode=0o600)
 
     def pending(self) -> list[tuple[Path, dict[str, Any]]]:
         """Readable records, oldest first; an unreadable file is reported and left in place."""

@@ -6,8 +6,10 @@ The stack itself (PostgreSQL, moto S3, MLflow with basic auth, all on loopback) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,6 +134,29 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+@contextlib.contextmanager
+def server_paused(stack):
+    """The stack's MLflow server (the launcher's ``mlflow server`` process group: its uvicorn
+    workers too) stopped with SIGSTOP while the block runs, then continued: a server that
+    accepts connections and answers nothing, the slowest server there is."""
+    parent = stack.mlflow_proc.pid
+    (child,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _ppid(p) == parent]
+    group = os.getpgid(child)
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield group
+    finally:
+        os.killpg(group, signal.SIGCONT)
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

@@ -86,13 +86,11 @@ def test_mlflow_down_60s_mid_sweep_loses_no_result_and_duplicates_none(
         (r["info"]["run_name"], r["info"]["status"]) for r in runs
         if r["info"]["status"] != "FINISHED"]
     for parent in pairs:
-        children = [r for r in runs
-                    if r["tags"].get("mlflow.parentRunId") == parent["info"]["run_id"]]
         if parent["tags"]["protocol"] == "finetune":
             assert 0 <= parent["metrics"]["test/acc"] <= 1
-            assert sorted(c["info"]["run_name"] for c in children) == sorted(
-                f"{parent['info']['run_name']}/lr={lr}/rep0" for lr in ("0.001", "0.01"))
+            assert {f"lr_{lr}/rep0/curve/train_loss" for lr in ("0.001", "0.01")} <= set(
+                parent["metrics"])  # every run's curve, spooled or not
         else:
-            assert "proxy/knn" in parent["metrics"] and not children
-    assert len(runs) == len(pairs) + 4 * 2  # and no stray runs
+            assert "proxy/knn" in parent["metrics"]
+    assert len(runs) == len(pairs)  # and no stray runs
     print(f"outage timeline (s): {timeline}; most pairs waiting in the spool: {most_spooled}")

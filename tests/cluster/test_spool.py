@@ -29,13 +29,11 @@ def client_env(stack, monkeypatch):
 def _record(model: str, tmp_path, protocol: str = "finetune") -> dict:
     artifact = tmp_path / f"{model}.npz"
     artifact.write_bytes(b"test predictions of " + model.encode())
-    children = [{"name": f"{model}@digits:finetune/lr={lr}/rep0", "params": {"lr": lr},
-                 "metrics": {"val/acc": 0.5, "test/acc": 0.4},
-                 "history": {"train/loss": [(0, 2.0), (10, 1.0)]}} for lr in (0.01, 0.001)]
+    history = {f"lr_{lr}/rep0/curve/train_loss": [(0, 2.0), (10, 1.0)] for lr in (0.01, 0.001)}
     return pair_record(model, "digits", protocol, "h1", {"group": "natural", "sweep": "s"},
                        {f"{protocol}/steps": 5, "model/arch": "cnn"},
                        {"test/acc": 0.4, "val/acc": 0.5, "bad": float("nan")},
-                       children=children, artifacts=[str(artifact)])
+                       history=history, artifacts=[(str(artifact), "predictions")])
 
 
 @pytest.mark.slow
@@ -59,9 +57,9 @@ def test_pair_logged_while_the_server_is_down_waits_in_the_spool_then_is_logged_
     files = sorted(spool.dir.glob("*.json"))
     assert len(files) == 2 and not list(spool.dir.glob(".tmp-*"))
     saved = json.loads(files[0].read_text())
-    assert {"pair_key", "run_name", "tags", "params", "metrics", "children", "artifacts",
+    assert {"pair_key", "run_name", "tags", "params", "metrics", "history", "artifacts",
             "protocol_hash", "timestamp_ms", "spooled_at", "reason"} <= set(saved)
-    assert saved["children"][0]["history"]["train/loss"] == [[0, 2.0], [10, 1.0]]
+    assert saved["history"]["lr_0.01/rep0/curve/train_loss"] == [[0, 2.0], [10, 1.0]]
     assert "bad" not in saved["metrics"]  # what log_pair would drop
     assert "kept in the spool" in capsys.readouterr().err
 
@@ -72,16 +70,16 @@ def test_pair_logged_while_the_server_is_down_waits_in_the_spool_then_is_logged_
 
     runs = rest.runs("spool-outage")
     parents = [r for r in runs if r["tags"].get("pair_key")]
+    assert len(parents) == len(runs)
     assert sorted(r["tags"]["pair_key"] for r in parents) == sorted(
         f"m-{x}|digits|finetune" for x in ("a", "b", "before", "c"))
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     replayed = next(r for r in parents if r["tags"]["pair_key"] == "m-a|digits|finetune")
-    assert replayed["metrics"] == {"test/acc": 0.4, "val/acc": 0.5}
+    assert replayed["metrics"] == {"test/acc": 0.4, "val/acc": 0.5,
+                                   "lr_0.01/rep0/curve/train_loss": 1.0,
+                                   "lr_0.001/rep0/curve/train_loss": 1.0}
     assert replayed["params"] == {"finetune/steps": "5", "model/arch": "cnn"}
     assert replayed["tags"]["group"] == "natural" and replayed["tags"]["protocol_hash"] == "h1"
-    children = [r for r in runs
-                if r["tags"].get("mlflow.parentRunId") == replayed["info"]["run_id"]]
-    assert len(children) == 2
     listed = rest.get("artifacts/list", run_id=replayed["info"]["run_id"], path="predictions").json()
     # a fine-tune's artifact is its test predictions (a probe's: its features)
     assert [f["path"] for f in listed["files"]] == ["predictions/m-a.npz"]
@@ -94,29 +92,29 @@ def test_pair_logged_while_the_server_is_down_waits_in_the_spool_then_is_logged_
 
 def test_a_half_logged_run_is_resumed_by_the_replay_not_duplicated(
         stack, rest, client_env, tmp_path):
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     spool_dir = tmp_path / "spool"
     tracker = Tracker(stack.tracking_uri, "spool-half", spool_dir=spool_dir)
     record = _record("m-half", tmp_path)
-    # A log cut short by the outage: the parent created with its tags, one child finished.
+    # A log cut short by the outage: the run created with its tags, one curve's points logged.
     client = MlflowClient(stack.tracking_uri)
     parent = client.create_run(tracker.experiment_id, run_name=record["run_name"], tags={
         "pair_key": record["pair_key"], "protocol_hash": "h1", "protocol": "finetune",
         "model": "m-half", "task": "digits"}).info.run_id
-    tracker._log_child(parent, record["children"][0], record["timestamp_ms"])
+    key = "lr_0.01/rep0/curve/train_loss"
+    client.log_batch(parent, metrics=[Metric(key, v, record["timestamp_ms"], s)
+                                      for s, v in record["history"][key]])
     Spool(spool_dir, "spool-half").put(record)
 
     # A new Tracker with that spool (what 'whichmodel run' / 'resume' make first) replays it.
     Tracker(stack.tracking_uri, "spool-half", spool_dir=spool_dir)
     assert len(Spool(spool_dir, "spool-half")) == 0
     runs = rest.runs("spool-half")
-    parents = [r for r in runs if r["tags"].get("pair_key")]
-    assert [r["info"]["run_id"] for r in parents] == [parent]
-    assert parents[0]["info"]["status"] == "FINISHED"
-    assert parents[0]["metrics"] == {"test/acc": 0.4, "val/acc": 0.5}
-    children = sorted(r["info"]["run_name"] for r in runs if r not in parents)
-    assert children == sorted(c["name"] for c in record["children"])
-    history = rest.get("metrics/get-history", run_id=next(
-        r for r in runs if r not in parents)["info"]["run_id"], metric_key="train/loss").json()
-    assert len(history["metrics"]) == 2  # the finished child's curve was not logged twice
+    assert [r["info"]["run_id"] for r in runs] == [parent]
+    assert runs[0]["info"]["status"] == "FINISHED"
+    assert runs[0]["metrics"]["test/acc"] == 0.4 and runs[0]["metrics"]["val/acc"] == 0.5
+    for key in record["history"]:
+        history = rest.get("metrics/get-history", run_id=parent, metric_key=key).json()
+        assert len(history["metrics"]) == 2  # the curve logged before was not logged twice
