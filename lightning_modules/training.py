@@ -2,8 +2,10 @@
 
 Fine-tune protocol (Renggli et al. 2022, Sec. 4.3; the "linear head first" practice of Kumar et al.
 2022, "Fine-Tuning can Distort Pretrained Features"):
-stage 1 trains a new zero-initialised linear head on the frozen backbone; stage 2 fine-tunes the
-whole network with SGD (momentum 0.9), linear warm-up then cosine decay. Stage 1 runs on features
+stage 1 trains a new zero-initialised linear head on the frozen backbone, one per repetition
+(:func:`train_head`); stage 2 fine-tunes a copy of it with the whole network at each learning
+rate ("fine-tune the obtained model twice"), SGD (momentum 0.9), linear warm-up then cosine
+decay. Stage 1 runs on features
 computed once by a frozen forward pass: with the backbone frozen and in eval mode this is the same
 optimisation as pushing images through it at every step, at a fraction of the cost.
 
@@ -14,6 +16,7 @@ autocast on GPU (``make_trainer``).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -97,11 +100,19 @@ def batch_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
     return DeviceBatches(x.to(device), y.to(device), batch_size, seed)
 
 
-def sgd_with_schedule(params, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0,
-         warmup_steps: int | None = None):
+def sgd_with_schedule(params, lr: float, steps: int, momentum: float = 0.9,
+                      weight_decay: float = 0.0, warmup_steps: int | None = None,
+                      schedule: str = "cosine"):
+    """SGD with ``momentum`` and a per-step schedule: ``cosine`` (linear warm-up over
+    ``warmup_steps``, default 5% of the steps, then cosine decay to 0) or ``constant`` (the
+    learning rate throughout: the early-stop proxy, Appendix I)."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be cosine or constant; got {schedule!r}")
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     warm = default_warmup(steps) if warmup_steps is None else warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warm))
+    multiplier = ((lambda s: 1.0) if schedule == "constant"
+                  else (lambda s: warmup_cosine(s, steps, warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -217,7 +228,8 @@ class FineTuneModule(pl.LightningModule):
 
     def __init__(self, backbone: Backbone, head: nn.Linear, lr: float, steps: int,
                  trainable: str = "all", warmup_steps: int | None = None, curve_every: int = 10,
-                 micro: MicroBatcher | None = None):
+                 micro: MicroBatcher | None = None, schedule: str = "cosine",
+                 momentum: float = 0.9):
         super().__init__()
         self.automatic_optimization = False  # micro-batches, then one optimizer step
         self.micro = micro
@@ -226,6 +238,7 @@ class FineTuneModule(pl.LightningModule):
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.head = head
         self.lr, self.steps, self.warmup_steps = lr, steps, warmup_steps
+        self.schedule, self.momentum = schedule, momentum
         self.curve_every = curve_every
         self.curve: list[tuple[int, float]] = []  # (step, training loss), for the MLflow pair run
         self.trainable = trainable
@@ -272,7 +285,8 @@ class FineTuneModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return sgd_with_schedule(params, self.lr, self.steps, warmup_steps=self.warmup_steps)
+        return sgd_with_schedule(params, self.lr, self.steps, momentum=self.momentum,
+                                 warmup_steps=self.warmup_steps, schedule=self.schedule)
 
 
 def set_trainable(backbone: Backbone, trainable: str) -> None:
@@ -341,13 +355,32 @@ class ValidationCurve(pl.Callback):
             self.seconds += time.perf_counter() - start
 
 
+def train_head(features: torch.Tensor | None, labels, feature_dim: int, num_classes: int,
+               lr: float, steps: int, batch_size: int, seed: int) -> tuple[nn.Linear, float]:
+    """Stage 1 of the fine-tune protocol: a zero-initialised linear head trained for ``steps``
+    on the frozen backbone's ``features`` of the training images (the head is small enough to
+    train on the CPU: the same head on every machine); returns it and the seconds inside the
+    training steps. ``steps=0``: the zero head (``features`` may be None)."""
+    pl.seed_everything(seed, workers=False, verbose=False)
+    module = LinearHeadModule(feature_dim, num_classes, lr, steps)
+    if steps <= 0:
+        return module.head, 0.0
+    clock = StepClock()
+    make_trainer(steps, accelerator="cpu", callbacks=[clock]).fit(
+        module, batch_loader(features.cpu(), torch.as_tensor(labels), batch_size, seed,
+                             torch.device("cpu")))
+    return module.head, clock.seconds
+
+
 def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                  num_classes: int, lr: float, steps: int, head_steps: int, batch_size: int,
                  seed: int = 0, head_lr: float | None = None, trainable: str = "all",
                  warmup_steps: int | None = None, curve_every: int = 10,
                  evaluate_test: bool = True, callbacks: list[pl.Callback] | None = None,
                  precision: str = "auto", train_features: torch.Tensor | None = None,
-                 val_every: int = 0, micro: MicroBatcher | None = None) -> dict[str, Any]:
+                 val_every: int = 0, micro: MicroBatcher | None = None,
+                 head: nn.Linear | None = None, schedule: str = "cosine",
+                 momentum: float = 0.9) -> dict[str, Any]:
     """One fine-tune run at one learning rate: head on frozen features, then the network.
 
     Returns validation and test accuracy (the caller picks the learning rate by validation),
@@ -359,7 +392,10 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     many stage-2 steps (``val_curve``, steps counted from the head stage's start). ``seed``
     seeds the run's data order and everything random in it. ``micro``: the micro-batch of
     stage 2 (default: the whole batch at once); ``micro_batch`` in the result is the size the
-    run ended with (smaller than it started after an out-of-memory error).
+    run ended with (smaller than it started after an out-of-memory error). ``head``: a head
+    trained already (:func:`train_head`; the fine-tune protocol trains one per repetition and
+    fine-tunes a copy of it at every learning rate, Sec. 4.3): stage 1 is skipped.
+    ``schedule``/``momentum``: stage 2's (:func:`sgd_with_schedule`).
     """
     pl.seed_everything(seed, workers=False, verbose=False)
     start = time.perf_counter()
@@ -367,23 +403,23 @@ def run_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndar
     ytr_t = torch.as_tensor(ytr)
     inside = 0.0  # seconds in training and evaluation
 
-    # Stage 1: head on the frozen backbone, from one forward pass (on the GPU when there is
-    # one); the linear head itself is small enough to train on the CPU.
-    head_module = LinearHeadModule(backbone.feature_dim, num_classes, head_lr or lr, head_steps)
-    if head_steps > 0:
-        ftr = train_features if train_features is not None else extract_features(backbone, xtr)[0]
-        clock = StepClock()
-        make_trainer(head_steps, accelerator="cpu", callbacks=[clock]).fit(
-            head_module, batch_loader(ftr, ytr_t, batch_size, seed, torch.device("cpu")))
-        inside += clock.seconds
-    head = head_module.head
+    # Stage 1: head on the frozen backbone (unless the caller trained it).
+    if head is not None:
+        head = copy.deepcopy(head)
+    else:
+        ftr = (train_features if train_features is not None or head_steps == 0
+               else extract_features(backbone, xtr)[0])
+        head, seconds = train_head(ftr, ytr, backbone.feature_dim, num_classes, head_lr or lr,
+                                   head_steps, batch_size, seed)
+        inside += seconds
 
     # Stage 2: full (or surgical) fine-tune.
     curve: list[tuple[int, float]] = []
     val_curve = ValidationCurve(xva, yva, val_every, head_steps) if val_every > 0 else None
     if steps > 0 and trainable != "head":
         module = FineTuneModule(backbone, head, lr, steps, trainable, warmup_steps, curve_every,
-                                micro=micro or MicroBatcher(min(batch_size, len(xtr))))
+                                micro=micro or MicroBatcher(min(batch_size, len(xtr))),
+                                schedule=schedule, momentum=momentum)
         clock = StepClock()  # first, so that its batch end comes before the validation's
         make_trainer(steps, callbacks=[clock, *(callbacks or []),
                                        *([val_curve] if val_curve else [])],
@@ -431,21 +467,21 @@ def median_over_repeats(values: Sequence[float]) -> float:
 
 def short_finetune(backbone: Backbone, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                    num_classes: int, micro_batch: Callable[[int], MicroBatcher] | None = None,
-                   precision: str = "auto") -> Callable[..., float]:
+                   precision: str = "auto", momentum: float = 0.9) -> Callable[..., float]:
     """``finetune(lr, steps, batch_size, seed) -> validation accuracy``: a few steps of fine-tuning
-    a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up (the training of
-    the early-stop proxy, :mod:`selection.proxies.early_stop`). The test split is never touched.
+    a fresh copy of ``backbone`` from a zero head, no head-only stage, no warm-up, a constant
+    learning rate, SGD with ``momentum`` (the training of the early-stop proxy, Appendix I,
+    :mod:`selection.proxies.early_stop`). The test split is never touched.
     ``finetune.train_eval_s`` adds up the seconds its runs spent in training steps and
     evaluation. ``micro_batch(batch_size)``: the micro-batcher of its steps (one for all of its
     runs, so a size halved once stays halved); ``finetune.micro_batch`` is the size it ended with."""
-    import copy
-
     def finetune(lr: float, steps: int, batch_size: int, seed: int) -> float:
         if finetune.micro is None and micro_batch is not None:
             finetune.micro = micro_batch(batch_size)
         run = run_finetune(copy.deepcopy(backbone), splits, num_classes, lr=lr, steps=steps,
                            head_steps=0, batch_size=batch_size, seed=seed, warmup_steps=0,
-                           evaluate_test=False, precision=precision, micro=finetune.micro)
+                           schedule="constant", momentum=momentum, evaluate_test=False,
+                           precision=precision, micro=finetune.micro)
         finetune.train_eval_s += run["train_eval_s"]
         finetune.micro_batch = run.get("micro_batch")
         return run["val_acc"]

@@ -177,8 +177,9 @@ class ProbeProtocol(Strict):
 class FinetuneProtocol(Strict):
     """The fine-tune protocol (Renggli et al. 2022, Sec. 4.3): a linear head on the frozen
     backbone, then the whole network with SGD at each learning rate, best by validation, median
-    over repetitions. The head stage's length, momentum 0.9 and the 5% warm-up then cosine decay
-    are this project's choices (the paper does not give them)."""
+    over repetitions; one head per repetition, shared by its learning rates. The head stage's
+    length and learning rate, momentum 0.9 and the 5% warm-up then cosine decay are this
+    project's choices (the paper does not give them)."""
 
     enabled: bool = True
     # The paper's profile is 2 lrs x 2500 steps x batch 512 x 5 repetitions; smaller profiles
@@ -186,6 +187,9 @@ class FinetuneProtocol(Strict):
     profile: str = "paper"
     lrs: list[LearningRate] = lrs_field([0.01, 0.001])
     head_steps: int = steps_field(500, ge=0)
+    # The head stage's learning rate: one head per repetition, trained once and fine-tuned at
+    # every lr (Sec. 4.3: "fine-tune the obtained model twice"); its value is this project's
+    head_lr: LearningRate = 0.01
     # At least one step: 0 would log the head stage alone as if it were a fine-tune (to train
     # only the head, write trainable: head; to skip fine-tunes, enabled: false).
     steps: int = Field(2500, ge=1, le=MAX_STEPS, description=(

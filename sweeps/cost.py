@@ -224,10 +224,11 @@ def finetune_run_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, lr: float, 
 
 
 def finetune_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, runs) -> Work:
-    """A trial's fine-tune runs (the head stage's frozen pass once per trial)."""
-    out = Work()
+    """A trial's fine-tune runs (the frozen pass once per trial, a head per repetition)."""
+    out, reps = Work(), set()
     for i, (lr, rep) in enumerate(runs):
-        out += finetune_run_work(cfg, m, t, lr, rep, train_pass=i == 0)
+        out += finetune_run_work(cfg, m, t, lr, rep, train_pass=i == 0, head_stage=rep not in reps)
+        reps.add(rep)
     return out
 
 

@@ -228,14 +228,18 @@ def finetune_trial(job: Job, settings: TrialSettings, report: Report | None = No
     search_lrs = set(cfg.search.lrs or f.lrs) if cfg.search.enabled else set()
     metrics: dict[str, Any] = {"task_digest": splits_digest(data.splits)}
     curves, val_curves, preds, inside = {}, {}, {}, 0.0
+    heads: dict[int, Any] = {}  # one head per repetition, fine-tuned at each of its lrs
     t0 = time.perf_counter()
     for lr, rep in job.runs:
         key = run_key(lr, rep)
+        if rep not in heads:
+            heads[rep], seconds = repetition_head(cfg, job, data, ftr, rep)
+            inside += seconds
         run = run_finetune(copy.deepcopy(backbone), data.splits, data.num_classes, lr=lr,
                            steps=f.steps, head_steps=f.head_steps, batch_size=f.batch_size,
                            seed=derive_seed(cfg.seed, job.model, job.task, lr, rep),
                            trainable=f.trainable, curve_every=f.curve_every,
-                           precision=f.precision, train_features=ftr, micro=micro,
+                           precision=f.precision, head=heads[rep], micro=micro,
                            val_every=cfg.search.rung_steps if rep == 0 and lr in search_lrs
                            else 0)
         metrics[f"{key}/val_acc"] = run["val_acc"]
@@ -274,6 +278,19 @@ def early_stop_trial(job: Job, settings: TrialSettings, report: Report | None = 
     return metrics
 
 
+def repetition_head(cfg: SweepConfig, job: Job, data, ftr, rep: int):
+    """The head of repetition ``rep`` (stage 1 of the fine-tune protocol, on the frozen
+    features ``ftr`` of train800): seeded by (seed, model, task, repetition), not the learning
+    rate, so every run of the repetition, in this trial or another on any machine, fine-tunes
+    the same head. Returns it and the seconds of its training steps."""
+    from lightning_modules.training import train_head
+
+    f = cfg.finetune
+    return train_head(ftr, data.splits["train800"][1], ftr.shape[1], data.num_classes,
+                      f.head_lr, f.head_steps, f.batch_size,
+                      derive_seed(cfg.seed, job.model, job.task, "head", rep))
+
+
 def _early_stop(job: Job, settings: TrialSettings, backbone, meta, data, ftr) -> dict[str, Any]:
     from lightning_modules.backbones import extract_features
     from lightning_modules.training import short_finetune
@@ -283,6 +300,7 @@ def _early_stop(job: Job, settings: TrialSettings, backbone, meta, data, ftr) ->
     fva, _ = extract_features(backbone, data.splits["val200"][0])
     es, precision = cfg.probe.early_stop, cfg.finetune.precision
     finetune = short_finetune(backbone, data.splits, data.num_classes, precision=precision,
+                              momentum=es.momentum,
                               micro_batch=lambda effective: settings.micro_batcher(
                                   meta, "train", effective, es.micro_batch, precision))
     inputs = make_inputs(ftr, data.splits["train800"][1], fva, data.splits["val200"][1],
@@ -301,6 +319,7 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
     accuracy every ``search.rung_steps`` steps (an ASHA rung); the scheduler may stop it."""
     import pytorch_lightning as pl
 
+    from lightning_modules.backbones import extract_features
     from lightning_modules.training import evaluate, run_finetune
 
     if report is None:
@@ -310,6 +329,9 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
     backbone, meta = settings.load_model(job.model)
     data = settings.load_task(job.task)
     xva, yva = data.splits["val200"]
+    ftr, _ = extract_features(backbone, data.splits["train800"][0],
+                              micro=settings.micro_batcher(meta, "extract", EXTRACT_BATCH))
+    head, _ = repetition_head(cfg, job, data, ftr, 0)  # repetition 0's, as the sweep's
 
     class ReportRung(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -321,7 +343,7 @@ def search_trial(job: Job, settings: TrialSettings, report: Report | None = None
                  head_steps=f.head_steps, batch_size=f.batch_size,
                  seed=derive_seed(cfg.seed, job.model, job.task, job.lr, 0),  # repetition 0's
                  trainable=f.trainable, evaluate_test=False, precision=f.precision,
-                 callbacks=[ReportRung()],
+                 callbacks=[ReportRung()], head=head,
                  micro=settings.micro_batcher(meta, "train", f.batch_size, f.micro_batch,
                                               f.precision))
     return None

@@ -116,7 +116,7 @@ def timed_trial(job, settings) -> tuple[dict, float, float]:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_real_size_catalog_family_runs_probe_and_finetune_trials_at_its_input_size(
         family, tmp_path, monkeypatch):
-    from sweeps.config import load_catalog
+    from sweeps.catalog import load_catalog
     from sweeps.plan import Job, plan_sweep
     from sweeps.refs import get_ref_task
     from sweeps.trials import TrialSettings
