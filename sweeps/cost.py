@@ -206,16 +206,19 @@ def early_stop_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, own_trial: bo
 
 
 def finetune_run_work(cfg: SweepConfig, m: ModelShape, t: TaskShape, lr: float, rep: int,
-                      train_pass: bool = True) -> Work:
-    """One fine-tune run (a learning rate, a repetition): the head stage's frozen pass over
-    train800 (``train_pass``: once per trial) and its fit of head steps, the fit of the
+                      train_pass: bool = True, head_stage: bool = True) -> Work:
+    """One fine-tune run (a learning rate, a repetition): the frozen pass over train800
+    (``train_pass``: once per trial) and the fit of the head steps (``head_stage``: once per
+    repetition in a trial, its head shared by the repetition's learning rates), the fit of the
     training steps, the validation and test passes, and the search's validation curve
     (repetition 0)."""
     f = cfg.finetune
     out = Work(m.flops * (t.n_val + t.n_test))
     if f.head_steps > 0:
         head = 6.0 * f.head_steps * min(f.batch_size, t.n_train) * m.feature_dim * t.num_classes
-        out += Work((m.flops * t.n_train if train_pass else 0.0) + head, f.head_steps, 1)
+        out += Work(m.flops * t.n_train if train_pass else 0.0)
+        if head_stage:
+            out += Work(head, f.head_steps, 1)
     if f.steps > 0 and f.trainable != "head":
         out += Work(TRAIN_FACTOR * m.flops * f.steps * f.batch_size, f.steps, 1)
     if cfg.search.enabled and rep == 0 and lr in (cfg.search.lrs or f.lrs):

@@ -266,3 +266,17 @@ def test_progress_line_adds_compute_spent_and_left_corrected_by_finished_trials(
     assert p.compute_left() == pytest.approx(3.0 + 5.0)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "compute 8.0s, ~8.0s left" in line
+
+
+def test_a_trial_fits_one_head_per_repetition_shared_by_its_learning_rates():
+    from sweeps.config import SweepConfig
+    from sweeps.cost import ModelShape, TaskShape, finetune_work
+
+    cfg = SweepConfig.model_validate({
+        "name": "c", "models": ["m"], "tasks": ["t"],
+        "finetune": {"lrs": [0.01, 0.001], "head_steps": 5, "steps": 7, "repeats": 2}})
+    m, t = ModelShape(1e9, 64, 224), TaskShape(800, 200, 1000, 10)
+    per_pair = finetune_work(cfg, m, t, [(0.01, 0), (0.001, 0), (0.01, 1), (0.001, 1)])
+    assert per_pair.fits == 2 + 4 and per_pair.steps == 2 * 5 + 4 * 7  # 2 heads, 4 fine-tunes
+    per_run = finetune_work(cfg, m, t, [(0.001, 1)])  # a trial of its own trains its head
+    assert per_run.fits == 2 and per_run.steps == 5 + 7
