@@ -103,6 +103,56 @@ def _standardise(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Ten
 
 
 @torch.no_grad()
+def _softmax_sgd(
+    source: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    lrs: Sequence[float],
+    steps: int,
+    repeats: int,
+    batch_size: int,
+    seed: int,
+    update,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SGD loop of every (repeat, lr) softmax head at once, shared by the primal and the
+    dual form. Per step, repetition r's minibatch ``it`` (``_EpochSampler(N, B, seed + r)``)
+    selects rows of ``source`` (the features X, or the Gram matrix K = X X^T); the logits of
+    all heads are ``P @ rows^T + b`` with P of shape (R, L*C, width) (rows [l*C, (l+1)*C) are
+    the head of lrs[l]), and ``update(P, g, rows, it)`` applies the scaled residual g (already
+    minus lr / B times softmax - one-hot). The transposed layout makes the products (L*C x
+    width) @ (width x B), which BLAS runs 1.5-1.7x faster on the CPU than (B x width) @ (width
+    x L*C) with L*C small. Returns P and b (R, L*C, 1).
+    """
+    device = source.device
+    n, width = source.shape
+    r_, l_, c_ = repeats, len(lrs), n_classes
+    bsz = min(batch_size, n)
+    onehot_t = torch.nn.functional.one_hot(y, c_).to(torch.float32).T.contiguous()  # (C, N)
+    p = torch.zeros(r_, l_ * c_, width, dtype=torch.float32, device=device)
+    b = torch.zeros(r_, l_ * c_, 1, dtype=torch.float32, device=device)
+    step = torch.tensor([-lr / bsz for lr in lrs], dtype=torch.float32, device=device)
+    step = step.repeat_interleave(c_).view(1, l_ * c_, 1)
+    samplers = [_EpochSampler(n, bsz, seed + r) for r in range(r_)]
+    done = 0
+    while done < steps:
+        block = min(_INDEX_BLOCK_STEPS, steps - done)
+        # (block, R*B): row t holds repetition 0's batch, then repetition 1's, ...
+        idx = torch.cat([s.next(block) for s in samplers], dim=1).to(device)
+        for t in range(block):
+            it = idx[t]
+            rows = source.index_select(0, it).view(r_, bsz, width)
+            logits = torch.baddbmm(b, p, rows.transpose(1, 2)).view(r_, l_, c_, bsz)
+            # softmax by hand: torch.softmax over a short dimension is ~3x slower on CPU.
+            e = logits.sub_(logits.amax(dim=2, keepdim=True)).exp_()
+            e = e.div_(e.sum(dim=2, keepdim=True))
+            yb = onehot_t.index_select(1, it).view(c_, r_, bsz).transpose(0, 1).unsqueeze(1)
+            g = e.sub_(yb).view(r_, l_ * c_, bsz).mul_(step)
+            update(p, g, rows, it)
+            b.add_(g.sum(dim=2, keepdim=True))
+        done += block
+    return p, b
+
+
 def _train_heads(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -118,42 +168,14 @@ def _train_heads(
     Returns W of shape (repeats, len(lrs), D, C) and b of shape (repeats, len(lrs), C). Heads of
     repetition r use the minibatches of ``_minibatch_indices(N, steps, batch_size, seed + r)``.
     """
-    device = x.device
-    n, d = x.shape
-    r_, l_, c_ = repeats, len(lrs), n_classes
-    bsz = min(batch_size, n)
-    # Transposed layout (weights (R, L*C, D), logits (R, L*C, B)): the products are then
-    # (L*C x D) @ (D x B) and (L*C x B) @ (B x D), which BLAS runs about 1.7x faster on CPU than
-    # (B x D) @ (D x L*C) with L*C small. Rows [l*C, (l+1)*C) are the head of lrs[l].
-    onehot_t = torch.nn.functional.one_hot(y, c_).to(torch.float32).T.contiguous()  # (C, N)
-    w_t = torch.zeros(r_, l_ * c_, d, dtype=torch.float32, device=device)
-    b = torch.zeros(r_, l_ * c_, 1, dtype=torch.float32, device=device)
-    # Minus lr / B per row: g below is already the step.
-    step = torch.tensor([-lr / bsz for lr in lrs], dtype=torch.float32, device=device)
-    step = step.repeat_interleave(c_).view(1, l_ * c_, 1)
-    samplers = [_EpochSampler(n, bsz, seed + r) for r in range(r_)]
-    done = 0
-    while done < steps:
-        block = min(_INDEX_BLOCK_STEPS, steps - done)
-        # (block, R*B): row t holds repetition 0's batch, then repetition 1's, ...
-        idx = torch.cat([s.next(block) for s in samplers], dim=1).to(device)
-        for t in range(block):
-            it = idx[t]
-            xb = x.index_select(0, it).view(r_, bsz, d)
-            logits = torch.baddbmm(b, w_t, xb.transpose(1, 2)).view(r_, l_, c_, bsz)
-            # softmax by hand: torch.softmax over a short dimension is ~3x slower on CPU.
-            e = logits.sub_(logits.amax(dim=2, keepdim=True)).exp_()
-            e = e.div_(e.sum(dim=2, keepdim=True))
-            yb = onehot_t.index_select(1, it).view(c_, r_, bsz).transpose(0, 1).unsqueeze(1)
-            g = e.sub_(yb).view(r_, l_ * c_, bsz).mul_(step)
-            w_t.baddbmm_(g, xb)
-            b.add_(g.sum(dim=2, keepdim=True))
-        done += block
-    w = w_t.view(r_, l_, c_, d).transpose(2, 3).contiguous()  # (R, L, D, C)
-    return w, b.view(r_, l_, c_)
+    def primal(w_t, g, xb, it):  # W -= lr/B X_B^T G
+        w_t.baddbmm_(g, xb)
+
+    w_t, b = _softmax_sgd(x, y, n_classes, lrs, steps, repeats, batch_size, seed, primal)
+    r_, l_, c_, d = repeats, len(lrs), n_classes, x.shape[1]
+    return w_t.view(r_, l_, c_, d).transpose(2, 3).contiguous(), b.view(r_, l_, c_)
 
 
-@torch.no_grad()
 def _train_heads_dual(
     gram: torch.Tensor,
     y: torch.Tensor,
@@ -176,37 +198,15 @@ def _train_heads_dual(
     rounding. Returns A of shape (repeats, N, len(lrs) * C) and b of shape (repeats, 1,
     len(lrs) * C); the weights are ``X^T A`` (see :func:`_dual_to_weights`).
     """
-    device = gram.device
-    n = gram.shape[0]
-    r_, l_, c_ = repeats, len(lrs), n_classes
-    bsz = min(batch_size, n)
-    # Transposed layout (dual weights (R, L*C, N), logits (R, L*C, B)): the product is then
-    # (L*C x N) @ (N x B), which BLAS runs ~1.5x faster on CPU than (B x N) @ (N x L*C).
-    onehot_t = torch.nn.functional.one_hot(y, c_).to(torch.float32).T.contiguous()  # (C, N)
-    a_t = torch.zeros(r_, l_ * c_, n, dtype=torch.float32, device=device)
-    b = torch.zeros(r_, l_ * c_, 1, dtype=torch.float32, device=device)
-    # Minus lr / B per column: g below is already the step, added with scatter_add_.
-    step = torch.tensor([-lr / bsz for lr in lrs], dtype=torch.float32, device=device)
-    step = step.repeat_interleave(c_).view(1, l_ * c_, 1)
-    samplers = [_EpochSampler(n, bsz, seed + r) for r in range(r_)]
-    done = 0
-    while done < steps:
-        block = min(_INDEX_BLOCK_STEPS, steps - done)
-        idx = torch.cat([s.next(block) for s in samplers], dim=1).to(device)
-        for t in range(block):
-            it = idx[t]
-            kb = gram.index_select(0, it).view(r_, bsz, n)  # K[batch], rows = columns (K = K^T)
-            logits = torch.baddbmm(b, a_t, kb.transpose(1, 2)).view(r_, l_, c_, bsz)
-            e = logits.sub_(logits.amax(dim=2, keepdim=True)).exp_()
-            e = e.div_(e.sum(dim=2, keepdim=True))
-            yb = onehot_t.index_select(1, it).view(c_, r_, bsz).transpose(0, 1).unsqueeze(1)
-            g = e.sub_(yb).view(r_, l_ * c_, bsz).mul_(step)
-            # scatter_add_ accumulates repeated indices (a batch spanning two epochs may hold an
-            # example twice), exactly as X_B^T G sums both copies.
-            a_t.scatter_add_(2, it.view(r_, 1, bsz).expand(r_, l_ * c_, bsz), g)
-            b.add_(g.sum(dim=2, keepdim=True))
-        done += block
-    return a_t.transpose(1, 2), b.view(r_, 1, l_ * c_)
+    r_, lc = repeats, len(lrs) * n_classes
+
+    def dual(a_t, g, kb, it):  # A[B] -= lr/B G
+        # scatter_add_ accumulates repeated indices (a batch spanning two epochs may hold an
+        # example twice), exactly as X_B^T G sums both copies.
+        a_t.scatter_add_(2, it.view(r_, 1, -1).expand(r_, lc, it.numel() // r_), g)
+
+    a_t, b = _softmax_sgd(gram, y, n_classes, lrs, steps, repeats, batch_size, seed, dual)
+    return a_t.transpose(1, 2), b.view(r_, 1, lc)
 
 
 def _dual_to_weights(
