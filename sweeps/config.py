@@ -128,6 +128,9 @@ class EarlyStopSettings(Strict):
     repeats: int = repeats_field(5)
     batch_size: int = batch_field(512)
     micro_batch: MicroBatch = "auto"  # as finetune.micro_batch; batch_size is the effective batch
+    # SGD momentum of its steps: the fine-tune protocol's 0.9, so that the proxy is the first
+    # steps of the fine-tune it predicts (the paper gives none; 0 makes 10 steps plain SGD)
+    momentum: float = Field(0.9, ge=0, lt=1)
 
     _unique = field_validator("lrs")(unique_grid)
     _micro = model_validator(mode="after")(micro_within_batch)

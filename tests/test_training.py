@@ -200,3 +200,16 @@ def test_a_repetitions_head_is_trained_once_and_fine_tuned_at_each_learning_rate
     h2, _ = real_head(cfg, job, data, ftr, 0)
     assert torch.equal(h1.weight, h2.weight)
     assert train_head(None, None, 4, 3, 0.1, 0, 8, 0)[0].weight.abs().sum() == 0  # 0 steps: zero
+
+
+def test_the_sweep_file_states_the_early_stop_momentum_and_the_shared_heads_learning_rate():
+    from sweeps.config import ConfigError, SweepConfig
+
+    base = {"name": "s", "models": ["m"], "tasks": ["t"]}
+    cfg = SweepConfig.model_validate({**base, "probe": {"proxies": ["linear", "early_stop"]}})
+    assert cfg.probe.early_stop.momentum == 0.9 and cfg.finetune.head_lr == 0.01
+    other = SweepConfig.model_validate({**base, "probe": {"proxies": ["linear", "early_stop"],
+                                                          "early_stop": {"momentum": 0.0}}})
+    assert other.protocol_hash("probe") != cfg.protocol_hash("probe")
+    with pytest.raises((ConfigError, ValueError)):
+        SweepConfig.model_validate({**base, "probe": {"early_stop": {"momentum": 1.0}}})
