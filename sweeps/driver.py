@@ -100,7 +100,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
     held = {k[:3] for k in lease.acquire()}  # LeaseHeld: one line, exit 2, nothing written
     try:
         if len(spool):  # holding the lease: replay what an earlier driver spooled, read again
-            tracker = outcome.tracker = open_tracker(uri, cfg.experiment, paths, spool=True)
+            tracker.drain_spool()
             finished, _ = tracker.keys_by_status(hashes)
             todo = [k for k in wanted if pair_key(*k) not in finished]
             outcome.pairs_skipped = len(wanted) - len(todo)
@@ -178,14 +178,15 @@ def wait_for_keys(tracker: Tracker, lease: Lease, keys: list[tuple[str, str, str
 
 
 def open_tracker(uri: str, experiment: str, paths: Paths, spool: bool) -> Tracker:
-    """The experiment's tracker (created if new; two drivers creating it at once both get it);
-    ``spool``: replaying what an earlier driver spooled."""
+    """The experiment's tracker (created if new; two drivers creating it at once both get it),
+    with the home's spool (the writer's journal and the outage spool); ``spool``: replaying at
+    once what an earlier driver spooled (else :meth:`Tracker.drain_spool` does, later)."""
     from mlflow.exceptions import MlflowException
 
     for attempt in (0, 1):
         try:
             return Tracker(uri, experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
-                           spool_dir=paths.home / "spool" if spool else None)
+                           spool_dir=paths.home / "spool", replay=spool)
         except MlflowException as exc:  # created by another driver since we looked
             if attempt or exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

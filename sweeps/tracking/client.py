@@ -82,11 +82,13 @@ class Tracker:
     """An MLflow experiment seen through ``MlflowClient`` (no global active-run state).
 
     ``spool_dir`` (the driver passes ``$WHICHMODEL_HOME/spool``) turns on the outage spool of
-    ``record_pair``; records left there by an earlier run are replayed here, first.
+    ``record_pair`` and the writer's journal; records left there by an earlier run are replayed
+    here, first, unless ``replay`` is false (a driver that must hold the sweep's lease first
+    replays them with :meth:`drain_spool` once it does).
     """
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None,
-                 create: bool = True, spool_dir: Path | None = None):
+                 create: bool = True, spool_dir: Path | None = None, replay: bool = True):
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
@@ -127,7 +129,7 @@ class Tracker:
             if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment from before the tag
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG,
                                                EXPERIMENT_KIND)
-        if self.spool is not None and len(self.spool):
+        if replay and self.spool is not None and len(self.spool):
             self.drain_spool()
 
     def list_experiments(self) -> list[str]:
