@@ -21,9 +21,9 @@ def test_200_models_15_tasks_10_proxies_report_has_every_strategy_budget_and_fil
     report = compute_report(records, metadata, task_groups=task_groups(n_tasks), max_budget=10,
                             predictions=predictions)
     assert report["budgets"] == list(range(1, 11))
-    # task_agnostic, proxies, hybrids, the two oracles, two ChoiceNets, the ensemble and the
-    # records learner, per_task_best, random
-    assert len(report["strategy_order"]) == 1 + 2 * n_proxies + 2 + 2 + 2 + 2
+    # task_agnostic, two static rankings (params, imagenet_acc), proxies, hybrids, the two
+    # oracles, two ChoiceNets, the ensemble and the records learner, per_task_best, random
+    assert len(report["strategy_order"]) == 1 + 2 + 2 * n_proxies + 2 + 2 + 2 + 2
     assert len(report["models"]) == n_models and len(report["tasks"]) == n_tasks
     assert all(report["strategies"][n][str(b)]["mean"] is not None
                for n in report["strategy_order"] for b in report["budgets"])

@@ -249,6 +249,7 @@ def probe_and_rank(req: Request, tracker, stream) -> tuple[dict[str, Any], dict[
     runs by model)."""
     outcome, wall = (run_keys(req.sub, req.paths, req.uri, stream, req.members, "probe")
                      if req.probes else (None, 0.0))
+    tracker.forget()  # the sweep's own tracker logged the probes: read the runs again
     start = time.perf_counter()
     ranking, _, _ = rank_pool(tracker, req.hashes, req.strategy, req.task, req.members,
                               req.plan.cfg.report.task_agnostic.tie_tolerance, req.proxies,
@@ -281,6 +282,7 @@ def finetune_picks(req: Request, tracker, decision: dict[str, Any], probe_runs: 
     picks, cost = decision["picks"], decision["cost"]
     outcome, cost["wall_s"]["finetune"] = run_keys(req.sub, req.paths, req.uri, stream, picks,
                                                    "finetune")
+    tracker.forget()  # the fine-tunes were logged through the sweep's tracker: read again
     decision["reused"]["finetune"] = outcome.pairs_skipped
     tuned = {m: run.data.metrics
              for m, run in pair_runs(tracker, req.hashes, req.task, "finetune", picks).items()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import threading
 from collections import Counter
 from pathlib import Path
@@ -180,10 +179,9 @@ def test_a_driver_killed_with_records_in_its_queue_loses_no_acknowledged_pair(
                               timeout=240, what="two pairs acknowledged while the server waits")
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             journal = {json.loads(p.read_text())["pair_key"] for p in spool.glob("*.json")}
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            services.stop_cli(proc)  # the driver and all it started SIGKILLed, by PID
     finally:
-        services.stop_cli(proc, ray_a)
+        services.stop_cli(proc)
         shutil.rmtree(ray_a, ignore_errors=True)
     done = {r["tags"]["pair_key"] for r in services.pair_runs(rest.runs("killed"))
             if r["info"]["status"] == "FINISHED"}
@@ -195,7 +193,7 @@ def test_a_driver_killed_with_records_in_its_queue_loses_no_acknowledged_pair(
     try:
         rc = resume.wait(timeout=600)
     finally:
-        services.stop_cli(resume, ray_b)
+        services.stop_cli(resume)
         shutil.rmtree(ray_b, ignore_errors=True)
     out = (tmp_path / "resume.log").read_text()
     assert rc == 0, out[-4000:]
