@@ -83,7 +83,7 @@ def run_sweep(plan: Plan, paths: Paths, tracking_uri: str | None = None,
             settings.load_task(task)
         except OSError as exc:  # the data's own problems are DatasetErrors that name the task
             raise DatasetError(f"task {task!r}: {exc}") from None
-    tracker = open_tracker(uri, cfg.experiment, paths, spool=False)  # nothing replayed yet
+    tracker = open_tracker(uri, cfg.experiment, paths)  # nothing replayed before the lease
     finished, _ = tracker.keys_by_status(hashes)  # ids, status, tags: no metric travels
     todo = [k for k in wanted if pair_key(*k) not in finished]
     spool = Spool(paths.home / "spool", cfg.experiment)
@@ -177,16 +177,17 @@ def wait_for_keys(tracker: Tracker, lease: Lease, keys: list[tuple[str, str, str
         time.sleep(POLL_S)
 
 
-def open_tracker(uri: str, experiment: str, paths: Paths, spool: bool) -> Tracker:
+def open_tracker(uri: str, experiment: str, paths: Paths) -> Tracker:
     """The experiment's tracker (created if new; two drivers creating it at once both get it),
-    with the home's spool (the writer's journal and the outage spool); ``spool``: replaying at
-    once what an earlier driver spooled (else :meth:`Tracker.drain_spool` does, later)."""
+    with the home's spool (the writer's journal and the outage spool). What an earlier driver
+    spooled is not replayed here: the caller does (:meth:`Tracker.drain_spool`) once it holds
+    the sweep's lease."""
     from mlflow.exceptions import MlflowException
 
     for attempt in (0, 1):
         try:
             return Tracker(uri, experiment, artifact_root=artifact_root(uri, paths.artifacts_root),
-                           spool_dir=paths.home / "spool", replay=spool)
+                           spool_dir=paths.home / "spool", replay=False)
         except MlflowException as exc:  # created by another driver since we looked
             if attempt or exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -205,14 +206,14 @@ def resume_sweep(name: str, paths: Paths, stream=None, force: bool = False
     metas = check_plan(plan, paths)
     cfg, uri = plan.cfg, state["tracking_uri"]
     hashes = {p: cfg.protocol_hash(p) for p in plan.protocols}
-    tracker = open_tracker(uri, cfg.experiment, paths, spool=False)
+    tracker = open_tracker(uri, cfg.experiment, paths)
     lease = Lease(uri, tracker.experiment_id, cfg.experiment, "sweep", f"sweep {cfg.name!r}",
                   [(*k, hashes[k[2]]) for k in plan.keys()], force=force, stream=stream)
     lease.acquire()
     try:
         recorder = new_recorder(plan, paths, metas, uri, {})
-        # preflight; replays what a killed driver left in the spool (its queued records included)
-        recorder.use(open_tracker(uri, cfg.experiment, paths, spool=True))
+        tracker.drain_spool()  # what a killed driver left in the spool, its queued records too
+        recorder.use(tracker)
         print(f"[whichmodel] resuming {state['experiment_path']}", file=stream, flush=True)
         init_ray(cfg.resources.num_cpus)
         try:
